@@ -1,0 +1,31 @@
+# twinwall — thin wrappers around cargo and the project's scripts.
+# `make test` is the test command (CI runs it); `make image` builds the appliance.
+SHELL := /bin/bash
+CARGO ?= cargo
+EXAMPLES := $(wildcard ../shared/examples/*.toml) $(wildcard examples/*.toml)
+
+.PHONY: all deps test lint unit check-examples bench fuzz image lab clean
+
+all: check-examples
+
+deps:
+	@scripts/deps.sh test
+
+## The test command: installs what it needs, then formatting, lints and every test.
+test: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) test --workspace --locked
+
+## Until the image lands, the main job is checking the example configs.
+check-examples:
+	$(CARGO) run --quiet --locked -- config check $(EXAMPLES)
+
+bench: deps
+	scripts/bench.sh
+
+fuzz:
+	scripts/fuzz.sh
+
+clean:
+	$(CARGO) clean
