@@ -2,4 +2,6 @@
 use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum BundleCmd {}
-pub fn run(c: BundleCmd) -> anyhow::Result<()> { match c {} }
+pub fn run(c: BundleCmd) -> anyhow::Result<()> {
+    match c {}
+}

@@ -2,4 +2,6 @@
 use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum ConfigCmd {}
-pub fn run(c: ConfigCmd) -> anyhow::Result<()> { match c {} }
+pub fn run(c: ConfigCmd) -> anyhow::Result<()> {
+    match c {}
+}

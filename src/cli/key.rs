@@ -2,4 +2,6 @@
 use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum KeyCmd {}
-pub fn run(c: KeyCmd) -> anyhow::Result<()> { match c {} }
+pub fn run(c: KeyCmd) -> anyhow::Result<()> {
+    match c {}
+}
