@@ -1,0 +1,3 @@
+//! boot
+pub struct BootstrapOptions;
+pub fn bootstrap() {}

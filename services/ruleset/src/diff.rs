@@ -1,0 +1,6 @@
+//! diff
+pub struct Unit;
+pub struct Change;
+pub enum ChangeKind {}
+pub fn units() {}
+pub fn diff() {}
