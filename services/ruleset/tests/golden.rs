@@ -26,7 +26,15 @@ fn compiled_examples_match_golden_files() {
     let mut mismatched = Vec::new();
     for (name, view) in examples() {
         let script = compile(&view, &Options::default()).unwrap();
-        assert!(script.lints.is_empty(), "{name}: {:?}", script.lints);
+        // The only finding on the examples is real: seed-pair defines `dns` and no rule
+        // uses it. Anything else would be a false positive.
+        let lints: Vec<String> = script.lints.iter().map(|l| l.to_string()).collect();
+        let want: Vec<String> = if name.starts_with("seed-pair") {
+            vec!["unused-object: service object `dns` is not used by any rule".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(lints, want, "{name}");
         let path = golden_dir().join(format!("{name}.nft"));
         if update {
             std::fs::write(&path, &script.text).unwrap();
