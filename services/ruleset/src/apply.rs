@@ -23,6 +23,12 @@ pub enum ApplyError {
         /// nft's messages (with the offending line).
         stderr: String,
     },
+    /// `nft list ruleset` failed.
+    #[error("cannot list the ruleset: {stderr}")]
+    List {
+        /// nft's messages.
+        stderr: String,
+    },
     /// `nft -f` failed; the kernel rolled the transaction back.
     #[error("nft failed to apply the ruleset (the previous ruleset stays in force): {stderr}")]
     Apply {
@@ -31,18 +37,79 @@ pub enum ApplyError {
     },
 }
 
-/// The `nft` binary to run: `TWINWALL_NFT` or `nft` from PATH.
-fn nft_program() -> String {
-    std::env::var("TWINWALL_NFT").unwrap_or_else(|_| "nft".to_string())
+/// How to run `nft`: the program and any leading arguments (so that tests and the lab
+/// can run it inside a network namespace with `ip netns exec NS nft`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nft {
+    argv: Vec<String>,
 }
 
-fn run_nft(args: &[&str], script: &str) -> Result<Result<(), String>, ApplyError> {
-    let program = nft_program();
+impl Default for Nft {
+    /// `nft` from PATH.
+    fn default() -> Self {
+        Nft {
+            argv: vec!["nft".into()],
+        }
+    }
+}
+
+impl Nft {
+    /// `nft` inside the named network namespace.
+    pub fn in_netns(name: &str) -> Nft {
+        Nft {
+            argv: ["ip", "netns", "exec", name, "nft"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    /// Checks a script with `nft -c -f -` (needs CAP_NET_ADMIN, changes nothing).
+    pub fn check(&self, script: &str) -> Result<(), ApplyError> {
+        self.run(&["-c", "-f", "-"], script)?
+            .map_err(|stderr| ApplyError::Check { stderr })
+    }
+
+    /// Checks, then applies a script in one transaction. On any failure the previous
+    /// ruleset stays exactly as it was.
+    pub fn apply(&self, script: &str) -> Result<(), ApplyError> {
+        self.check(script)?;
+        self.run(&["-f", "-"], script)?
+            .map_err(|stderr| ApplyError::Apply { stderr })?;
+        tracing::info!(bytes = script.len(), "ruleset applied");
+        Ok(())
+    }
+
+    /// `nft list ruleset`.
+    pub fn list_ruleset(&self) -> Result<String, ApplyError> {
+        let out = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .args(["list", "ruleset"])
+            .output()
+            .map_err(|source| ApplyError::Spawn {
+                program: self.argv.join(" "),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ApplyError::List {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn run(&self, args: &[&str], script: &str) -> Result<Result<(), String>, ApplyError> {
+        run_nft(&self.argv, args, script)
+    }
+}
+
+fn run_nft(argv: &[String], args: &[&str], script: &str) -> Result<Result<(), String>, ApplyError> {
+    let program = argv.join(" ");
     let spawn_err = |source| ApplyError::Spawn {
         program: program.clone(),
         source,
     };
-    let mut child = Command::new(&program)
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -66,16 +133,13 @@ fn run_nft(args: &[&str], script: &str) -> Result<Result<(), String>, ApplyError
     }
 }
 
-/// Checks a script with `nft -c -f -` (needs CAP_NET_ADMIN, changes nothing).
+/// Checks a script with `nft -c -f -` in the current network namespace.
 pub fn check(script: &str) -> Result<(), ApplyError> {
-    run_nft(&["-c", "-f", "-"], script)?.map_err(|stderr| ApplyError::Check { stderr })
+    Nft::default().check(script)
 }
 
-/// Checks, then applies a script in one transaction. On any failure the previous
-/// ruleset stays exactly as it was.
+/// Checks, then applies a script in one transaction in the current network namespace.
+/// On any failure the previous ruleset stays exactly as it was.
 pub fn apply(script: &str) -> Result<(), ApplyError> {
-    check(script)?;
-    run_nft(&["-f", "-"], script)?.map_err(|stderr| ApplyError::Apply { stderr })?;
-    tracing::info!(bytes = script.len(), "ruleset applied");
-    Ok(())
+    Nft::default().apply(script)
 }

@@ -13,8 +13,8 @@ pub mod fixtures;
 pub mod icmp;
 pub mod lint;
 
-pub use apply::{ApplyError, apply, check};
+pub use apply::{ApplyError, Nft, apply, check};
 pub use bootstrap::{BootstrapOptions, bootstrap};
 pub use compile::{CompileError, Options, Script, TABLE, compile};
-pub use diff::{Change, ChangeKind, Unit, diff, units};
+pub use diff::{Change, ChangeKind, FieldChange, Unit, diff, units};
 pub use lint::{Lint, LintKind, lint};
