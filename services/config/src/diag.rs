@@ -164,6 +164,8 @@ pub(crate) struct Sink<'a> {
     file: &'a str,
     index: LineIndex<'a>,
     items: Vec<Diagnostic>,
+    /// (table path, key) pairs that an unknown-key error suggested.
+    suggested: std::collections::HashSet<(String, String)>,
 }
 
 impl<'a> Sink<'a> {
@@ -172,6 +174,7 @@ impl<'a> Sink<'a> {
             file,
             index: LineIndex::new(text),
             items: Vec::new(),
+            suggested: Default::default(),
         }
     }
 
@@ -210,6 +213,16 @@ impl<'a> Sink<'a> {
         hint: impl Into<String>,
     ) {
         self.push(Severity::Warning, span, message.into(), hint.into());
+    }
+
+    /// Records that an unknown key in `table` was probably meant to be `key`.
+    pub(crate) fn note_suggested(&mut self, table: String, key: String) {
+        self.suggested.insert((table, key));
+    }
+
+    /// Whether an unknown key in `table` was reported as probably meaning `key`.
+    pub(crate) fn was_suggested(&self, table: &str, key: &str) -> bool {
+        self.suggested.contains(&(table.to_owned(), key.to_owned()))
     }
 
     pub(crate) fn error_count(&self) -> usize {

@@ -12,7 +12,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue, Deserializer};
 
-use crate::diag::{Sink, did_you_mean, list};
+use crate::diag::{Sink, list, suggest};
 use crate::raw::RawConfig;
 
 /// After this many structural errors the rest are unlikely to be independent.
@@ -86,9 +86,13 @@ fn report(sink: &mut Sink<'_>, span: &Range<usize>, found: &Found, serde_msg: &s
         // (or "expected `a`", or "there are no fields"); its backticked words after the
         // first are the valid keys.
         let expected: Vec<&str> = serde_msg.split('`').skip(3).step_by(2).collect();
-        let hint = did_you_mean(&found.key, expected.iter().copied(), || {
-            format!("valid keys here: {}", list(expected.iter().copied()))
-        });
+        let hint = match suggest(&found.key, expected.iter().copied()) {
+            Some(s) => {
+                sink.note_suggested(found.table.join("."), s.to_owned());
+                format!("did you mean `{s}`?")
+            }
+            None => format!("valid keys here: {}", list(expected.iter().copied())),
+        };
         sink.error(span, format!("unknown key `{}` {table}", found.key), hint);
     } else {
         sink.error(

@@ -74,6 +74,9 @@ struct ZoneInfo {
     span: Span,
     device: Option<String>,
     addresses: Vec<(IpNet, Span)>,
+    /// All addresses present and parsed: only then do subnet checks against this zone
+    /// mean anything (otherwise they would only repeat the first error).
+    addr_ok: bool,
 }
 
 /// Everything later checks look names up in.
@@ -122,7 +125,7 @@ pub(crate) fn validate(sink: &mut Sink<'_>, raw: &RawConfig) -> Option<Model> {
             (None, None)
         }
         Some(c) => {
-            let name = required(sink, &c.get().name, &c.span(), "name", "[cluster]");
+            let name = required(sink, &c.get().name, &c.span(), "name", "cluster");
             let name = name.and_then(|n| {
                 if n.get().trim().is_empty() {
                     sink.error(
@@ -135,7 +138,7 @@ pub(crate) fn validate(sink: &mut Sink<'_>, raw: &RawConfig) -> Option<Model> {
                     Some(n.get().clone())
                 }
             });
-            let version = required(sink, &c.get().version, &c.span(), "version", "[cluster]")
+            let version = required(sink, &c.get().version, &c.span(), "version", "cluster")
                 .and_then(|v| {
                     let n = *v.get();
                     if n < 1 {
@@ -249,14 +252,25 @@ fn required<'a, T>(
     key: &str,
     table: &str,
 ) -> Option<&'a Sp<T>> {
-    if v.is_none() {
+    // A mistyped key was already reported with "did you mean `key`?": do not report the
+    // same mistake a second time as missing.
+    if v.is_none() && !sink.was_suggested(table, key) {
         sink.error(
             table_span,
-            format!("missing key `{key}` in `{table}`"),
-            format!("add `{key} = ...` to `{table}` (see docs/config.md)"),
+            format!("missing key `{key}` in `{}`", display_path(table)),
+            format!("add `{key} = ...` (see docs/config.md)"),
         );
     }
     v.as_ref()
+}
+
+/// `policy.rule[2]` as `policy.rule[2]`, top-level tables as `[cluster]`.
+fn display_path(path: &str) -> String {
+    if path.contains('[') {
+        path.to_owned()
+    } else {
+        format!("[{path}]")
+    }
 }
 
 /// An integer key within a range, with a default.
@@ -466,7 +480,7 @@ fn check_nodes(sink: &mut Sink<'_>, raw: &RawConfig) -> Vec<NodeInfo> {
             &node.get().priority,
             &name_span,
             "priority",
-            &format!("[nodes.{}]", name.get()),
+            &format!("nodes.{}", name.get()),
         )
         .and_then(|p| {
             let n = *p.get();
@@ -503,7 +517,7 @@ fn check_nodes(sink: &mut Sink<'_>, raw: &RawConfig) -> Vec<NodeInfo> {
                     "rules use `any` and `self` as keywords; pick another zone name",
                 );
             }
-            let table = format!("[nodes.{}.interfaces.{zname}]", name.get());
+            let table = format!("nodes.{}.interfaces.{zname}", name.get());
             let device = required(sink, &iface.get().device, &zone_span, "device", &table)
                 .and_then(|d| {
                     let dev = d.get();
@@ -533,8 +547,10 @@ fn check_nodes(sink: &mut Sink<'_>, raw: &RawConfig) -> Vec<NodeInfo> {
                     Some(dev.clone())
                 });
             let mut addresses = Vec::new();
+            let mut addr_ok = false;
             if let Some(a) = required(sink, &iface.get().address, &zone_span, "address", &table) {
                 let items = a.get().items(&a.span());
+                addr_ok = !items.is_empty();
                 if items.is_empty() {
                     sink.error(
                         &a.span(),
@@ -545,7 +561,10 @@ fn check_nodes(sink: &mut Sink<'_>, raw: &RawConfig) -> Vec<NodeInfo> {
                 for (s, span) in items {
                     match parse_addr_prefix(&s) {
                         Ok(net) => addresses.push((net, span)),
-                        Err((m, h)) => sink.error(&span, m, h),
+                        Err((m, h)) => {
+                            addr_ok = false;
+                            sink.error(&span, m, h)
+                        }
                     }
                 }
             }
@@ -555,6 +574,7 @@ fn check_nodes(sink: &mut Sink<'_>, raw: &RawConfig) -> Vec<NodeInfo> {
                     span: zone_span,
                     device,
                     addresses,
+                    addr_ok,
                 },
             );
         }
@@ -623,7 +643,7 @@ fn check_zone_consistency(sink: &mut Sink<'_>, nodes: &[NodeInfo]) {
                             ),
                         );
                     }
-                    Some(z) => {
+                    Some(z) if z.addr_ok && oz.addr_ok => {
                         for (a, span) in &z.addresses {
                             let same = oz.addresses.iter().any(|(b, _)| b.trunc() == a.trunc());
                             if !same {
@@ -643,6 +663,7 @@ fn check_zone_consistency(sink: &mut Sink<'_>, nodes: &[NodeInfo]) {
                             }
                         }
                     }
+                    Some(_) => {}
                 }
             }
         }
@@ -809,10 +830,10 @@ fn check_vrrp(
     let mut group_names: HashMap<String, Span> = HashMap::new();
     // (zone, vrid, family) -> span of the first use
     let mut vrids: HashMap<(String, u8, Family), Span> = HashMap::new();
-    for g in &v.group {
+    for (gi, g) in v.group.iter().enumerate() {
         let gspan = g.span();
         let g = g.get();
-        let name = required(sink, &g.name, &gspan, "name", "[[vrrp.group]]").map(|n| {
+        let name = required(sink, &g.name, &gspan, "name", &format!("vrrp.group[{gi}]")).map(|n| {
             if check_name(sink, n.get(), &n.span(), "group")
                 && let Some(first) = group_names.insert(n.get().clone(), n.span())
             {
@@ -842,10 +863,10 @@ fn check_vrrp(
             );
         }
         let mut vips = Vec::new();
-        for vip in &g.vip {
+        for (vi, vip) in g.vip.iter().enumerate() {
             let vspan = vip.span();
             let vip = vip.get();
-            let table = "[[vrrp.group.vip]]";
+            let table = &format!("vrrp.group[{gi}].vip[{vi}]");
             let vrid = required(sink, &vip.vrid, &vspan, "vrid", table).and_then(|r| {
                 let n = *r.get();
                 if (1..=255).contains(&n) {
@@ -929,7 +950,9 @@ fn check_vrrp(
 fn check_vip_subnet(sink: &mut Sink<'_>, nodes: &[NodeInfo], zone: &str, vip: &IpNet, span: &Span) {
     let f = net_family(vip);
     for n in nodes {
-        let Some(z) = n.zones.get(zone) else { continue };
+        let Some(z) = n.zones.get(zone).filter(|z| z.addr_ok) else {
+            continue;
+        };
         let same_family: Vec<&IpNet> = z
             .addresses
             .iter()
@@ -979,7 +1002,7 @@ fn check_sync(
         65535,
         DEFAULT_SYNC_PORT.into(),
     );
-    let iface = required(sink, &s.interface, &span, "interface", "[sync]")?;
+    let iface = required(sink, &s.interface, &span, "interface", "sync")?;
     let zone = iface.get();
     if !names.zones.contains(zone) {
         let hint = did_you_mean(zone, names.zones.iter().map(String::as_str), || {
@@ -1028,12 +1051,13 @@ fn check_routes(
 ) -> Vec<RouteDef> {
     let mut routes = Vec::new();
     let mut dests: HashMap<IpNet, Span> = HashMap::new();
-    for r in &raw.route {
+    for (ri, r) in raw.route.iter().enumerate() {
         let span = r.span();
         let r = r.get();
+        let t = &format!("route[{ri}]");
         let dest =
-            required(sink, &r.destination, &span, "destination", "[[route]]").and_then(|d| {
-                match parse_network(d.get()) {
+            required(sink, &r.destination, &span, "destination", t).and_then(
+                |d| match parse_network(d.get()) {
                     Ok(n) => {
                         if let Some(first) = dests.insert(n, d.span()) {
                             let (line, _) = sink.locate(&first);
@@ -1049,9 +1073,9 @@ fn check_routes(
                         sink.error(&d.span(), m, h);
                         None
                     }
-                }
-            });
-        let gw_raw = required(sink, &r.gateway, &span, "gateway", "[[route]]");
+                },
+            );
+        let gw_raw = required(sink, &r.gateway, &span, "gateway", t);
         let gw = gw_raw.and_then(|g| match parse_plain_addr(g.get()) {
             Ok(a) => Some((a, g.span())),
             Err((m, h)) => {
@@ -1059,7 +1083,7 @@ fn check_routes(
                 None
             }
         });
-        let zone = required(sink, &r.interface, &span, "interface", "[[route]]")
+        let zone = required(sink, &r.interface, &span, "interface", t)
             .and_then(|z| zone_ref(sink, names, z, "route interface"));
         let (Some(dest), Some((gw, gw_span)), Some(zone)) = (dest, gw, zone) else {
             continue;
@@ -1237,10 +1261,10 @@ fn check_policy(sink: &mut Sink<'_>, raw: &RawConfig, names: &Names) -> Option<P
         policy.log_default = *l.get();
     }
     let mut rule_names: HashMap<String, Span> = HashMap::new();
-    for r in &p.rule {
+    for (ri, r) in p.rule.iter().enumerate() {
         let span = r.span();
         let r = r.get();
-        let t = "[[policy.rule]]";
+        let t = &format!("policy.rule[{ri}]");
         let name = required(sink, &r.name, &span, "name", t).and_then(|n| {
             if !check_name(sink, n.get(), &n.span(), "rule") {
                 return None;
@@ -1363,10 +1387,10 @@ fn check_nat(sink: &mut Sink<'_>, raw: &RawConfig, names: &Names) -> Vec<NatDef>
         return out;
     };
     let mut rule_names: HashMap<String, Span> = HashMap::new();
-    for r in &nat.get().rule {
+    for (ri, r) in nat.get().rule.iter().enumerate() {
         let span = r.span();
         let r = r.get();
-        let t = "[[nat.rule]]";
+        let t = &format!("nat.rule[{ri}]");
         let name = required(sink, &r.name, &span, "name", t).and_then(|n| {
             if !check_name(sink, n.get(), &n.span(), "NAT rule") {
                 return None;
