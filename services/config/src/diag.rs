@@ -164,7 +164,8 @@ pub(crate) struct Sink<'a> {
     file: &'a str,
     index: LineIndex<'a>,
     items: Vec<Diagnostic>,
-    /// (table path, key) pairs that an unknown-key error suggested.
+    /// (table path, key) pairs already reported by the structural pass: an unknown key
+    /// that probably meant `key`, or `key` with a value of the wrong type.
     suggested: std::collections::HashSet<(String, String)>,
 }
 
@@ -215,12 +216,13 @@ impl<'a> Sink<'a> {
         self.push(Severity::Warning, span, message.into(), hint.into());
     }
 
-    /// Records that an unknown key in `table` was probably meant to be `key`.
+    /// Records that `key` in `table` was already reported (mistyped or of the wrong type),
+    /// so that validation does not also call it missing.
     pub(crate) fn note_suggested(&mut self, table: String, key: String) {
         self.suggested.insert((table, key));
     }
 
-    /// Whether an unknown key in `table` was reported as probably meaning `key`.
+    /// Whether `key` in `table` was already reported by the structural pass.
     pub(crate) fn was_suggested(&self, table: &str, key: &str) -> bool {
         self.suggested.contains(&(table.to_owned(), key.to_owned()))
     }
@@ -237,19 +239,30 @@ impl<'a> Sink<'a> {
     }
 }
 
-/// The closest candidate to `word`, if it is close enough to be a likely typo.
+/// The closest candidate to `word`, if it is close enough to be a likely typo: within
+/// a small edit distance (transpositions count once), or very similar by Jaro-Winkler
+/// (which favours a shared prefix, as in `advert_intervall_ms`).
 pub(crate) fn suggest<'c>(
     word: &str,
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<&'c str> {
-    let mut best: Option<(f64, &str)> = None;
+    let max_edits = (word.chars().count() / 4).max(1);
+    let mut best: Option<(usize, f64, &str)> = None;
     for c in candidates {
-        let score = strsim::jaro_winkler(word, c);
-        if score >= 0.8 && best.is_none_or(|(b, _)| score > b) {
-            best = Some((score, c));
+        let edits = strsim::damerau_levenshtein(word, c);
+        let jw = strsim::jaro_winkler(word, c);
+        if edits > max_edits && jw < 0.85 {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((e, j, _)) => edits < e || (edits == e && jw > j),
+        };
+        if better {
+            best = Some((edits, jw, c));
         }
     }
-    best.map(|(_, c)| c)
+    best.map(|(_, _, c)| c)
 }
 
 /// A hint sentence: "did you mean `x`?" or the fallback.

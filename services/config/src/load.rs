@@ -24,8 +24,20 @@ const MAX_STRUCTURAL_ERRORS: usize = 100;
 pub(crate) fn parse_raw(sink: &mut Sink<'_>, text: &str) -> Option<RawConfig> {
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
-        for e in errors {
-            let span = e.span().unwrap_or(0..0);
+        // After the first error on a line the parser's recovery mostly reports echoes of
+        // it: keep the first error of each line.
+        let mut errors: Vec<(Range<usize>, toml::de::Error)> = errors
+            .into_iter()
+            .map(|e| (e.span().unwrap_or(0..0), e))
+            .collect();
+        errors.sort_by_key(|(span, _)| span.start);
+        let mut last_line = None;
+        for (span, e) in errors {
+            let line = sink.locate(&span).0;
+            if last_line == Some(line) {
+                continue;
+            }
+            last_line = Some(line);
             sink.error(
                 &span,
                 format!("TOML syntax: {}", e.message().trim_end()),
@@ -95,6 +107,7 @@ fn report(sink: &mut Sink<'_>, span: &Range<usize>, found: &Found, serde_msg: &s
         };
         sink.error(span, format!("unknown key `{}` {table}", found.key), hint);
     } else {
+        sink.note_suggested(found.table.join("."), found.key.clone());
         sink.error(
             span,
             format!("wrong type for `{}` {table}: {serde_msg}", found.key),

@@ -190,7 +190,7 @@ pub(crate) fn validate(sink: &mut Sink<'_>, raw: &RawConfig) -> Option<Model> {
     let (vrrp, groups) = check_vrrp(sink, raw, &nodes, &mut names, &mut seen_addr);
 
     // [sync]
-    let sync = check_sync(sink, raw, &nodes, &names);
+    let sync = check_sync(sink, raw, &names);
 
     // [[route]]
     let routes = check_routes(sink, raw, &nodes, &names);
@@ -949,48 +949,59 @@ fn check_vrrp(
 /// A VIP must lie in a same-family subnet of its zone on every node.
 fn check_vip_subnet(sink: &mut Sink<'_>, nodes: &[NodeInfo], zone: &str, vip: &IpNet, span: &Span) {
     let f = net_family(vip);
+    // One error per VIP, naming every node at fault.
+    let mut no_family = Vec::new();
+    let mut outside = Vec::new();
     for n in nodes {
         let Some(z) = n.zones.get(zone).filter(|z| z.addr_ok) else {
             continue;
         };
-        let same_family: Vec<&IpNet> = z
+        let same_family: Vec<String> = z
             .addresses
             .iter()
             .map(|(a, _)| a)
             .filter(|a| net_family(a) == f)
+            .map(|a| a.to_string())
             .collect();
         if same_family.is_empty() {
-            sink.error(
-                span,
-                format!(
-                    "wrong address family: {} VIP {vip} on zone `{zone}`, but node `{}` has no {} address there",
-                    fam(f),
-                    n.name,
-                    fam(f)
-                ),
-                format!("give node `{}` an {} address on `{zone}` or drop this VIP", n.name, fam(f)),
-            );
-        } else if !same_family.iter().any(|a| a.contains(&vip.addr())) {
-            let subnets: Vec<String> = same_family.iter().map(|a| a.to_string()).collect();
-            sink.error(
-                span,
-                format!(
-                    "VIP {vip} is outside the subnet of zone `{zone}` on node `{}` ({})",
-                    n.name,
-                    subnets.join(", ")
-                ),
-                "a VIP must be in a subnet that both nodes have on its zone; check the VIP and the nodes' addresses",
-            );
+            no_family.push(format!("`{}`", n.name));
+        } else if !z.addresses.iter().any(|(a, _)| a.contains(&vip.addr())) {
+            outside.push(format!("`{}` ({})", n.name, same_family.join(", ")));
         }
+    }
+    if !no_family.is_empty() {
+        sink.error(
+            span,
+            format!(
+                "wrong address family: {} VIP {vip} on zone `{zone}`, but {} no {} address there",
+                fam(f),
+                if no_family.len() == 1 {
+                    format!("node {} has", no_family.join(""))
+                } else {
+                    format!("nodes {} have", no_family.join(" and "))
+                },
+                fam(f)
+            ),
+            format!(
+                "give the nodes an {} address on `{zone}` or drop this VIP",
+                fam(f)
+            ),
+        );
+    }
+    if !outside.is_empty() {
+        sink.error(
+            span,
+            format!(
+                "VIP {vip} is outside the subnet of zone `{zone}` on {} {}",
+                if outside.len() == 1 { "node" } else { "nodes" },
+                outside.join(" and ")
+            ),
+            "a VIP must be in a subnet that both nodes have on its zone; check the VIP and the nodes' addresses",
+        );
     }
 }
 
-fn check_sync(
-    sink: &mut Sink<'_>,
-    raw: &RawConfig,
-    nodes: &[NodeInfo],
-    names: &Names,
-) -> Option<SyncSettings> {
+fn check_sync(sink: &mut Sink<'_>, raw: &RawConfig, names: &Names) -> Option<SyncSettings> {
     let s = raw.sync.as_ref()?;
     let span = s.span();
     let s = s.get();
@@ -1017,18 +1028,6 @@ fn check_sync(
             hint,
         );
         return None;
-    }
-    for n in nodes {
-        if n.zones.get(zone).is_some_and(|z| z.addresses.is_empty()) {
-            sink.error(
-                &iface.span(),
-                format!(
-                    "node `{}` has no address on sync interface `{zone}`",
-                    n.name
-                ),
-                "the sync link needs an address on each node",
-            );
-        }
     }
     if names.vips.contains_key(zone) {
         sink.warning(
@@ -1101,20 +1100,25 @@ fn check_routes(
             );
             continue;
         }
-        for n in nodes {
-            let Some(z) = n.zones.get(&zone) else {
-                continue;
-            };
-            if !z.addresses.iter().any(|(a, _)| a.contains(&gw)) {
-                sink.error(
-                    &gw_span,
-                    format!(
-                        "gateway {gw} is not on a subnet of zone `{zone}` on node `{}`",
-                        n.name
-                    ),
-                    "the next hop must be directly reachable on the route's interface",
-                );
-            }
+        let off_link: Vec<String> = nodes
+            .iter()
+            .filter(|n| {
+                n.zones
+                    .get(&zone)
+                    .is_some_and(|z| z.addr_ok && !z.addresses.iter().any(|(a, _)| a.contains(&gw)))
+            })
+            .map(|n| format!("`{}`", n.name))
+            .collect();
+        if !off_link.is_empty() {
+            sink.error(
+                &gw_span,
+                format!(
+                    "gateway {gw} is not on a subnet of zone `{zone}` on {} {}",
+                    if off_link.len() == 1 { "node" } else { "nodes" },
+                    off_link.join(" and ")
+                ),
+                "the next hop must be directly reachable on the route's interface",
+            );
         }
         routes.push(RouteDef {
             destination: dest,
