@@ -596,7 +596,8 @@ fn stream_payloads<R: Read>(
         let entry = match idx {
             None => {
                 return Err(VerifyError::ExtraFile {
-                    name,
+                    // Not a manifest name, so possibly anything: keep it on one line.
+                    name: name.escape_debug().to_string(),
                     offset: section,
                 });
             }
