@@ -15,7 +15,30 @@ use crate::keys::{self, KeyId};
 use crate::manifest::ManifestError;
 use crate::*;
 
-const CONFIG: &str = "[cluster]\nname = \"lab\"\nversion = 5\n";
+/// A small config that validates: the sample for the exhaustive flip and truncation loops.
+const CONFIG: &str = r#"[cluster]
+name = "lab"
+version = 5
+
+[nodes.a]
+priority = 200
+interfaces.lan = { device = "eth0", address = "198.51.100.2/24" }
+
+[nodes.b]
+priority = 100
+interfaces.lan = { device = "eth0", address = "198.51.100.3/24" }
+
+[[vrrp.group]]
+name = "g"
+
+[[vrrp.group.vip]]
+vrid = 1
+interface = "lan"
+address = "198.51.100.1/24"
+
+[policy]
+default = "drop"
+"#;
 
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
