@@ -4,10 +4,10 @@
 set -euo pipefail
 want=(nftables conntrack iproute2 iputils-ping)
 case "${1:-all}" in
-  test) want+=(conntrackd keepalived socat) ;;
+  test) want+=(conntrackd keepalived socat iptables) ;;
   image) want+=(qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools
                 squashfs-tools ovmf kmod cpio gdisk dosfstools) ;;
-  all) want+=(conntrackd keepalived socat qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common
+  all) want+=(conntrackd keepalived socat iptables qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common
               xorriso mtools squashfs-tools ovmf kmod cpio gdisk dosfstools) ;;
 esac
 missing=()
