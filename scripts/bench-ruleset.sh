@@ -3,13 +3,15 @@
 # Generates clusters with 1k / 10k / 100k filter rules and one with a 100,000-element
 # address group, then times, in a throwaway network namespace and in the same run:
 #   twinwall   `twinwall ruleset apply` end to end: parse + compile + lint + nft -c + nft -f
+#   tw-nochk   the same with --no-check (nft -f alone, which is atomic as well)
 #   compile    `twinwall ruleset compile` alone (parse + compile + lint, no nft)
 #   nft -f     a plain `nft -f` of the very script twinwall generated (the yardstick)
 #   ipt        `iptables-restore` of the equivalent iptables input (one rule per
 #              address for the group: iptables has no sets without ipset)
 # and prints a table with the ratios twinwall / nft -f and twinwall / iptables-restore.
 # Targets: 10k rules end to end < 0.4 s, the 100k-element group < 0.5 s.
-# RULESET_BENCH_SIZES="1000 10000" limits the rule counts; RULESET_BENCH_RUNS the repeats
+# RULESET_BENCH_SIZES="1000 10000" limits the rule counts, RULESET_BENCH_GROUP=0 skips the
+# group case; RULESET_BENCH_RUNS sets the repeats
 # (the best run counts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,21 +113,23 @@ best() {
   awk -v ns="$best" 'BEGIN { printf "%.3f", ns / 1e9 }'
 }
 
-printf '%-16s %10s %10s %10s %10s %10s %10s\n' case twinwall compile "nft -f" ipt-rest "tw/nft" "tw/ipt"
+printf '%-14s %9s %9s %9s %9s %9s %8s %8s %8s\n' case twinwall tw-nochk compile "nft -f" ipt-rest tw/nft nochk/nft tw/ipt
 run_case() { # run_case LABEL KIND N
   local label=$1 kind=$2 n=$3
   gen "$kind" "$n" "$WORK/$label.toml" "$WORK/$label.ipt"
   "$BIN" ruleset compile "$WORK/$label.toml" --node bench-a >"$WORK/$label.nft" 2>"$WORK/$label.lints"
-  local tw cc nf ip
-  tw=$(best ip netns exec "$NS" "$BIN" ruleset apply "$WORK/$label.toml" --node bench-a)
+  local tw tn cc nf ip
+  tw=$(best ip netns exec "$NS" "$BIN" --log warn ruleset apply "$WORK/$label.toml" --node bench-a)
+  tn=$(best ip netns exec "$NS" "$BIN" --log warn ruleset apply "$WORK/$label.toml" --node bench-a --no-check)
   cc=$(best "$BIN" ruleset compile "$WORK/$label.toml" --node bench-a)
   nf=$(best ip netns exec "$NS" nft -f "$WORK/$label.nft")
   ip=$(best sh -c "ip netns exec $NS iptables-restore < $WORK/$label.ipt")
-  awk -v l="$label" -v a="$tw" -v b="$cc" -v c="$nf" -v d="$ip" \
-    'BEGIN { printf "%-16s %9.3fs %9.3fs %9.3fs %9.3fs %9.2fx %9.2fx\n", l, a, b, c, d, a / c, a / d }'
+  awk -v l="$label" -v a="$tw" -v n="$tn" -v b="$cc" -v c="$nf" -v d="$ip" \
+    'BEGIN { printf "%-14s %8.3fs %8.3fs %8.3fs %8.3fs %8.3fs %7.2fx %7.2fx %7.2fx\n", l, a, n, b, c, d, a / c, n / c, a / d }'
 }
 for n in $SIZES; do
   run_case "rules-$n" rules "$n"
 done
-run_case "group-100000" group 100000
+[ "${RULESET_BENCH_GROUP:-1}" = 0 ] || run_case "group-100000" group 100000
 echo "targets: rules-10000 twinwall < 0.400 s; group-100000 twinwall < 0.500 s"
+echo "load average while measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
