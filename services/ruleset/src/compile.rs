@@ -245,15 +245,16 @@ fn prefixes_of(nets: &[IpNet], f: Family) -> Vec<IpNet> {
         .filter(|n| net_family(n) == f)
         .map(|n| n.trunc())
         .collect();
-    v.sort_by_key(|n| (n.prefix_len(), n.network()));
+    // CIDR blocks are either nested or disjoint: sorted by start (shorter prefix first),
+    // a block is redundant exactly when it starts inside the last kept one.
+    v.sort_by_key(|n| (n.network(), n.prefix_len()));
     v.dedup();
     let mut out: Vec<IpNet> = Vec::with_capacity(v.len());
     for n in v {
-        if !out.iter().any(|o| o.contains(&n)) {
+        if !out.last().is_some_and(|o| o.contains(&n)) {
             out.push(n);
         }
     }
-    out.sort_by_key(|n| n.network());
     out
 }
 

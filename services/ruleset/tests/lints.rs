@@ -311,3 +311,26 @@ fn unused_objects_and_any_to_any_are_found_and_strict_fails() {
 fn dual_stack_example_has_no_findings() {
     assert!(lint(&fixtures::dual_stack("fw-a")).is_empty());
 }
+
+#[test]
+fn contained_and_duplicate_prefixes_collapse_in_sets() {
+    let mut v = fixtures::seed_pair("lj-fw-1");
+    v.objects.networks.insert(
+        "lan".into(),
+        [
+            "198.51.100.0/24",
+            "198.51.100.7/32",
+            "198.51.100.0/25",
+            "192.0.2.9/32",
+            "192.0.2.9/32",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect(),
+    );
+    let text = compile(&v, &Options::default()).unwrap().text;
+    assert!(
+        text.contains("elements = { 192.0.2.9/32, 198.51.100.0/24 }"),
+        "{text}"
+    );
+}
