@@ -2,7 +2,8 @@
 //! `inet twinwall` as a whole in a single kernel transaction.
 //!
 //! Layout of the table (documented for operators in `docs/ruleset.md`):
-//! * named sets: `NAME_v4` / `NAME_v6` (interval sets) for every network object,
+//! * named sets: `NAME_v4` / `NAME_v6` for every network object (interval sets; plain
+//!   hash sets when an object holds only host addresses),
 //!   `NAME_svc` (`inet_proto . inet_service`, interval) for the TCP/UDP part of every
 //!   service object, and one dynamic set per rate-limited rule and family;
 //! * base chains `input`, `forward`, `output` (filter, the config's default policy) and
@@ -386,8 +387,15 @@ impl<'a> Emitter<'a> {
                     Family::Ipv4 => "ipv4_addr",
                     Family::Ipv6 => "ipv6_addr",
                 };
-                let elems: Vec<String> = p.iter().map(|n| n.to_string()).collect();
-                self.set_def(&format!("{name}_{}", fam_suffix(f)), ty, "interval", &elems);
+                // Only host addresses: a hash set, which nft loads several times faster
+                // than an interval set (100k elements: 2.6 s vs 0.6 s here).
+                let hosts = p.iter().all(|n| n.prefix_len() == n.max_prefix_len());
+                let (flags, elems): (&str, Vec<String>) = if hosts {
+                    ("", p.iter().map(|n| n.addr().to_string()).collect())
+                } else {
+                    ("interval", p.iter().map(|n| n.to_string()).collect())
+                };
+                self.set_def(&format!("{name}_{}", fam_suffix(f)), ty, flags, &elems);
             }
         }
         for (name, svcs) in &v.objects.services {

@@ -330,7 +330,7 @@ fn contained_and_duplicate_prefixes_collapse_in_sets() {
     );
     let text = compile(&v, &Options::default()).unwrap().text;
     assert!(
-        text.contains("elements = { 192.0.2.9/32, 198.51.100.0/24 }"),
+        text.contains("flags interval\n        elements = { 192.0.2.9/32, 198.51.100.0/24 }"),
         "{text}"
     );
 }
