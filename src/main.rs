@@ -31,6 +31,9 @@ enum Cmd {
     /// Create and verify signed bundles.
     #[command(subcommand)]
     Bundle(cli::bundle::BundleCmd),
+    /// Compile, check, apply and diff the nftables ruleset.
+    #[command(subcommand)]
+    Ruleset(cli::ruleset::RulesetCmd),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Cmd::Config(c) => cli::config::run(c),
         Cmd::Key(c) => cli::key::run(c),
         Cmd::Bundle(c) => cli::bundle::run(c),
+        Cmd::Ruleset(c) => cli::ruleset::run(c),
     };
     cli::exit_code(result)
 }
