@@ -69,7 +69,7 @@ pub fn handled_signals() -> SigSet {
 
 /// Blocks the handled signals in the calling thread. Call it first thing, before any
 /// thread is spawned, so every thread inherits the mask and the signals queue for the
-/// signalfd. (std's `Command` resets the mask in children.)
+/// signalfd. Children get a clean mask again before exec.
 pub fn block_signals() -> Result<(), SupervisorError> {
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled_signals()), None)
         .map_err(SupervisorError::Signals)
@@ -231,6 +231,11 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
             // Own process group: a terminal's ctrl-c reaches only the supervisor, which
             // then stops the services in order.
             .process_group(0);
+        // SAFETY: runs in the forked child before exec; it only calls sigprocmask and
+        // signal, both async-signal-safe, and touches no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(reset_signals);
+        }
         match self.sys.spawn(&mut cmd) {
             Ok(mut child) => {
                 let pid = child.id() as i32;
@@ -407,6 +412,30 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
         }
         true
     }
+}
+
+/// In a child before exec: unblock what the supervisor blocks (std does not always reset
+/// the mask) and restore default dispositions, so services see SIGTERM and SIGCHLD.
+fn reset_signals() -> std::io::Result<()> {
+    // SAFETY: plain libc calls on valid, stack-owned arguments; async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in [
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGPIPE,
+        ] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    Ok(())
 }
 
 /// Copies a child's output into its ring (and optionally the console) on a small thread.

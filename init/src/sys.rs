@@ -90,7 +90,7 @@ pub trait Syscalls: Send + Sync {
     fn kill(&self, pid: i32, signal: Signal) -> Result<(), Errno>;
     /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
     fn set_child_subreaper(&self) -> Result<(), Errno>;
-    /// `fork` + `exec` through `std::process` (std resets the signal mask in the child).
+    /// `fork` + `exec` through `std::process`.
     fn spawn(&self, cmd: &mut std::process::Command) -> io::Result<std::process::Child>;
     /// Attaches `file` read-only to a free loop device and returns the device path.
     fn attach_loop(&self, file: &Path) -> Result<PathBuf, Errno>;

@@ -3,7 +3,9 @@
 
 pub mod bundle;
 pub mod config;
+pub mod init;
 pub mod key;
+pub mod status;
 
 use std::process::ExitCode;
 
