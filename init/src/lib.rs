@@ -22,3 +22,4 @@ pub mod storage;
 pub mod supervisor;
 pub mod sys;
 pub mod trust;
+pub mod verify;

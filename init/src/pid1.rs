@@ -226,7 +226,8 @@ fn early_phase(sys: &dyn Syscalls) -> Result<Cmdline, EarlyError> {
     crate::early::run(sys)
 }
 
-fn record_trust(shared: &Shared, d: &Decision) {
+/// Records the trust decision in status (node, trust report, fail-closed reason).
+pub fn record_trust(shared: &Shared, d: &Decision) {
     let report = match d {
         Decision::Verified {
             which,

@@ -2,18 +2,20 @@
 //! under a child subreaper (netns tests, by hand). Wires the init crate to the verifier,
 //! the config loader and the slot control of the other areas.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use twinwall_init::health::SlotControl;
+use twinwall_init::pid1;
 use twinwall_init::service::{Backoff, Kind};
 use twinwall_init::services::{self, ServiceContext};
 use twinwall_init::status::{Mode, Shared, Status};
 use twinwall_init::supervisor::{self, Supervisor, SupervisorConfig};
 use twinwall_init::sys::{RealSyscalls, Syscalls};
-use twinwall_init::trust::{BundleVerifier, VerifiedBundle};
+use twinwall_init::trust::{self, Decision};
+use twinwall_init::verify::BundleCrateVerifier;
 
 use crate::cli::Usage;
 
@@ -24,8 +26,12 @@ pub struct InitArgs {
     #[arg(long)]
     supervise: bool,
     /// Cluster config for the services (without it: the fail-closed set).
-    #[arg(long, requires = "node")]
+    #[arg(long, requires = "node", conflicts_with = "config_partition")]
     config: Option<PathBuf>,
+    /// A config partition directory (node, trusted/*.pub, bundles/...): run the trust
+    /// phase on it, as PID 1 does, and start the verified or the fail-closed service set.
+    #[arg(long, value_name = "DIR")]
+    config_partition: Option<PathBuf>,
     /// This node's name in the config.
     #[arg(long)]
     node: Option<String>,
@@ -58,23 +64,6 @@ pub struct InitArgs {
     stop_timeout_ms: u64,
 }
 
-/// Stands in until the bundle verifier is wired: every bundle is rejected, so the node
-/// boots fail-closed and says why.
-#[derive(Debug)]
-struct NoVerifier;
-
-impl BundleVerifier for NoVerifier {
-    fn verify(
-        &self,
-        _bundle: &Path,
-        _trusted: &[PathBuf],
-        _min_version: Option<u64>,
-        _node: &str,
-    ) -> Result<VerifiedBundle, String> {
-        Err("bundle verification is not built into this binary yet".into())
-    }
-}
-
 /// Stands in until the image area's grubenv logic is wired.
 #[derive(Debug)]
 struct NoSlotControl;
@@ -99,10 +88,8 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
             .into());
         }
         twinwall_init::pid1::main(
-            Box::new(NoVerifier),
-            Box::new(|_config: &Path, _node: &str| {
-                Err("the config loader is not built into this binary yet".to_string())
-            }),
+            Box::new(twinwall_init::verify::BundleCrateVerifier),
+            Box::new(twinwall_init::verify::load_view),
             Box::new(NoSlotControl),
         );
     }
@@ -116,32 +103,55 @@ fn supervise(args: InitArgs) -> anyhow::Result<()> {
     sys.set_child_subreaper()
         .context("prctl(PR_SET_CHILD_SUBREAPER)")?;
     let exe = std::env::current_exe().context("cannot find the twinwall binary")?;
-    let ctx = ServiceContext {
+    let mut status = Status::new(Mode::Supervise);
+    status.node = args.node.clone();
+    let shared = Shared::new(status);
+    let mut ctx = ServiceContext {
         exe,
         config: args.config.clone(),
         node: args.node.clone(),
         run_dir: args.run_dir.clone(),
         sync_key: args.sync_key.clone(),
     };
+    if let Some(dir) = &args.config_partition {
+        let decision = trust::run(&sys, &BundleCrateVerifier, Some(dir), &args.run_dir);
+        eprintln!("twinwall: {}", decision.summary());
+        pid1::record_trust(&shared, &decision);
+        match decision {
+            Decision::Verified {
+                node,
+                config_path,
+                sync_key,
+                ..
+            } => {
+                ctx.node = Some(node);
+                ctx.config = Some(config_path);
+                ctx.sync_key = sync_key.or(ctx.sync_key);
+            }
+            Decision::FailClosed { node, .. } => {
+                ctx.node = node;
+                ctx.config = None;
+            }
+        }
+    } else if args.config.is_none() {
+        shared
+            .update(|s| s.fail_closed = Some("no --config given: fail-closed service set".into()));
+    }
     let mut specs = services::service_set(&ctx, args.services.as_deref()).map_err(Usage)?;
     for o in &args.service_cmd {
         let (name, cmd) = o
             .split_once('=')
             .ok_or_else(|| Usage(format!("--service-cmd {o}: expected NAME=COMMAND")))?;
-        let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
-            Usage(format!(
-                "--service-cmd {o}: `{name}` is not in the service set"
-            ))
-        })?;
+        let Some(spec) = specs.iter_mut().find(|s| s.name == name) else {
+            tracing::info!(service = name, "--service-cmd for a service not in the set");
+            continue;
+        };
+        // The shell command sees the service's real arguments as "$@" ($0 = the name).
+        let mut shell_args = vec!["-c".to_string(), cmd.to_string(), name.to_string()];
+        shell_args.append(&mut spec.args);
         spec.program = PathBuf::from("/bin/sh");
-        spec.args = vec!["-c".into(), cmd.into()];
+        spec.args = shell_args;
     }
-    let mut status = Status::new(Mode::Supervise);
-    status.node = args.node.clone();
-    if args.config.is_none() {
-        status.fail_closed = Some("no --config given: fail-closed service set".into());
-    }
-    let shared = Shared::new(status);
     let _server = shared
         .serve(&args.run_dir)
         .context("cannot serve init.sock")?;
