@@ -3,8 +3,10 @@
 
 pub mod bundle;
 pub mod config;
+pub mod init;
 pub mod key;
 pub mod ruleset;
+pub mod status;
 
 use std::process::ExitCode;
 
