@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Layer-4 part of a tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "proto", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum L4 {
     /// TCP ports.
     Tcp {

@@ -7,3 +7,4 @@ pub mod ctnetlink;
 pub mod entry;
 pub mod kernel;
 pub mod lab;
+pub mod wire;
