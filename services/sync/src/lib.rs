@@ -3,6 +3,7 @@
 //! [`kernel`]); the replication protocol, caches and role handling are a pure core; the
 //! service shell runs it against real sockets.
 
+pub mod core;
 pub mod ctnetlink;
 pub mod entry;
 pub mod kernel;

@@ -41,8 +41,9 @@ pub enum Update {
 pub enum Body {
     /// Keepalive; `want_resync` asks the master for a full resync.
     Hello {
-        /// The sender wants a full resync.
-        want_resync: bool,
+        /// The sender wants a full resync newer than this stream (the last one it saw,
+        /// 0 for none).
+        want_resync: Option<u32>,
     },
     /// Reliable, ordered updates: `seq` within `stream`.
     Data {
