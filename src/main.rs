@@ -31,6 +31,8 @@ enum Cmd {
     /// Create and verify signed bundles.
     #[command(subcommand)]
     Bundle(cli::bundle::BundleCmd),
+    /// Conntrack state replication with the peer (foreground service).
+    Sync(cli::sync::SyncArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Cmd::Config(c) => cli::config::run(c),
         Cmd::Key(c) => cli::key::run(c),
         Cmd::Bundle(c) => cli::bundle::run(c),
+        Cmd::Sync(a) => cli::sync::run(a),
     };
     cli::exit_code(result)
 }

@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod config;
 pub mod key;
+pub mod sync;
 
 use std::process::ExitCode;
 

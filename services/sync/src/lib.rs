@@ -8,4 +8,5 @@ pub mod ctnetlink;
 pub mod entry;
 pub mod kernel;
 pub mod lab;
+pub mod service;
 pub mod wire;
