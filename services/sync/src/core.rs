@@ -241,6 +241,8 @@ pub struct Core {
     last_hello_us: u64,
     last_digest_us: u64,
     last_refresh_us: u64,
+    last_dump_us: u64,
+    dump_due: bool,
     last_expiry_us: u64,
     last_rate: (u64, u64),
     status: Status,
@@ -278,6 +280,8 @@ impl Core {
             last_hello_us: 0,
             last_digest_us: 0,
             last_refresh_us: 0,
+            last_dump_us: 0,
+            dump_due: false,
             last_expiry_us: 0,
             last_rate: (0, 0),
             status: Status::default(),
@@ -352,11 +356,15 @@ impl Core {
             }
             Input::Overrun => {
                 self.status.enobufs += 1;
-                tracing::warn!(
-                    enobufs = self.status.enobufs,
-                    "conntrack events lost (ENOBUFS): resyncing from a dump"
-                );
-                out.push(Output::Dump);
+                if !self.dump_due {
+                    tracing::warn!(
+                        enobufs = self.status.enobufs,
+                        "conntrack events lost (ENOBUFS): resyncing from a dump"
+                    );
+                }
+                // One dump per burst of overruns: it is taken on a tick, at most every
+                // `rto_us`, while the events that still arrive keep being applied.
+                self.dump_due = true;
             }
             Input::Dump(entries) => self.reconcile(now_us, entries),
             Input::Peer { fresh, body, bytes } => self.peer(now_us, fresh, body, bytes, &mut out),
@@ -573,9 +581,15 @@ impl Core {
             self.last_expiry_us = now_us;
             self.expire(now_us);
         }
+        if self.dump_due && now_us.saturating_sub(self.last_dump_us) >= self.tuning.rto_us {
+            self.dump_due = false;
+            self.last_dump_us = now_us;
+            out.push(Output::Dump);
+        }
         if self.role == Role::Master {
             if now_us.saturating_sub(self.last_refresh_us) >= self.tuning.refresh_us {
                 self.last_refresh_us = now_us;
+                self.last_dump_us = now_us;
                 out.push(Output::Dump);
             }
             if now_us.saturating_sub(self.last_digest_us) >= self.tuning.digest_us

@@ -399,6 +399,30 @@ fn decode_protoinfo(buf: &[u8]) -> Result<Option<TcpInfo>, CodecError> {
     Ok(None)
 }
 
+/// The reply tuple of a connection without NAT: the original one reversed (ICMP keeps the
+/// reply's own type/code/id, which are not a pure reversal).
+fn inverse(orig: &Tuple, reply: &Tuple) -> Tuple {
+    let l4 = match orig.l4 {
+        L4::Tcp { sport, dport } => L4::Tcp {
+            sport: dport,
+            dport: sport,
+        },
+        L4::Udp { sport, dport } => L4::Udp {
+            sport: dport,
+            dport: sport,
+        },
+        icmp => match reply.l4 {
+            r @ (L4::Icmp { .. } | L4::Icmpv6 { .. }) => r,
+            _ => icmp,
+        },
+    };
+    Tuple {
+        src: orig.dst,
+        dst: orig.src,
+        l4,
+    }
+}
+
 /// Appends netlink messages to a buffer. Attribute emission is the mirror of the decoder.
 #[derive(Debug, Default)]
 pub struct Builder {
@@ -499,7 +523,17 @@ impl Builder {
             family,
         );
         self.tuple(CTA_TUPLE_ORIG, &e.orig);
-        self.tuple(CTA_TUPLE_REPLY, &e.reply);
+        // With NAT, the kernel must derive the reply tuple itself from the NAT setup below:
+        // nf_nat_setup_info only sets IPS_SRC_NAT/IPS_DST_NAT (and so mangles packets) when
+        // the binding changes the tuple, so we give it the un-NATed reply (the inverse of
+        // the original tuple), as conntrackd does with NFCT_SOPT_SETUP_REPLY.
+        let nat = e.is_snat() || e.is_dnat();
+        let reply = if nat {
+            inverse(&e.orig, &e.reply)
+        } else {
+            e.reply
+        };
+        self.tuple(CTA_TUPLE_REPLY, &reply);
         // The kernel manages the NAT bits itself and refuses (EBUSY) a status that differs
         // from the new entry's in EXPECTED/CONFIRMED/DYING; a created entry is CONFIRMED.
         let status = e.status & (IPS_SEEN_REPLY | IPS_ASSURED | IPS_FIXED_TIMEOUT) | IPS_CONFIRMED;
@@ -627,6 +661,10 @@ mod tests {
             };
             let mut want = e;
             want.status = want.status & (IPS_SEEN_REPLY | IPS_ASSURED) | IPS_CONFIRMED;
+            if e.is_snat() {
+                // the NATed reply is sent as the NAT setup, the reply tuple un-NATed
+                want.reply = inverse(&e.orig, &e.reply);
+            }
             assert_eq!(entry.as_ref(), Some(&want));
         }
     }

@@ -199,11 +199,18 @@ pub struct Service {
     event_rcvbuf: usize,
     replay: ReplayWindow,
     control: Option<Server>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Service {
+    /// Stops the reader threads and waits for them, so that the sockets are closed when
+    /// the service is gone (a restart can bind the same port at once).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.control.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -226,18 +233,18 @@ impl Service {
             nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBufForce, &(16 << 20));
         let _ =
             nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::SndBufForce, &(16 << 20));
-        spawn("sync-events", {
+        let mut threads = vec![spawn("sync-events", {
             let (tx, stop) = (tx.clone(), stop.clone());
             move || event_loop(events, tx, stop)
-        })?;
-        spawn("sync-udp", {
+        })?];
+        threads.push(spawn("sync-udp", {
             let (tx, stop) = (tx.clone(), stop.clone());
             let udp = udp.try_clone().map_err(|source| ServiceError::Bind {
                 addr: local,
                 source,
             })?;
             move || udp_loop(udp, peer.ip(), tx, stop)
-        })?;
+        })?);
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -257,6 +264,7 @@ impl Service {
             event_rcvbuf,
             replay: ReplayWindow::default(),
             control: None,
+            threads,
             settings,
         };
         svc.control = Some(Server::bind(
@@ -292,7 +300,7 @@ impl Service {
     /// Starts a role source on its own thread.
     pub fn add_role_source(&self, source: Box<dyn RoleSource>) -> Result<(), ServiceError> {
         let sink = self.role_sink();
-        spawn("sync-role", move || source.run(sink))
+        spawn("sync-role", move || source.run(sink)).map(drop)
     }
 
     fn now_us(&self) -> u64 {
@@ -317,7 +325,6 @@ impl Service {
                 self.execute(outs);
             }
         }
-        self.stop.store(true, Ordering::Relaxed);
         tracing::info!("sync service stopped");
         Ok(())
     }
@@ -464,11 +471,13 @@ impl Service {
     }
 }
 
-fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), ServiceError> {
+fn spawn(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, ServiceError> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)
-        .map(drop)
         .map_err(|source| ServiceError::Thread { name, source })
 }
 

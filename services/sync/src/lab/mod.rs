@@ -142,3 +142,55 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<(), LabError
     b.ip(&["link", "set", b_if, "up"])?;
     Ok(())
 }
+
+impl Netns {
+    /// Runs `f` on a new thread inside this namespace and returns its handle (for
+    /// long-running work such as a service or a traffic generator).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T, LabError>> {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let fd =
+                File::open(format!("/run/netns/{name}")).map_err(|source| LabError::Enter {
+                    name: name.clone(),
+                    source,
+                })?;
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                LabError::Enter {
+                    name: name.clone(),
+                    source: e.into(),
+                }
+            })?;
+            Ok(f())
+        })
+    }
+
+    /// The MAC address of a device in this namespace.
+    pub fn mac(&self, dev: &str) -> Result<String, LabError> {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{dev}/address")])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Writes a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<(), LabError> {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Loads an nft script inside the namespace.
+    pub fn nft(&self, script: &str) -> Result<(), LabError> {
+        let path = std::env::temp_dir().join(format!("{}.nft", self.name));
+        std::fs::write(&path, script).map_err(|e| LabError::Command {
+            cmd: format!("write {}", path.display()),
+            detail: e.to_string(),
+        })?;
+        let r = self.exec(&["nft", "-f", &path.display().to_string()]);
+        let _ = std::fs::remove_file(&path);
+        r.map(drop)
+    }
+}
+
+pub mod pair;
+pub mod traffic;
