@@ -212,6 +212,7 @@ fn enobufs_is_counted_and_a_dump_resync_converges() {
         pair.start_sync(1, pair.settings(1, Role::Backup)).unwrap(),
     ];
     // a burst of 20k entries in one batched commit overflows a 16 KiB event buffer
+    let t0 = Instant::now();
     inject(&pair, 0, 10000..30000);
     assert!(
         wait_until(Duration::from_secs(30), || converged(&sync, 20000)),
@@ -219,7 +220,9 @@ fn enobufs_is_counted_and_a_dump_resync_converges() {
         sync[0].status(),
         sync[1].status()
     );
+    eprintln!("converged after {:?}", t0.elapsed());
     let st = sync[0].status();
+    eprintln!("{st}");
     assert!(st["enobufs"].as_u64().unwrap() >= 1, "{st}");
     assert!(st["dumps"].as_u64().unwrap() >= 2, "{st}");
 }

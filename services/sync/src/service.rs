@@ -145,7 +145,7 @@ pub struct RoleChange {
 #[derive(Debug)]
 enum Msg {
     Events(Vec<Event>, Instant),
-    Overrun,
+    Overrun(Instant),
     Datagram(Vec<u8>),
     Role(Role, Sender<Option<CommitReport>>),
     Status(Sender<serde_json::Value>),
@@ -200,6 +200,7 @@ pub struct Service {
     replay: ReplayWindow,
     control: Option<Server>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    last_dump: Option<Instant>,
 }
 
 impl Drop for Service {
@@ -265,6 +266,7 @@ impl Service {
             replay: ReplayWindow::default(),
             control: None,
             threads,
+            last_dump: None,
             settings,
         };
         svc.control = Some(Server::bind(
@@ -274,6 +276,7 @@ impl Service {
         )?);
         // Our own table first: as master it is what the peer gets.
         let now = svc.now_us();
+        svc.last_dump = Some(Instant::now());
         let dump = svc.conntrack.dump()?;
         let outs = svc.core.step(now, Input::Dump(dump));
         svc.execute(outs);
@@ -333,7 +336,12 @@ impl Service {
         let now = self.now_us();
         let outs = match msg {
             Msg::Events(events, _at) => self.core.step(now, Input::Kernel(events)),
-            Msg::Overrun => self.core.step(now, Input::Overrun),
+            // A dump started after the overrun already reflects everything that was lost.
+            Msg::Overrun(at) if self.last_dump.is_some_and(|d| d > at) => {
+                self.core.status_mut().enobufs += 1;
+                Vec::new()
+            }
+            Msg::Overrun(_) => self.core.step(now, Input::Overrun),
             Msg::Datagram(bytes) => match self.open(&bytes) {
                 Some(input) => self.core.step(now, input),
                 None => Vec::new(),
@@ -421,13 +429,7 @@ impl Service {
                 Ok(r) => report = Some(r),
                 Err(e) => tracing::error!(error = %e, "commit of the external cache failed"),
             }
-            match self.conntrack.dump() {
-                Ok(d) => {
-                    let outs = self.core.step(self.now_us(), Input::Dump(d));
-                    self.execute(outs);
-                }
-                Err(e) => tracing::error!(error = %e, "dump after commit failed"),
-            }
+            self.dump();
         }
         let outs = self.core.step(self.now_us(), Input::Role(role));
         self.execute(outs);
@@ -435,6 +437,18 @@ impl Service {
             c.publish(&json!({"event": "role", "role": role, "commit": report}));
         }
         report
+    }
+
+    /// Dumps the kernel table into the core.
+    fn dump(&mut self) {
+        self.last_dump = Some(Instant::now());
+        match self.conntrack.dump() {
+            Ok(d) => {
+                let outs = self.core.step(self.now_us(), Input::Dump(d));
+                self.execute(outs);
+            }
+            Err(e) => tracing::error!(error = %e, "conntrack dump failed"),
+        }
     }
 
     fn execute(&mut self, outs: Vec<Output>) {
@@ -459,13 +473,7 @@ impl Service {
                         Err(e) => tracing::debug!(error = %e, "sync send failed"),
                     }
                 }
-                Output::Dump => match self.conntrack.dump() {
-                    Ok(d) => {
-                        let outs = self.core.step(self.now_us(), Input::Dump(d));
-                        self.execute(outs);
-                    }
-                    Err(e) => tracing::error!(error = %e, "conntrack dump failed"),
-                },
+                Output::Dump => self.dump(),
             }
         }
     }
@@ -496,7 +504,7 @@ fn event_loop(mut events: Events, tx: Sender<Msg>, stop: Arc<AtomicBool>) {
             }
             Err(KernelError::Overrun) => {
                 batch.clear();
-                if tx.send(Msg::Overrun).is_err() {
+                if tx.send(Msg::Overrun(Instant::now())).is_err() {
                     return;
                 }
             }
