@@ -53,6 +53,15 @@ fn files(key: &str) -> Files {
 }
 
 fn twinwall(ns: &Netns, f: &Files, node: &str) -> Command {
+    twinwall_with(
+        ns,
+        f,
+        &f.path().join("view.json").display().to_string(),
+        node,
+    )
+}
+
+fn twinwall_with(ns: &Netns, f: &Files, config: &str, node: &str) -> Command {
     let mut c = Command::new("ip");
     let p = |n: &str| f.path().join(n).display().to_string();
     c.args([
@@ -62,14 +71,7 @@ fn twinwall(ns: &Netns, f: &Files, node: &str) -> Command {
         env!("CARGO_BIN_EXE_twinwall"),
         "sync",
     ])
-    .args([
-        "--config",
-        &p("view.json"),
-        "--node",
-        node,
-        "--run-dir",
-        &p("run"),
-    ])
+    .args(["--config", config, "--node", node, "--run-dir", &p("run")])
     .args(["--sync-key", &p("sync.key"), "--role", "master"]);
     c
 }
@@ -143,4 +145,43 @@ fn a_bad_key_or_the_wrong_node_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("fw9"), "{stderr}");
+}
+
+#[test]
+fn the_cluster_toml_config_is_read_for_the_node() {
+    let ns = Netns::new("clitoml").unwrap();
+    // examples/single-vip.toml: office-a's sync address
+    ns.ip(&["addr", "add", "192.0.2.5/30", "dev", "lo"])
+        .unwrap();
+    let f = files(&"cd".repeat(32));
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/single-vip.toml");
+    let mut child = twinwall_with(&ns, &f, config, "office-a")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = f.path().join("run/sync.sock");
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()),
+        "no control socket"
+    );
+    let status = twinwall_control::request(
+        &sock,
+        &twinwall_control::Request::new("status"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(status["local"], "192.0.2.5:3780");
+    assert_eq!(status["peer"], "192.0.2.6:3780");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+    let out = twinwall_with(&ns, &f, config, "office-z").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("office-a"));
 }

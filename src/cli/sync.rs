@@ -55,11 +55,16 @@ fn load_view(path: &std::path::Path, node: &str) -> anyhow::Result<NodeView> {
         }
         return Ok(view);
     }
-    anyhow::bail!(
-        "{}: TOML configs are read once the config parser is on this branch; pass the node \
-         view JSON (`twinwall config show --json`) for now",
-        path.display()
-    )
+    let config = match twinwall_config::load(path) {
+        Ok(c) => c,
+        Err(diags) => {
+            eprintln!("{diags}");
+            return Err(crate::cli::Reported(format!("{} has errors", path.display())).into());
+        }
+    };
+    config
+        .node_view(node)
+        .map_err(|e| crate::cli::Usage(e.to_string()).into())
 }
 
 /// Runs the service until SIGTERM.
