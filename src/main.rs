@@ -39,6 +39,8 @@ enum Cmd {
     Init(cli::init::InitArgs),
     /// Local status from the services' control sockets.
     Status(cli::status::StatusArgs),
+    /// Conntrack state replication with the peer (foreground service).
+    Sync(cli::sync::SyncArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Cmd::Ruleset(c) => cli::ruleset::run(c),
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Status(a) => cli::status::run(a),
+        Cmd::Sync(a) => cli::sync::run(a),
     };
     cli::exit_code(result)
 }

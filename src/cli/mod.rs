@@ -7,6 +7,7 @@ pub mod init;
 pub mod key;
 pub mod ruleset;
 pub mod status;
+pub mod sync;
 
 use std::process::ExitCode;
 
