@@ -31,6 +31,8 @@ enum Cmd {
     /// Create and verify signed bundles.
     #[command(subcommand)]
     Bundle(cli::bundle::BundleCmd),
+    /// Run the VRRP service in the foreground.
+    Vrrp(cli::vrrp::VrrpArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Cmd::Config(c) => cli::config::run(c),
         Cmd::Key(c) => cli::key::run(c),
         Cmd::Bundle(c) => cli::bundle::run(c),
+        Cmd::Vrrp(a) => cli::vrrp::run(a),
     };
     cli::exit_code(result)
 }

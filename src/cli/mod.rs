@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod config;
 pub mod key;
+pub mod vrrp;
 
 use std::process::ExitCode;
 
