@@ -1,7 +1,7 @@
 //! `twinwall vrrp`: the VRRP service in the foreground.
 //!
-//! `--config` takes the cluster config; a `.json` file is read as an already resolved node
-//! view (the output of `twinwall config show --json`), which is what the netns tests use.
+//! `--config` takes the cluster config (TOML); a `.json` file is read as an already
+//! resolved node view (the output of `twinwall config show --json`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,10 +42,18 @@ fn load_view(path: &Path, node: &str) -> anyhow::Result<twinwall_config::NodeVie
         }
         return Ok(view);
     }
-    anyhow::bail!(
-        "{}: TOML cluster configs are read once the config parser is merged; pass a node view (.json)",
-        path.display()
-    )
+    match twinwall_config::load(path) {
+        Ok(cfg) => {
+            for w in cfg.warnings().all() {
+                eprintln!("{w}");
+            }
+            Ok(cfg.node_view(node)?)
+        }
+        Err(diags) => {
+            eprintln!("{diags}");
+            Err(super::Reported(format!("{}: invalid config", path.display())).into())
+        }
+    }
 }
 
 /// Runs the service until SIGTERM or SIGINT.

@@ -244,10 +244,14 @@ impl Netlink {
         device: &str,
     ) -> Result<(), NetlinkError> {
         let what = format!("remove route {dest} via {gateway} dev {device}");
-        let msg = Self::route_msg(dest, gateway, index).map_err(|e| NetlinkError::Request {
+        let mut msg = Self::route_msg(dest, gateway, index).map_err(|e| NetlinkError::Request {
             what: e,
             source: rtnetlink::Error::RequestFailed,
         })?;
+        // Match the route whoever installed it (as `ip route del` does): any protocol,
+        // any scope.
+        msg.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
+        msg.header.scope = netlink_packet_route::route::RouteScope::NoWhere;
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(libc::ESRCH) | Some(libc::ENOENT)) => Ok(()),

@@ -346,6 +346,7 @@ pub async fn run(
         link_up: HashMap::new(),
         mismatch_logged,
     };
+    shell.snapshot();
     for l in links.values() {
         shell.link_event(l.clone());
     }
