@@ -302,14 +302,20 @@ pub fn step(mut r: Router, now: Time, event: Event) -> (Router, Vec<Action>) {
             },
         ) => {
             if priority == 0 {
-                // Another router is leaving: re-assert mastership at once.
+                // Another router is leaving: re-assert mastership at once (§6.4.3). The
+                // leaver may have owned the neighbours' caches (a healed split brain), so
+                // twinwall also re-announces the addresses.
                 out.push(Action::SendAdvert { priority: prio });
+                out.push(Action::SendGarp);
                 out.push(r.adver_at(now));
             } else if priority > prio || (priority == prio && ip_gt(&sender, &r.params.primary)) {
-                // A better master exists: become Backup.
+                // A better master exists: become Backup. twinwall steps down with a
+                // priority-0 advert (beyond §6.4.3): if the winner has not heard us it still
+                // learns that we were master, and re-announces the addresses we claimed.
                 out.push(Action::CancelTimer {
                     timer: Timer::Adver,
                 });
+                out.push(Action::SendAdvert { priority: 0 });
                 r.master_adver_interval_cs = max_advert_int_cs.max(1);
                 r.master = Some(sender);
                 out.push(Action::SetTimer {

@@ -205,6 +205,18 @@ pub fn step(mut g: Group, now: Time, event: GroupEvent) -> (Group, Vec<GroupActi
                     run(&mut g, i, now, f, &mut acts);
                 }
             }
+            // A master re-announcing its addresses (a healed split brain) does so on every
+            // link of the group: the neighbours on all of them followed the other node.
+            let reannounce = prev == State::Master
+                && new == State::Master
+                && acts.iter().any(|(_, a)| *a == Action::SendGarp);
+            if reannounce {
+                for i in (0..g.routers.len()).filter(|&i| i != index) {
+                    if g.routers[i].state == State::Master {
+                        acts.push((i, Action::SendGarp));
+                    }
+                }
+            }
         }
         GroupEvent::Router { .. } => {}
         GroupEvent::LinkDown { zone } if zone < g.track_count => {

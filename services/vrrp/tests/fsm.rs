@@ -228,12 +228,13 @@ fn rfc5798_6_4_transition_table() {
             ],
         },
         Row {
-            section: "6.4.3 Master + priority-0 advert -> advertise at once",
+            section: "6.4.3 Master + priority-0 advert -> advertise at once (and re-announce)",
             before: in_state(params(200, true, 0), State::Master),
             event: advert("203.0.113.3", 0),
             state: State::Master,
             actions: vec![
                 Action::SendAdvert { priority: 200 },
+                Action::SendGarp,
                 Action::SetTimer {
                     timer: Timer::Adver,
                     at: now + MS(100),
@@ -241,7 +242,7 @@ fn rfc5798_6_4_transition_table() {
             ],
         },
         Row {
-            section: "6.4.3 Master + higher-priority advert -> Backup",
+            section: "6.4.3 Master + higher-priority advert -> Backup (stepping down with priority 0)",
             before: in_state(params(100, true, 0), State::Master),
             event: advert("203.0.113.3", 200),
             state: State::Backup,
@@ -249,6 +250,7 @@ fn rfc5798_6_4_transition_table() {
                 Action::CancelTimer {
                     timer: Timer::Adver,
                 },
+                Action::SendAdvert { priority: 0 },
                 Action::SetTimer {
                     timer: Timer::MasterDown,
                     at: now + mdi_100,
@@ -266,6 +268,7 @@ fn rfc5798_6_4_transition_table() {
                 Action::CancelTimer {
                     timer: Timer::Adver,
                 },
+                Action::SendAdvert { priority: 0 },
                 Action::SetTimer {
                     timer: Timer::MasterDown,
                     at: now + mdi_100,

@@ -203,3 +203,24 @@ fn losing_mastership_during_the_commit_drops_the_held_announcements() {
             .any(|a| matches!(a, GroupAction::Do(_, Action::AddVips)))
     );
 }
+
+#[test]
+fn a_reannouncement_covers_every_link_of_the_group() {
+    let g = master(edge());
+    // The loser of a healed split brain steps down on the outside link with priority 0.
+    let ev = GroupEvent::Router {
+        index: 0,
+        event: Event::AdvertReceived {
+            from: "203.0.113.3".parse().unwrap(),
+            priority: 0,
+            max_advert_int_cs: 10,
+        },
+    };
+    let (g, acts) = step(g, MS(500), ev);
+    assert_eq!(g.role(), State::Master);
+    assert!(router_actions(&acts, 0).contains(&Action::SendGarp));
+    assert!(
+        router_actions(&acts, 1).contains(&Action::SendGarp),
+        "inside must re-announce too"
+    );
+}
