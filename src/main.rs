@@ -41,6 +41,8 @@ enum Cmd {
     Status(cli::status::StatusArgs),
     /// Conntrack state replication with the peer (foreground service).
     Sync(cli::sync::SyncArgs),
+    /// Run the VRRP service in the foreground.
+    Vrrp(cli::vrrp::VrrpArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Status(a) => cli::status::run(a),
         Cmd::Sync(a) => cli::sync::run(a),
+        Cmd::Vrrp(a) => cli::vrrp::run(a),
     };
     cli::exit_code(result)
 }

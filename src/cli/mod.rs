@@ -8,6 +8,7 @@ pub mod key;
 pub mod ruleset;
 pub mod status;
 pub mod sync;
+pub mod vrrp;
 
 use std::process::ExitCode;
 
