@@ -3,8 +3,16 @@
 //! packages, the reproducible slot squashfs, the GPT A/B disk image with GRUB for BIOS and
 //! UEFI, the hybrid ISO, and flashing a disk with a node's config partition.
 
+pub mod disk;
+pub mod fat;
+pub mod grub;
 pub mod grubenv;
+pub mod layout;
+pub mod modules;
+pub mod reproducible;
+pub mod rootfs;
 pub mod slot;
+pub mod tool;
 
 pub use grubenv::{Grubenv, GrubenvError};
 pub use slot::{BootReason, BootState, GrubenvFile, Slot, SlotControl, SlotError, SlotFlags};
