@@ -31,6 +31,9 @@ enum Cmd {
     /// Create and verify signed bundles.
     #[command(subcommand)]
     Bundle(cli::bundle::BundleCmd),
+    /// Build the appliance images (disk, ISO) and refresh the package lock.
+    #[command(subcommand)]
+    Image(cli::image::ImageCmd),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Cmd::Config(c) => cli::config::run(c),
         Cmd::Key(c) => cli::key::run(c),
         Cmd::Bundle(c) => cli::bundle::run(c),
+        Cmd::Image(c) => cli::image::run(c),
     };
     cli::exit_code(result)
 }

@@ -3,6 +3,7 @@
 //! packages, the reproducible slot squashfs, the GPT A/B disk image with GRUB for BIOS and
 //! UEFI, the hybrid ISO, and flashing a disk with a node's config partition.
 
+pub mod build;
 pub mod disk;
 pub mod fat;
 pub mod grub;

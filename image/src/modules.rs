@@ -152,9 +152,12 @@ impl ModuleDb {
     }
 
     /// Runs depmod on an unpacked kernel (`ROOT/lib/modules/VERSION`) and reads the result.
+    /// depmod runs once per unpacked kernel (its output is kept beside the modules).
     pub fn depmod(root: &Path, version: &str) -> Result<Self, ModulesError> {
-        tool::run("depmod", ["-b", &root.display().to_string(), version], None)?;
         let dir = root.join("lib/modules").join(version);
+        if !dir.join("modules.dep").exists() {
+            tool::run("depmod", ["-b", &root.display().to_string(), version], None)?;
+        }
         let read = |n: &str| {
             let p = dir.join(n);
             std::fs::read_to_string(&p).map_err(|source| ModulesError::Io { path: p, source })

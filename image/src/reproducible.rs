@@ -107,7 +107,10 @@ pub fn cpio(root: &Path, out: &Path, epoch: u64) -> Result<(), ReproError> {
     Ok(())
 }
 
-/// Makes a squashfs of `root` at `out`: xz, owners root, all times `epoch`, no xattrs.
+/// Makes a squashfs of `root` at `out`: gzip level 6, owners root, all times `epoch`, no
+/// xattrs. gzip because GRUB's squash4 reads only gzip, xz and lzo, and level 6 because
+/// on the slot tree it costs 2.3 s of CPU against 22 s for xz and 15 s for gzip -9, for
+/// 19.8 MB against 17.3 MB and 19.7 MB (measured 2026-12-02).
 pub fn squashfs(root: &Path, out: &Path, epoch: u64) -> Result<(), ReproError> {
     let _ = std::fs::remove_file(out);
     let e = epoch.to_string();
@@ -120,11 +123,9 @@ pub fn squashfs(root: &Path, out: &Path, epoch: u64) -> Result<(), ReproError> {
             "-no-progress".as_ref(),
             "-quiet".as_ref(),
             "-comp".as_ref(),
-            "xz".as_ref(),
-            "-Xbcj".as_ref(),
-            "x86".as_ref(),
-            "-b".as_ref(),
-            "1M".as_ref(),
+            "gzip".as_ref(),
+            "-Xcompression-level".as_ref(),
+            "6".as_ref(),
             "-all-root".as_ref(),
             "-no-xattrs".as_ref(),
             "-mkfs-time".as_ref(),

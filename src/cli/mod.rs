@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod config;
+pub mod image;
 pub mod key;
 
 use std::process::ExitCode;
