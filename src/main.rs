@@ -43,6 +43,9 @@ enum Cmd {
     Sync(cli::sync::SyncArgs),
     /// Run the VRRP service in the foreground.
     Vrrp(cli::vrrp::VrrpArgs),
+    /// Build the appliance images (disk, ISO) and refresh the package lock.
+    #[command(subcommand)]
+    Image(cli::image::ImageCmd),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Cmd::Status(a) => cli::status::run(a),
         Cmd::Sync(a) => cli::sync::run(a),
         Cmd::Vrrp(a) => cli::vrrp::run(a),
+        Cmd::Image(c) => cli::image::run(c),
     };
     cli::exit_code(result)
 }

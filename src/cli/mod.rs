@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod config;
 pub mod init;
+pub mod image;
 pub mod key;
 pub mod ruleset;
 pub mod status;
