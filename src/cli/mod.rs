@@ -3,8 +3,8 @@
 
 pub mod bundle;
 pub mod config;
-pub mod init;
 pub mod image;
+pub mod init;
 pub mod key;
 pub mod ruleset;
 pub mod status;
