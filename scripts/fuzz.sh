@@ -20,15 +20,20 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 
-# Seeds: every example config, and a config bundle signed by the fixed fuzz test key.
-mkdir -p fuzz/corpus/bundle_parse fuzz/corpus/config_load
+# Seeds: every example config, and config bundles signed by the fixed fuzz test key:
+# the ed25519 seed of 32 bytes 0x42 that fuzz_targets/bundle_parse.rs trusts. It is a
+# public test key, written here rather than committed (the repo ignores *.key files).
+mkdir -p fuzz/corpus/bundle_parse fuzz/corpus/config_load fuzz/target
+testkey=fuzz/target/fuzz-test.key
+printf 'twinwall-ed25519-secret-v1 %s\n' "$(printf 'B%.0s' {1..32} | base64 -w0)" > "$testkey"
+chmod 600 "$testkey"
 for f in ../shared/examples/*.toml examples/*.toml; do
   [ -f "$f" ] && cp "$f" "fuzz/corpus/config_load/$(basename "$f")"
 done
 for f in ../shared/examples/*.toml; do
   [ -f "$f" ] || continue
   SOURCE_DATE_EPOCH=0 TWINWALL_LOG=warn cargo run --quiet --locked -- bundle create \
-    --config "$f" --key fuzz/fuzz-test.key \
+    --config "$f" --key "$testkey" \
     --out "fuzz/corpus/bundle_parse/$(basename "$f" .toml).bundle" >/dev/null
 done
 

@@ -1,6 +1,6 @@
-//! Fuzzes the bundle container and manifest parsers and the whole verifier, with the
-//! fixed test key of `fuzz/fuzz-test.key` trusted (the seed bundle is signed by it, so
-//! mutations of the payload framing get past the signature check).
+//! Fuzzes the bundle container and manifest parsers and the whole verifier. It trusts a
+//! fixed test key (the ed25519 seed of 32 bytes 0x42) with which `scripts/fuzz.sh` signs
+//! the seed bundles, so mutations of the payload framing get past the signature check.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
