@@ -4,7 +4,7 @@
 set -euo pipefail
 want=(nftables conntrack iproute2 iputils-ping)
 case "${1:-all}" in
-  test) want+=(conntrackd keepalived socat) ;;
+  test) want+=(conntrackd keepalived socat python3 time) ;;
   image) want+=(qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools
                 squashfs-tools ovmf kmod cpio gdisk dosfstools) ;;
   all) want+=(conntrackd keepalived socat qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common
