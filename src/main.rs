@@ -34,6 +34,8 @@ enum Cmd {
     /// Build the appliance images (disk, ISO) and refresh the package lock.
     #[command(subcommand)]
     Image(cli::image::ImageCmd),
+    /// Write twinwall.img and a node's config partition to a disk or file.
+    Flash(cli::flash::FlashArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Cmd::Key(c) => cli::key::run(c),
         Cmd::Bundle(c) => cli::bundle::run(c),
         Cmd::Image(c) => cli::image::run(c),
+        Cmd::Flash(a) => cli::flash::run(a),
     };
     cli::exit_code(result)
 }
