@@ -13,7 +13,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -23,7 +22,7 @@ use crate::disk::{self, DiskError};
 use crate::layout::{self, GptEntry, GptError};
 
 /// First word of a sync key file (the bundle area's `twinwall-sync-key-v1 <base64>`).
-pub const SYNC_HEADER: &str = "twinwall-sync-key-v1";
+pub const SYNC_HEADER: &str = twinwall_bundle::keys::SYNC_HEADER;
 
 /// Errors of flashing, each naming the target or input at fault.
 #[derive(Debug, Error)]
@@ -306,30 +305,17 @@ pub fn check_target(target: &Path, image: &Path, needed: u64) -> Result<TargetKi
     Ok(TargetKind::BlockDevice)
 }
 
-/// A new sync key file's text.
+/// A new sync key file's text (the bundle area's format, `SyncKey::encode`).
 pub fn new_sync_key() -> Result<String, FlashError> {
-    let mut k = [0u8; 32];
-    getrandom::fill(&mut k).map_err(|e| FlashError::Random(e.to_string()))?;
-    Ok(format!(
-        "{SYNC_HEADER} {}\n",
-        base64::engine::general_purpose::STANDARD.encode(k)
-    ))
+    let k = twinwall_bundle::SyncKey::generate().map_err(|e| FlashError::Random(e.to_string()))?;
+    Ok(k.encode().as_str().to_owned())
 }
 
 /// Checks a sync key file's text.
 pub fn check_sync_key(path: &Path, text: &str) -> Result<(), FlashError> {
-    let bad = || FlashError::BadSyncKey { path: path.into() };
-    let mut w = text.split_whitespace();
-    if w.next() != Some(SYNC_HEADER) {
-        return Err(bad());
-    }
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(w.next().ok_or_else(bad)?)
-        .map_err(|_| bad())?;
-    if key.len() != 32 || w.next().is_some() {
-        return Err(bad());
-    }
-    Ok(())
+    twinwall_bundle::SyncKey::parse(text, &path.display().to_string())
+        .map(|_| ())
+        .map_err(|_| FlashError::BadSyncKey { path: path.into() })
 }
 
 fn valid_node(n: &str) -> bool {

@@ -1,0 +1,988 @@
+//! The policy compiler: one [`NodeView`] in, one nft script out that replaces table
+//! `inet twinwall` as a whole in a single kernel transaction.
+//!
+//! Layout of the table (documented for operators in `docs/ruleset.md`):
+//! * named sets: `NAME_v4` / `NAME_v6` (interval sets) for every network object,
+//!   `NAME_svc` (`inet_proto . inet_service`, interval) for the TCP/UDP part of every
+//!   service object, and one dynamic set per rate-limited rule and family;
+//! * base chains `input`, `forward`, `output` (filter, the config's default policy) and
+//!   `prerouting` / `postrouting` (nat, policy accept);
+//! * in each filter chain: `ct state established,related accept`, `ct state invalid
+//!   drop`, loopback, the generated cluster plumbing and essential ICMP, then the policy
+//!   rules in config order, then the default (counted, optionally logged).
+//!
+//! nft 1.0.6 (Debian 12) has no `destroy table`, so the script opens with the
+//! `table inet twinwall` + `delete table inet twinwall` idiom: the first line makes sure
+//! the table exists, so the delete cannot fail, and nft runs the whole file as one
+//! transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+use twinwall_config::{
+    Action, Endpoint, Family, NatRule, NodeView, RateUnit, Rule, Service, SnatTarget,
+};
+
+use crate::icmp::{icmp_type, icmpv6_type};
+use crate::lint::{Lint, lint};
+
+/// The nftables table the compiler owns (family `inet`).
+pub const TABLE: &str = "twinwall";
+
+/// Compiler options.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Turn lint warnings into a [`CompileError::Strict`] error.
+    pub strict: bool,
+    /// Skip the lints altogether (benchmarks of the bare compiler).
+    pub skip_lints: bool,
+}
+
+/// A compiled ruleset.
+#[derive(Debug, Clone, Serialize)]
+pub struct Script {
+    /// The nft script, ready for `nft -f -`.
+    pub text: String,
+    /// Lint findings (warnings unless `strict`).
+    pub lints: Vec<Lint>,
+    /// How many nft rules the script holds (all chains).
+    pub rule_count: usize,
+}
+
+/// Why a view could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A name cannot be used in an nft identifier or comment.
+    #[error("{kind} name `{name}` cannot be used in nftables: {reason}")]
+    BadName {
+        /// object, service, rule or device.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An ICMP type name nft does not know.
+    #[error("rule `{rule}`: unknown {proto} type `{name}`")]
+    UnknownIcmpType {
+        /// Rule or object name.
+        rule: String,
+        /// icmp or icmpv6.
+        proto: &'static str,
+        /// The type name.
+        name: String,
+    },
+    /// A NAT rule that cannot be expressed.
+    #[error("nat rule `{rule}`: {reason}")]
+    Nat {
+        /// Rule name.
+        rule: String,
+        /// Why.
+        reason: String,
+    },
+    /// `--strict` and the lints found something.
+    #[error("{} lint finding(s) with --strict: {}", lints.len(), lints.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; "))]
+    Strict {
+        /// The findings.
+        lints: Vec<Lint>,
+    },
+}
+
+/// Compiles one node's view into the nft script that replaces table `inet twinwall`.
+pub fn compile(view: &NodeView, opts: &Options) -> Result<Script, CompileError> {
+    validate_names(view)?;
+    let lints = if opts.skip_lints {
+        Vec::new()
+    } else {
+        lint(view)
+    };
+    if opts.strict && !lints.is_empty() {
+        return Err(CompileError::Strict { lints });
+    }
+    let mut e = Emitter::new(view);
+    e.header();
+    e.sets()?;
+    e.filter_chains()?;
+    e.nat_chains()?;
+    e.out.push_str("}\n");
+    tracing::debug!(node = %view.node, rules = e.rules, "compiled");
+    Ok(Script {
+        text: e.out,
+        lints,
+        rule_count: e.rules,
+    })
+}
+
+fn check_ident(kind: &'static str, name: &str) -> Result<(), CompileError> {
+    let mut chars = name.chars();
+    let ok_first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !ok_first {
+        return Err(CompileError::BadName {
+            kind,
+            name: name.into(),
+            reason: "must start with a letter or `_`",
+        });
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return Err(CompileError::BadName {
+            kind,
+            name: name.into(),
+            reason: "only letters, digits, `_`, `-` and `.` are allowed",
+        });
+    }
+    Ok(())
+}
+
+fn check_text(kind: &'static str, name: &str) -> Result<(), CompileError> {
+    if name.is_empty() || name.len() > 100 {
+        return Err(CompileError::BadName {
+            kind,
+            name: name.into(),
+            reason: "must be 1 to 100 characters (nft comments hold 128)",
+        });
+    }
+    if name
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(CompileError::BadName {
+            kind,
+            name: name.into(),
+            reason: "quotes, backslashes and control characters are not allowed",
+        });
+    }
+    Ok(())
+}
+
+fn validate_names(view: &NodeView) -> Result<(), CompileError> {
+    for n in view.objects.networks.keys() {
+        check_ident("network object", n)?;
+    }
+    for n in view.objects.services.keys() {
+        check_ident("service object", n)?;
+    }
+    for r in &view.policy.rules {
+        check_text("rule", &r.name)?;
+    }
+    for n in &view.nat {
+        check_text("nat rule", nat_name(n))?;
+    }
+    for i in view.interfaces.values() {
+        if i.device.is_empty()
+            || i.device.len() > 15
+            || !i.device.chars().all(|c| c.is_ascii_graphic() && c != '"')
+        {
+            return Err(CompileError::BadName {
+                kind: "device",
+                name: i.device.clone(),
+                reason: "must be 1 to 15 printable characters",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The name of a NAT rule.
+pub(crate) fn nat_name(n: &NatRule) -> &str {
+    match n {
+        NatRule::Snat { name, .. } | NatRule::Dnat { name, .. } => name,
+    }
+}
+
+fn fam_ip(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ip",
+        Family::Ipv6 => "ip6",
+    }
+}
+
+fn fam_suffix(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "v4",
+        Family::Ipv6 => "v6",
+    }
+}
+
+fn fam_nfproto(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "meta nfproto ipv4",
+        Family::Ipv6 => "meta nfproto ipv6",
+    }
+}
+
+fn net_family(n: &IpNet) -> Family {
+    match n {
+        IpNet::V4(_) => Family::Ipv4,
+        IpNet::V6(_) => Family::Ipv6,
+    }
+}
+
+/// `{ a, b }` or a bare element when there is only one.
+fn set_literal<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let v: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    if v.len() == 1 {
+        v.into_iter().next().unwrap_or_default()
+    } else {
+        format!("{{ {} }}", v.join(", "))
+    }
+}
+
+fn quoted_set<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    set_literal(items.into_iter().map(|d| format!("\"{d}\"")))
+}
+
+/// Prefixes of one family, trimmed to their network address and without those another
+/// one contains (nft rejects overlapping interval elements). Adjacent prefixes are kept
+/// apart so that the sets read like the config.
+fn prefixes_of(nets: &[IpNet], f: Family) -> Vec<IpNet> {
+    let mut v: Vec<IpNet> = nets
+        .iter()
+        .filter(|n| net_family(n) == f)
+        .map(|n| n.trunc())
+        .collect();
+    v.sort_by_key(|n| (n.prefix_len(), n.network()));
+    v.dedup();
+    let mut out: Vec<IpNet> = Vec::with_capacity(v.len());
+    for n in v {
+        if !out.iter().any(|o| o.contains(&n)) {
+            out.push(n);
+        }
+    }
+    out.sort_by_key(|n| n.network());
+    out
+}
+
+fn port_elem(proto: &str, from: u16, to: u16) -> String {
+    if from == to {
+        format!("{proto} . {from}")
+    } else {
+        format!("{proto} . {from}-{to}")
+    }
+}
+
+fn l4_elems(services: &[Service]) -> Vec<String> {
+    let mut v: Vec<String> = services
+        .iter()
+        .filter_map(|s| match s {
+            Service::Tcp { from, to } => Some(port_elem("tcp", *from, *to)),
+            Service::Udp { from, to } => Some(port_elem("udp", *from, *to)),
+            _ => None,
+        })
+        .collect();
+    v.dedup();
+    v
+}
+
+/// `tcp dport { ... }` / `udp dport { ... }` for the TCP and UDP services.
+fn per_proto_ports(services: &[Service]) -> Vec<SvcMatch> {
+    let mut out = Vec::new();
+    for proto in ["tcp", "udp"] {
+        let mut ports: Vec<String> = services
+            .iter()
+            .filter_map(|s| match (s, proto) {
+                (Service::Tcp { from, to }, "tcp") | (Service::Udp { from, to }, "udp") => {
+                    Some(if from == to {
+                        from.to_string()
+                    } else {
+                        format!("{from}-{to}")
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        ports.dedup();
+        if !ports.is_empty() {
+            out.push(SvcMatch {
+                text: format!(" {proto} dport {}", set_literal(ports)),
+                family: None,
+            });
+        }
+    }
+    out
+}
+
+/// One way of matching the services of a rule, for one family.
+#[derive(Debug, Clone)]
+struct SvcMatch {
+    text: String,
+    family: Option<Family>,
+}
+
+struct Emitter<'a> {
+    view: &'a NodeView,
+    out: String,
+    rules: usize,
+    /// Rate-limit set names by (rule index, family).
+    rl_sets: BTreeMap<(usize, Family), String>,
+}
+
+impl<'a> Emitter<'a> {
+    fn new(view: &'a NodeView) -> Self {
+        Emitter {
+            view,
+            out: String::with_capacity(256 + 160 * view.policy.rules.len()),
+            rules: 0,
+            rl_sets: BTreeMap::new(),
+        }
+    }
+
+    fn line(&mut self, s: &str) {
+        self.out.push_str("        ");
+        self.out.push_str(s);
+        self.out.push('\n');
+        self.rules += 1;
+    }
+
+    fn note(&mut self, s: &str) {
+        self.out.push_str("        # ");
+        self.out.push_str(s);
+        self.out.push('\n');
+    }
+
+    fn header(&mut self) {
+        let v = self.view;
+        let _ = write!(
+            self.out,
+            "#!/usr/sbin/nft -f\n\
+             # twinwall ruleset for node {node} of cluster {cluster}, config version {version}.\n\
+             # Generated by `twinwall ruleset compile`; edit the cluster config, not this file.\n\
+             # The first two lines replace table inet {TABLE} as a whole in one transaction.\n\
+             table inet {TABLE}\n\
+             delete table inet {TABLE}\n\n\
+             table inet {TABLE} {{\n",
+            node = v.node,
+            cluster = v.cluster,
+            version = v.version
+        );
+    }
+
+    fn set_def(&mut self, name: &str, ty: &str, flags: &str, elems: &[String]) {
+        let _ = writeln!(self.out, "    set {name} {{");
+        let _ = writeln!(self.out, "        type {ty}");
+        if !flags.is_empty() {
+            let _ = writeln!(self.out, "        flags {flags}");
+        }
+        if !elems.is_empty() {
+            let _ = writeln!(self.out, "        elements = {{ {} }}", elems.join(", "));
+        }
+        self.out.push_str("    }\n\n");
+    }
+
+    fn sets(&mut self) -> Result<(), CompileError> {
+        let v = self.view;
+        for (name, nets) in &v.objects.networks {
+            for f in [Family::Ipv4, Family::Ipv6] {
+                let p = prefixes_of(nets, f);
+                if p.is_empty() {
+                    continue;
+                }
+                let ty = match f {
+                    Family::Ipv4 => "ipv4_addr",
+                    Family::Ipv6 => "ipv6_addr",
+                };
+                let elems: Vec<String> = p.iter().map(|n| n.to_string()).collect();
+                self.set_def(&format!("{name}_{}", fam_suffix(f)), ty, "interval", &elems);
+            }
+        }
+        for (name, svcs) in &v.objects.services {
+            let elems = l4_elems(svcs);
+            if elems.is_empty() {
+                continue;
+            }
+            self.set_def(
+                &format!("{name}_svc"),
+                "inet_proto . inet_service",
+                "interval",
+                &elems,
+            );
+        }
+        for (i, r) in v.policy.rules.iter().enumerate() {
+            let Some(rl) = r.rate_limit else { continue };
+            let timeout = match rl.per {
+                RateUnit::Second => "1m",
+                RateUnit::Minute => "5m",
+                RateUnit::Hour => "2h",
+                RateUnit::Day => "2d",
+            };
+            for f in rule_families(r) {
+                let Some(f) = f else { continue };
+                let clean: String = r
+                    .name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                let name = format!("rl{i}_{clean}_{}", fam_suffix(f));
+                let ty = match f {
+                    Family::Ipv4 => "ipv4_addr",
+                    Family::Ipv6 => "ipv6_addr",
+                };
+                let _ = writeln!(
+                    self.out,
+                    "    # per-source rate limit of rule \"{}\"\n    set {name} {{\n        type {ty}\n        size 65535\n        flags dynamic,timeout\n        timeout {timeout}\n    }}\n",
+                    r.name
+                );
+                self.rl_sets.insert((i, f), name);
+            }
+        }
+        Ok(())
+    }
+
+    fn chain_head(&mut self, name: &str, ty: &str, hook: &str, prio: &str, policy: &str) {
+        let _ = writeln!(
+            self.out,
+            "    chain {name} {{\n        type {ty} hook {hook} priority {prio}; policy {policy};"
+        );
+    }
+
+    fn policy_word(&self) -> &'static str {
+        match self.view.policy.default {
+            Action::Accept => "accept",
+            Action::Drop | Action::Reject => "drop",
+        }
+    }
+
+    fn default_rule(&mut self) {
+        let (verdict, name) = match self.view.policy.default {
+            Action::Accept => ("", "default-accept"),
+            Action::Drop => ("", "default-drop"),
+            Action::Reject => (" reject", "default-reject"),
+        };
+        let log = if self.view.policy.log_default {
+            format!(" log prefix \"tw:{name} \"")
+        } else {
+            String::new()
+        };
+        self.line(&format!("counter{log}{verdict} comment \"{name}\""));
+    }
+
+    fn conntrack_head(&mut self) {
+        self.line("ct state established,related counter accept comment \"established\"");
+        self.line("ct state invalid counter drop comment \"invalid\"");
+    }
+
+    fn filter_chains(&mut self) -> Result<(), CompileError> {
+        let policy = self.policy_word();
+
+        self.chain_head("input", "filter", "input", "filter", policy);
+        self.conntrack_head();
+        self.line("iifname \"lo\" counter accept comment \"loopback\"");
+        self.note("cluster plumbing (generated)");
+        self.vrrp("iifname", "daddr");
+        self.sync_rule(true);
+        self.management();
+        self.icmp_essential(true);
+        self.note("policy: rules to the firewall itself");
+        self.policy_rules(true)?;
+        self.default_rule();
+        self.out.push_str("    }\n\n");
+
+        self.chain_head("forward", "filter", "forward", "filter", policy);
+        self.conntrack_head();
+        self.icmp_essential(false);
+        self.note("port forwards: each dnat rule's matching accept (generated)");
+        self.dnat_accepts()?;
+        self.note("policy: rules through the firewall");
+        self.policy_rules(false)?;
+        self.default_rule();
+        self.out.push_str("    }\n\n");
+
+        self.chain_head("output", "filter", "output", "filter", policy);
+        self.conntrack_head();
+        self.line("oifname \"lo\" counter accept comment \"loopback\"");
+        self.note("cluster plumbing (generated)");
+        self.vrrp("oifname", "daddr");
+        self.sync_rule(false);
+        self.icmp_essential(true);
+        self.default_rule();
+        self.out.push_str("    }\n\n");
+        Ok(())
+    }
+
+    /// VRRP adverts (IP protocol 112) to 224.0.0.18 / ff02::12 on every VIP interface.
+    /// Incoming adverts on IPv4 must come from the peer's address on that zone; IPv6
+    /// adverts come from link-local addresses (RFC 5798 5.1.2.1).
+    fn vrrp(&mut self, dir: &str, _daddr: &str) {
+        let v = self.view;
+        let mut seen = BTreeSet::new();
+        for g in &v.vrrp.groups {
+            for r in &g.routers {
+                if !seen.insert((r.device.clone(), r.family)) {
+                    continue;
+                }
+                let src = if dir == "iifname" {
+                    match r.family {
+                        Family::Ipv4 => {
+                            let peer: Vec<IpAddr> = v
+                                .peer
+                                .interfaces
+                                .get(&r.interface)
+                                .map(|i| {
+                                    i.addresses
+                                        .iter()
+                                        .filter(|a| net_family(a) == Family::Ipv4)
+                                        .map(|a| a.addr())
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            if peer.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ip saddr {}", set_literal(peer))
+                            }
+                        }
+                        Family::Ipv6 => " ip6 saddr fe80::/10".to_string(),
+                    }
+                } else {
+                    String::new()
+                };
+                let (fam, group) = match r.family {
+                    Family::Ipv4 => ("ip", "224.0.0.18"),
+                    Family::Ipv6 => ("ip6", "ff02::12"),
+                };
+                self.line(&format!(
+                    "{dir} \"{dev}\"{src} {fam} daddr {group} meta l4proto 112 counter accept comment \"cluster:vrrp\"",
+                    dev = r.device
+                ));
+            }
+        }
+    }
+
+    fn sync_rule(&mut self, incoming: bool) {
+        let Some(s) = &self.view.sync else { return };
+        let fam = fam_ip(Family::of(&s.local));
+        let line = if incoming {
+            format!(
+                "iifname \"{}\" {fam} saddr {} {fam} daddr {} udp dport {} counter accept comment \"cluster:sync\"",
+                s.device, s.peer, s.local, s.port
+            )
+        } else {
+            format!(
+                "oifname \"{}\" {fam} saddr {} {fam} daddr {} udp dport {} counter accept comment \"cluster:sync\"",
+                s.device, s.local, s.peer, s.port
+            )
+        };
+        self.line(&line);
+    }
+
+    /// The management API (TCP), on its zones (the sync link always), from the allowed
+    /// prefixes or, when none are given, from the zones' own subnets.
+    fn management(&mut self) {
+        let v = self.view;
+        let m = &v.management;
+        let mut zones: Vec<&str> = m.interfaces.iter().map(String::as_str).collect();
+        if let Some(s) = &v.sync
+            && !zones.contains(&s.interface.as_str())
+        {
+            zones.push(&s.interface);
+        }
+        let devices: Vec<&str> = zones
+            .iter()
+            .filter_map(|z| v.interfaces.get(*z).map(|i| i.device.as_str()))
+            .collect();
+        if devices.is_empty() {
+            return;
+        }
+        let allowed: Vec<IpNet> = if m.allowed_from.is_empty() {
+            zones
+                .iter()
+                .filter_map(|z| v.interfaces.get(*z))
+                .flat_map(|i| i.addresses.iter().map(|a| a.trunc()))
+                .collect()
+        } else {
+            m.allowed_from.clone()
+        };
+        for f in [Family::Ipv4, Family::Ipv6] {
+            let p = prefixes_of(&allowed, f);
+            if p.is_empty() {
+                continue;
+            }
+            self.line(&format!(
+                "iifname {} {} saddr {} tcp dport {} counter accept comment \"cluster:management\"",
+                quoted_set(devices.iter().copied()),
+                fam_ip(f),
+                set_literal(p),
+                m.port
+            ));
+        }
+    }
+
+    /// ICMP errors (PMTU discovery needs them) and, for the firewall's own traffic,
+    /// IPv6 neighbour discovery and MLD.
+    fn icmp_essential(&mut self, local: bool) {
+        self.line("icmp type { destination-unreachable, time-exceeded, parameter-problem } counter accept comment \"icmp-essential\"");
+        self.line("icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } counter accept comment \"icmp-essential\"");
+        if local {
+            self.line("icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 counter accept comment \"ipv6-nd\"");
+            self.line("icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } ip6 hoplimit 1 counter accept comment \"ipv6-mld\"");
+        }
+    }
+
+    /// Address match for one side of a rule and one family.
+    fn addr_match(&self, dir: &str, ep: &Endpoint, f: Option<Family>) -> String {
+        let Endpoint::Network { name, networks } = ep else {
+            return String::new();
+        };
+        let Some(f) = f else { return String::new() };
+        let fam = fam_ip(f);
+        let is_object = self
+            .view
+            .objects
+            .networks
+            .get(name)
+            .is_some_and(|n| n == networks);
+        if is_object {
+            format!(" {fam} {dir} @{name}_{}", fam_suffix(f))
+        } else {
+            format!(" {fam} {dir} {}", set_literal(prefixes_of(networks, f)))
+        }
+    }
+
+    fn svc_matches(
+        &self,
+        rule: &str,
+        service_name: Option<&str>,
+        services: &[Service],
+    ) -> Result<Vec<SvcMatch>, CompileError> {
+        if services.is_empty() {
+            return Ok(vec![SvcMatch {
+                text: String::new(),
+                family: None,
+            }]);
+        }
+        let mut out = Vec::new();
+        let l4 = l4_elems(services);
+        if !l4.is_empty() {
+            let named = service_name.filter(|n| {
+                self.view
+                    .objects
+                    .services
+                    .get(*n)
+                    .is_some_and(|s| s == services)
+            });
+            let text = match named {
+                Some(n) => format!(" meta l4proto . th dport @{n}_svc"),
+                None if l4.len() == 1 => {
+                    let (p, port) = l4[0].split_once(" . ").unwrap_or(("tcp", "0"));
+                    format!(" {p} dport {port}")
+                }
+                None => format!(" meta l4proto . th dport {{ {} }}", l4.join(", ")),
+            };
+            out.push(SvcMatch { text, family: None });
+        }
+        for (proto, fam, is_v6) in [
+            ("icmp", Family::Ipv4, false),
+            ("icmpv6", Family::Ipv6, true),
+        ] {
+            let mut any = false;
+            let mut types = Vec::new();
+            for s in services {
+                let t = match (s, is_v6) {
+                    (Service::Icmp { r#type }, false) | (Service::Icmpv6 { r#type }, true) => {
+                        r#type
+                    }
+                    _ => continue,
+                };
+                match t {
+                    None => any = true,
+                    Some(name) => {
+                        let known = if is_v6 {
+                            icmpv6_type(name).is_some()
+                        } else {
+                            icmp_type(name).is_some()
+                        };
+                        if !known {
+                            return Err(CompileError::UnknownIcmpType {
+                                rule: rule.into(),
+                                proto,
+                                name: name.clone(),
+                            });
+                        }
+                        if !types.contains(&name.as_str()) {
+                            types.push(name.as_str());
+                        }
+                    }
+                }
+            }
+            let l4name = if is_v6 { "ipv6-icmp" } else { "icmp" };
+            if any {
+                out.push(SvcMatch {
+                    text: format!(" meta l4proto {l4name}"),
+                    family: Some(fam),
+                });
+            } else if !types.is_empty() {
+                out.push(SvcMatch {
+                    text: format!(" {proto} type {}", set_literal(types)),
+                    family: Some(fam),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn policy_rules(&mut self, input: bool) -> Result<(), CompileError> {
+        let v = self.view;
+        for (i, r) in v.policy.rules.iter().enumerate() {
+            let to_self = matches!(r.to, Endpoint::SelfNode);
+            if to_self != input {
+                continue;
+            }
+            let svcs = self.svc_matches(&r.name, r.service_name.as_deref(), &r.services)?;
+            let mut lines = Vec::new();
+            for f in rule_families(r) {
+                for s in &svcs {
+                    if let (Some(a), Some(b)) = (f, s.family)
+                        && a != b
+                    {
+                        continue;
+                    }
+                    let mut m = String::new();
+                    if let Endpoint::Zone { device, .. } = &r.from {
+                        let _ = write!(m, " iifname \"{device}\"");
+                    }
+                    if let Endpoint::Zone { device, .. } = &r.to {
+                        let _ = write!(m, " oifname \"{device}\"");
+                    }
+                    let addr_implied = matches!(r.from, Endpoint::Network { .. })
+                        || matches!(r.to, Endpoint::Network { .. });
+                    if let Some(f) = f
+                        && !addr_implied
+                        && s.family.is_none()
+                    {
+                        let _ = write!(m, " {}", fam_nfproto(f));
+                    }
+                    m.push_str(&self.addr_match("saddr", &r.from, f));
+                    m.push_str(&self.addr_match("daddr", &r.to, f));
+                    m.push_str(&s.text);
+                    if let (Some(rl), Some(f)) = (r.rate_limit, f)
+                        && let Some(set) = self.rl_sets.get(&(i, f))
+                    {
+                        let per = match rl.per {
+                            RateUnit::Second => "second",
+                            RateUnit::Minute => "minute",
+                            RateUnit::Hour => "hour",
+                            RateUnit::Day => "day",
+                        };
+                        let _ = write!(
+                            m,
+                            " update @{set} {{ {} saddr limit rate {}/{per} }}",
+                            fam_ip(f),
+                            rl.count
+                        );
+                    }
+                    m.push_str(" counter");
+                    if r.log {
+                        let _ = write!(m, " log prefix \"tw:{} \"", r.name);
+                    }
+                    let verdict = match r.action {
+                        Action::Accept => "accept",
+                        Action::Drop => "drop",
+                        Action::Reject => "reject",
+                    };
+                    let _ = write!(m, " {verdict} comment \"{}\"", r.name);
+                    lines.push(m);
+                }
+            }
+            for l in lines {
+                self.line(l.trim_start());
+            }
+        }
+        Ok(())
+    }
+
+    fn dnat_parts(
+        &self,
+        name: &str,
+        services: &[Service],
+        service_name: Option<&str>,
+        to: IpAddr,
+    ) -> Result<Vec<SvcMatch>, CompileError> {
+        let f = Family::of(&to);
+        Ok(self
+            .svc_matches(name, service_name, services)?
+            .into_iter()
+            .filter(|s| s.family.is_none() || s.family == Some(f))
+            .collect())
+    }
+
+    fn dnat_accepts(&mut self) -> Result<(), CompileError> {
+        let v = self.view;
+        for n in &v.nat {
+            let NatRule::Dnat {
+                name,
+                in_device,
+                services,
+                service_name,
+                to,
+                to_port,
+                ..
+            } = n
+            else {
+                continue;
+            };
+            let f = Family::of(to);
+            let svcs: Vec<SvcMatch> = match to_port {
+                Some(p) => {
+                    let mut protos: Vec<&str> = services
+                        .iter()
+                        .filter_map(|s| match s {
+                            Service::Tcp { .. } => Some("tcp"),
+                            Service::Udp { .. } => Some("udp"),
+                            _ => None,
+                        })
+                        .collect();
+                    protos.dedup();
+                    if protos.is_empty() {
+                        return Err(CompileError::Nat {
+                            rule: name.clone(),
+                            reason: "a translated port needs a TCP or UDP service".into(),
+                        });
+                    }
+                    vec![SvcMatch {
+                        text: format!(" meta l4proto {} th dport {p}", set_literal(protos)),
+                        family: None,
+                    }]
+                }
+                None => self.dnat_parts(name, services, service_name.as_deref(), *to)?,
+            };
+            for s in svcs {
+                self.line(&format!(
+                    "iifname \"{in_device}\" {} daddr {to}{} ct status dnat counter accept comment \"{name}\"",
+                    fam_ip(f),
+                    s.text
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn nat_chains(&mut self) -> Result<(), CompileError> {
+        let v = self.view;
+        self.chain_head("prerouting", "nat", "prerouting", "dstnat", "accept");
+        for n in &v.nat {
+            let NatRule::Dnat {
+                name,
+                in_device,
+                destination,
+                services,
+                service_name,
+                to,
+                to_port,
+                ..
+            } = n
+            else {
+                continue;
+            };
+            let f = Family::of(to);
+            let dst: Vec<&IpAddr> = destination.iter().filter(|d| Family::of(d) == f).collect();
+            if !destination.is_empty() && dst.is_empty() {
+                return Err(CompileError::Nat {
+                    rule: name.clone(),
+                    reason: format!("no destination address of the same family as `{to}`"),
+                });
+            }
+            let dmatch = if dst.is_empty() {
+                format!(" {}", fam_nfproto(f))
+            } else {
+                format!(" {} daddr {}", fam_ip(f), set_literal(dst))
+            };
+            let target = match (to_port, f) {
+                (Some(p), Family::Ipv4) => format!("{to}:{p}"),
+                (Some(p), Family::Ipv6) => format!("[{to}]:{p}"),
+                (None, _) => to.to_string(),
+            };
+            // A translated port needs a plain protocol match before it (nft: "transport
+            // protocol mapping is only valid after transport protocol match"), so one
+            // rule per protocol.
+            let parts = match to_port {
+                Some(_) => per_proto_ports(services),
+                None => self.dnat_parts(name, services, service_name.as_deref(), *to)?,
+            };
+            for s in parts {
+                self.line(&format!(
+                    "iifname \"{in_device}\"{dmatch}{} counter dnat {} to {target} comment \"{name}\"",
+                    s.text,
+                    fam_ip(f)
+                ));
+            }
+        }
+        self.out.push_str("    }\n\n");
+
+        self.chain_head("postrouting", "nat", "postrouting", "srcnat", "accept");
+        for n in &v.nat {
+            let NatRule::Snat {
+                name,
+                from,
+                from_name,
+                out_device,
+                to,
+                ..
+            } = n
+            else {
+                continue;
+            };
+            let is_object = from_name
+                .as_ref()
+                .is_some_and(|o| v.objects.networks.get(o) == Some(from));
+            let mut emitted = false;
+            for f in [Family::Ipv4, Family::Ipv6] {
+                let p = prefixes_of(from, f);
+                if !from.is_empty() && p.is_empty() {
+                    continue;
+                }
+                let action = match to {
+                    SnatTarget::Masquerade => "masquerade".to_string(),
+                    SnatTarget::Address { addresses } => {
+                        match addresses.iter().find(|a| Family::of(a) == f) {
+                            Some(a) => format!("snat {} to {a}", fam_ip(f)),
+                            None => continue,
+                        }
+                    }
+                };
+                let smatch = if from.is_empty() {
+                    format!(" {}", fam_nfproto(f))
+                } else if let (true, Some(o)) = (is_object, from_name) {
+                    format!(" {} saddr @{o}_{}", fam_ip(f), fam_suffix(f))
+                } else {
+                    format!(" {} saddr {}", fam_ip(f), set_literal(p))
+                };
+                self.line(&format!(
+                    "oifname \"{out_device}\"{smatch} counter {action} comment \"{name}\""
+                ));
+                emitted = true;
+            }
+            if !emitted {
+                return Err(CompileError::Nat {
+                    rule: name.clone(),
+                    reason: "no translation address of the family of its sources".into(),
+                });
+            }
+        }
+        self.out.push_str("    }\n");
+        Ok(())
+    }
+}
+
+/// The address families a rule applies to: `None` for "both, no address match";
+/// rate-limited rules are always split per family (the per-source set is per family).
+pub(crate) fn rule_families(r: &Rule) -> Vec<Option<Family>> {
+    let fams = |ep: &Endpoint| -> Option<BTreeSet<Family>> {
+        match ep {
+            Endpoint::Network { networks, .. } => Some(networks.iter().map(net_family).collect()),
+            _ => None,
+        }
+    };
+    let both: BTreeSet<Family> = [Family::Ipv4, Family::Ipv6].into();
+    let set = match (fams(&r.from), fams(&r.to)) {
+        (None, None) if r.rate_limit.is_none() => return vec![None],
+        (None, None) => both,
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (Some(a), Some(b)) => a.intersection(&b).copied().collect(),
+    };
+    set.into_iter().map(Some).collect()
+}
