@@ -4,11 +4,12 @@
 set -euo pipefail
 want=(nftables conntrack iproute2 iputils-ping)
 case "${1:-all}" in
-  test) want+=(conntrackd keepalived socat) ;;
+  test) want+=(conntrackd keepalived socat qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common
+                xorriso mtools squashfs-tools ovmf kmod cpio gdisk dosfstools e2fsprogs) ;;
   image) want+=(qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools
-                squashfs-tools ovmf kmod cpio gdisk dosfstools) ;;
+                squashfs-tools ovmf kmod cpio gdisk dosfstools e2fsprogs bc) ;;
   all) want+=(conntrackd keepalived socat qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common
-              xorriso mtools squashfs-tools ovmf kmod cpio gdisk dosfstools) ;;
+              xorriso mtools squashfs-tools ovmf kmod cpio gdisk dosfstools e2fsprogs bc) ;;
 esac
 missing=()
 for p in "${want[@]}"; do
