@@ -194,6 +194,8 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 tracing::info!(services = self.services.len(), "services up");
                 let mut err = std::io::stderr();
                 let _ = writeln!(err, "twinwall: services up");
+                let (rss_kb, uptime_ms) = self.footprint();
+                let _ = writeln!(err, "twinwall: rss_kb={rss_kb} uptime_ms={uptime_ms}");
                 if let Some(action) = self.cfg.shutdown_when_up {
                     return self.shutdown(action);
                 }
@@ -203,6 +205,28 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 return self.shutdown(action);
             }
         }
+    }
+
+    /// Own resident set size (kB, from /proc/self/status) and time since the kernel
+    /// started (ms, from /proc/uptime); 0 when unreadable.
+    fn footprint(&self) -> (u64, u64) {
+        let read = |p: &str| {
+            self.sys
+                .read_file(std::path::Path::new(p))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let rss = read("/proc/self/status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let up = read("/proc/uptime")
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |s| (s * 1000.0) as u64);
+        (rss, up)
     }
 
     /// Starts waiting services whose predecessors are ready, and restarts that are due.
