@@ -31,11 +31,21 @@ enum Cmd {
     /// Create and verify signed bundles.
     #[command(subcommand)]
     Bundle(cli::bundle::BundleCmd),
+    /// Compile, check, apply and diff the nftables ruleset.
+    #[command(subcommand)]
+    Ruleset(cli::ruleset::RulesetCmd),
     /// PID 1 of the appliance (also when invoked as `init`), or `--supervise` to run the
     /// service set under a child subreaper.
     Init(cli::init::InitArgs),
     /// Local status from the services' control sockets.
     Status(cli::status::StatusArgs),
+    /// Conntrack state replication with the peer (foreground service).
+    Sync(cli::sync::SyncArgs),
+    /// Run the VRRP service in the foreground.
+    Vrrp(cli::vrrp::VrrpArgs),
+    /// Build the appliance images (disk, ISO) and refresh the package lock.
+    #[command(subcommand)]
+    Image(cli::image::ImageCmd),
 }
 
 fn main() -> ExitCode {
@@ -56,8 +66,12 @@ fn main() -> ExitCode {
         Cmd::Config(c) => cli::config::run(c),
         Cmd::Key(c) => cli::key::run(c),
         Cmd::Bundle(c) => cli::bundle::run(c),
+        Cmd::Ruleset(c) => cli::ruleset::run(c),
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Status(a) => cli::status::run(a),
+        Cmd::Sync(a) => cli::sync::run(a),
+        Cmd::Vrrp(a) => cli::vrrp::run(a),
+        Cmd::Image(c) => cli::image::run(c),
     };
     cli::exit_code(result)
 }
