@@ -267,6 +267,11 @@ fn storage_mounts_slot_b_moves_kernel_filesystems_and_switches_root() {
                 Some("ext4".into())
             ),
             (
+                "/dev/vda2".into(),
+                "/run/twinwall/esp".into(),
+                Some("vfat".into())
+            ),
+            (
                 "/dev/vda4".into(),
                 "/sysroot".into(),
                 Some("squashfs".into())
@@ -281,7 +286,7 @@ fn storage_mounts_slot_b_moves_kernel_filesystems_and_switches_root() {
     // Config is read-only, the slot is read-only.
     let calls = sys.calls_of("mount");
     let ro = MsFlags::MS_RDONLY.bits();
-    for i in [0, 2] {
+    for i in [0, 3] {
         let Call::Mount { flags, .. } = &calls[i] else {
             unreachable!()
         };
@@ -307,6 +312,7 @@ fn storage_config_partition_falls_back_to_vfat() {
         root: Root::Initramfs,
         config: Some("vda5".into()),
         data: None,
+        esp: None,
     };
     let err = storage::execute(&sys, &plan).unwrap_err();
     // Both filesystem types were tried, and the error names device, target and types.
@@ -357,11 +363,16 @@ fn storage_live_mode_loop_mounts_the_slot_image_from_the_iso() {
     let sys = fake_sysfs(RecordingSyscalls::new())
         .with_file("/run/twinwall/iso/twinwall/slot.squashfs", "");
     let devs = storage::scan(&sys, Path::new("/sys/class/block")).unwrap();
-    let plan = storage::plan(&Cmdline::parse("twinwall.live=1"), &devs).unwrap();
-    let Root::Live { candidates } = &plan.root else {
+    let plan = storage::plan(
+        &Cmdline::parse("twinwall.slot=live twinwall.live=/twinwall/slot.squashfs"),
+        &devs,
+    )
+    .unwrap();
+    let Root::Live { candidates, image } = &plan.root else {
         panic!("{plan:?}")
     };
     assert_eq!(candidates[0], "sr0");
+    assert_eq!(image, "twinwall/slot.squashfs");
     assert!(!candidates.iter().any(|c| c.starts_with("loop")));
     storage::execute(&sys, &plan).unwrap();
     let m = mounts(&sys);
