@@ -475,6 +475,8 @@ fn capture(
         .stack_size(64 * 1024)
         .spawn(move || {
             let mut buf = [0u8; 4096];
+            // Console echo is per line: a service may write one line in several chunks.
+            let mut partial: Vec<u8> = Vec::new();
             loop {
                 match pipe.read(&mut buf) {
                     Ok(0) | Err(_) => break,
@@ -483,18 +485,32 @@ fn capture(
                             .unwrap_or_else(|p| p.into_inner())
                             .push(&buf[..n]);
                         if echo {
-                            let text = String::from_utf8_lossy(&buf[..n]);
-                            let mut err = std::io::stderr().lock();
-                            for line in text.lines() {
-                                let _ = writeln!(err, "[{name}] {line}");
-                            }
+                            partial.extend_from_slice(&buf[..n]);
+                            echo_lines(&name, &mut partial, false);
                         }
                     }
                 }
             }
+            if echo {
+                echo_lines(&name, &mut partial, true);
+            }
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start log capture thread");
+    }
+}
+
+/// Writes the complete lines of `partial` to the console as `[name] line`; with `flush`
+/// (or when a line grows past 4 KiB) the rest too.
+fn echo_lines(name: &str, partial: &mut Vec<u8>, flush: bool) {
+    let mut err = std::io::stderr().lock();
+    while let Some(pos) = partial.iter().position(|&c| c == b'\n') {
+        let line: Vec<u8> = partial.drain(..=pos).collect();
+        let _ = writeln!(err, "[{name}] {}", String::from_utf8_lossy(&line[..pos]));
+    }
+    if (flush && !partial.is_empty()) || partial.len() > 4096 {
+        let _ = writeln!(err, "[{name}] {}", String::from_utf8_lossy(partial));
+        partial.clear();
     }
 }
 
