@@ -137,6 +137,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
             .arg(dir.join("sync.key"))
             .args(["--role", if i == 0 { "master" } else { "backup" }])
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("tw{i}.log"))).unwrap())
             .spawn()
             .unwrap();
         procs.push(Proc(child));
@@ -160,7 +161,24 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let sync_s = t0.elapsed().as_secs_f64();
     assert!(ok, "backup never held {n} entries: {}", status(&socks[1]));
     std::thread::sleep(Duration::from_millis(500));
-    let tx = status(&socks[0])["tx_bytes"].as_u64().unwrap_or(0) - tx0;
+    let st = status(&socks[0]);
+    if st.is_null() {
+        for i in 0..2 {
+            let log = std::fs::read_to_string(dir.join(format!("tw{i}.log"))).unwrap_or_default();
+            eprintln!("fw{} log:\n{log}", i + 1);
+        }
+        let raw = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo '{{\"cmd\":\"status\"}}' | socat -t5 - UNIX-CONNECT:{}",
+                socks[0].display()
+            ))
+            .output()
+            .unwrap();
+        eprintln!("raw: {}", String::from_utf8_lossy(&raw.stdout));
+        panic!("master status unavailable");
+    }
+    let tx = st["tx_bytes"].as_u64().unwrap_or(0).saturating_sub(tx0);
     let rss_backup_mb = rss_mb(procs[1].0.id());
     let rss_master_mb = rss_mb(procs[0].0.id());
     // takeover: the backup commits its external cache
