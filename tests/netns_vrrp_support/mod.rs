@@ -22,6 +22,7 @@ pub struct Pair {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub procs: [Option<Spawned>; 2],
+    pub nodes: [&'static str; 2],
 }
 
 /// The firewall namespaces' names in the topology, and the nodes of the example.
@@ -48,15 +49,21 @@ pub fn config_text(vrrp: &str) -> String {
 impl Pair {
     /// Builds the seed-pair lab and writes the config; starts nothing.
     pub fn new(vrrp: &str) -> Pair {
+        Pair::with_config(&config_text(vrrp), NODE)
+    }
+
+    /// Builds the seed-pair lab for any cluster config whose nodes are `nodes`.
+    pub fn with_config(text: &str, nodes: [&'static str; 2]) -> Pair {
         let lab = Topology::shipped("seed-pair").unwrap().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cluster.toml");
-        std::fs::write(&config, config_text(vrrp)).unwrap();
+        std::fs::write(&config, text).unwrap();
         Pair {
             lab,
             dir,
             config,
             procs: [None, None],
+            nodes,
         }
     }
 
@@ -88,7 +95,7 @@ impl Pair {
                 "--config",
                 self.config.to_str().unwrap(),
                 "--node",
-                NODE[i],
+                self.nodes[i],
                 "--run-dir",
                 self.run_dir(i).to_str().unwrap(),
             ],

@@ -653,7 +653,9 @@ impl Shell {
                 };
                 match self.sockets[rio.socket].send(&adv) {
                     Ok(()) => self.status.groups[gi].routers[ri].adverts_out += 1,
-                    Err(e) => tracing::debug!(device = %rio.device, error = %e, "advert not sent"),
+                    Err(e) => {
+                        tracing::debug!(device = %rio.device, src = %self.sockets[rio.socket].src, error = %e, "advert not sent")
+                    }
                 }
             }
             Action::AddVips => {
