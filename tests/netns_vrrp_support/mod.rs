@@ -81,6 +81,11 @@ impl Pair {
 
     /// Starts `twinwall vrrp` on node i, logging to a file (read on failure).
     pub fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// Starts `twinwall vrrp` on node i with extra arguments.
+    pub fn start_with(&mut self, i: usize, extra: &[&str]) {
         let log = File::options()
             .create(true)
             .append(true)
@@ -98,7 +103,9 @@ impl Pair {
                 self.nodes[i],
                 "--run-dir",
                 self.run_dir(i).to_str().unwrap(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied()),
         );
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.procs[i] = Some(self.ns(i).spawn_command(c).unwrap());

@@ -442,7 +442,8 @@ fn handle(
 ) -> Response {
     match req.cmd.as_str() {
         "status" => {
-            let s = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            s.commit_participants = participants.load(Ordering::SeqCst);
             match serde_json::to_value(s) {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(e.to_string()),
