@@ -697,11 +697,16 @@ impl Shell {
                 let count = self.plan.garp_count.max(1);
                 let interval = self.plan.garp_interval;
                 let device = rio.device.clone();
+                // The first announcement goes out now, not when the loop next yields: it is
+                // what moves the neighbours' traffic to us.
+                for v in &vips {
+                    if let Err(e) = ann.announce(*v) {
+                        tracing::debug!(%device, vip = %v, error = %e, "GARP/NA not sent");
+                    }
+                }
                 tokio::spawn(async move {
-                    for k in 0..count {
-                        if k > 0 {
-                            tokio::time::sleep(interval).await;
-                        }
+                    for _ in 1..count {
+                        tokio::time::sleep(interval).await;
                         for v in &vips {
                             if let Err(e) = ann.announce(*v) {
                                 tracing::debug!(%device, vip = %v, error = %e, "GARP/NA not sent");
