@@ -158,7 +158,6 @@ struct Sample {
 fn one_run(which: Impl, advert_ms: u32) -> Option<Sample> {
     let mut p = Pair::new(&format!("advert_interval_ms = {advert_ms}\npreempt = true"));
     let mut ka = Vec::new();
-    let rss;
     match which {
         Impl::Twinwall | Impl::TwinwallAck => {
             p.start(0);
@@ -175,7 +174,7 @@ fn one_run(which: Impl, advert_ms: u32) -> Option<Sample> {
         return None;
     }
     std::thread::sleep(Duration::from_millis(300));
-    rss = match which {
+    let rss = match which {
         Impl::Keepalived => ["keepalived.pid", "vrrp.pid"]
             .iter()
             .filter_map(|f| {
