@@ -3,7 +3,12 @@
 
 pub mod bundle;
 pub mod config;
+pub mod image;
+pub mod init;
 pub mod key;
+pub mod ruleset;
+pub mod status;
+pub mod sync;
 pub mod vrrp;
 
 use std::process::ExitCode;

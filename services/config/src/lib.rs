@@ -131,5 +131,37 @@ impl Config {
 /// editors (taplo / Even Better TOML: `#:schema ./twinwall-config.schema.json`).
 pub fn json_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(raw::RawConfig);
-    schema.to_value()
+    let mut value = schema.to_value();
+    strip_null(&mut value);
+    value
+}
+
+/// Raw keys are `Option`s so that validation can report a missing key itself; TOML has no
+/// null, so the schema should not offer one.
+fn strip_null(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    map.insert("type".to_owned(), only);
+                }
+            }
+            if let Some(Value::Array(any)) = map.get_mut("anyOf") {
+                any.retain(|s| s.get("type").is_none_or(|t| t != "null"));
+                if any.len() == 1 {
+                    let only = any.remove(0);
+                    map.remove("anyOf");
+                    if let Value::Object(inner) = only {
+                        map.extend(inner);
+                    }
+                }
+            }
+            map.values_mut().for_each(strip_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_null),
+        _ => {}
+    }
 }

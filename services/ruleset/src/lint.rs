@@ -128,7 +128,12 @@ fn unused_objects(view: &NodeView, out: &mut Vec<Lint>) {
         let is_dnat_target = members.len() == 1
             && members[0].prefix_len() == members[0].max_prefix_len()
             && dnat_targets.contains(&members[0].addr());
-        if !nets.contains(name.as_str()) && !is_dnat_target {
+        // Likewise `[management] allowed_from` names objects that the view expands.
+        let is_management_source = !members.is_empty()
+            && members
+                .iter()
+                .all(|m| view.management.allowed_from.contains(m));
+        if !nets.contains(name.as_str()) && !is_dnat_target && !is_management_source {
             out.push(Lint {
                 kind: LintKind::UnusedObject,
                 subject: name.clone(),
