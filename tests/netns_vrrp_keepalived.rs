@@ -49,6 +49,12 @@ fn capture(ns: &Netns, v6: bool) -> Result<packet::Received, String> {
             .iter()
             .map(|b| unsafe { b.assume_init() })
             .collect();
+        // The bytes as captured, for the codec's fixtures (services/vrrp/tests/codec.rs).
+        println!(
+            "captured from keepalived ({}): {}",
+            if v6 { "IPv6 payload" } else { "IPv4 packet" },
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
         if v6 {
             let src = from.as_socket_ipv6().ok_or("no v6 source")?.ip().to_owned();
             // A multicast advert for ff02::12; raw IPv6 sockets do not show the hop limit
