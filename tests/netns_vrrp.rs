@@ -299,11 +299,21 @@ fn dual_stack_group_moves_ipv4_and_ipv6_vips_together() {
         "IPv6 VIP unreachable\n{}",
         p.logs()
     );
+    let fwb_mac = mac(p.ns(1), "eth1");
     assert!(p.stop(0).success());
     assert!(
         wait_for(S(5), Duration::from_millis(20), || all(&p, 1)
             && none(&p, 0)),
         "fw-b should hold all four VIPs\n{}",
+        p.logs()
+    );
+    // fw-b's unsolicited neighbour advertisement (override) repoints the client at once.
+    assert!(
+        wait_for(S(3), Duration::from_millis(20), || {
+            neigh(p.lab.ns("client"), "2001:db8:0:2::1").as_deref() == Some(fwb_mac.as_str())
+        }),
+        "client's neighbour entry did not follow fw-b's NA: {:?}\n{}",
+        neigh(p.lab.ns("client"), "2001:db8:0:2::1"),
         p.logs()
     );
     assert!(
