@@ -335,3 +335,37 @@ fn dual_stack_group_moves_ipv4_and_ipv6_vips_together() {
         p.logs()
     );
 }
+
+#[test]
+fn vips_left_by_a_crashed_run_are_removed_at_start() {
+    if !require_root() {
+        return;
+    }
+    let mut p = Pair::new("advert_interval_ms = 100\npreempt = true");
+    // fw2 "crashed" as master: its VIPs are still on its interfaces.
+    p.ns(1)
+        .add_addr("eth0", "203.0.113.1/24".parse().unwrap())
+        .unwrap();
+    p.ns(1)
+        .add_addr("eth1", "198.51.100.1/24".parse().unwrap())
+        .unwrap();
+    p.start(0);
+    assert!(
+        wait_for(S(10), Duration::from_millis(20), || p.role(0) == "master"
+            && p.has(0, "eth0", VIP_OUT)),
+        "{}",
+        p.logs()
+    );
+    // fw2 starts again: it removes them before starting as backup, and stays backup.
+    p.start(1);
+    assert!(
+        wait_for(S(5), Duration::from_millis(20), || p.role(1) == "backup"),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.holders(), vec![0], "{}", p.logs());
+    assert!(
+        p.logs()
+            .contains("removing VIP left over by an earlier run")
+    );
+}
