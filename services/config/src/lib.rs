@@ -47,10 +47,33 @@ pub enum ViewError {
     },
 }
 
-/// Errors of [`load`] other than config errors are reported as a diagnostic too, so that
-/// callers deal with one type.
+/// Reads and validates a config file. A file that cannot be read (or is not UTF-8) is
+/// reported as a diagnostic too, so that callers deal with one error type.
 pub fn load(path: &Path) -> Result<Config, Diagnostics> {
     let name = path.display().to_string();
+    let started = std::time::Instant::now();
+    let result = read_and_parse(path, &name);
+    match &result {
+        Ok(cfg) => tracing::debug!(
+            file = %name,
+            cluster = cfg.cluster_name(),
+            version = cfg.version(),
+            warnings = cfg.warnings().len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "config valid"
+        ),
+        Err(d) => tracing::debug!(
+            file = %name,
+            errors = d.errors().count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "config rejected"
+        ),
+    }
+    result
+}
+
+fn read_and_parse(path: &Path, name: &str) -> Result<Config, Diagnostics> {
+    let name = name.to_owned();
     match std::fs::read(path) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => parse(&name, &text),
