@@ -46,17 +46,21 @@ enum Cmd {
     /// Build the appliance images (disk, ISO) and refresh the package lock.
     #[command(subcommand)]
     Image(cli::image::ImageCmd),
+    /// Write twinwall.img and a node's config partition to a disk or file.
+    Flash(cli::flash::FlashArgs),
 }
 
 fn main() -> ExitCode {
-    // Multi-call: the kernel runs us as /init (initramfs) or /sbin/init.
+    // Multi-call: the kernel runs us as /init (initramfs) or /sbin/init. It also passes
+    // unknown bare kernel parameters as arguments; PID 1 must not die of a usage error, so
+    // they are dropped (init reads its options from /proc/cmdline).
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .first()
         .and_then(|a| std::path::Path::new(a).file_name())
         .is_some_and(|n| n == "init")
     {
-        args.insert(1, "init".into());
+        args = vec!["twinwall".into(), "init".into()];
     }
     let cli = Cli::parse_from(args);
     cli::init_logging(&cli.log);
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Cmd::Sync(a) => cli::sync::run(a),
         Cmd::Vrrp(a) => cli::vrrp::run(a),
         Cmd::Image(c) => cli::image::run(c),
+        Cmd::Flash(a) => cli::flash::run(a),
     };
     cli::exit_code(result)
 }

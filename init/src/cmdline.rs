@@ -3,7 +3,7 @@
 //! | option | meaning |
 //! |---|---|
 //! | `twinwall.slot=a\|b` | boot slot whose squashfs becomes `/` |
-//! | `twinwall.live=1` | live ISO: the slot image is a file on the ISO |
+//! | `twinwall.live=1\|PATH` | live ISO: the slot image is a file on the ISO (default `/twinwall/slot.squashfs`) |
 //! | `twinwall.root=initramfs` | stay in the initramfs (no slot; minimal boots, tests) |
 //! | `twinwall.services=a,b` | override the service set (`none`: no services) |
 //! | `twinwall.shutdown_when_up=poweroff\|reboot` | orderly shutdown once services are up (boot tests) |
@@ -16,8 +16,10 @@ use crate::sys::PowerAction;
 pub struct Cmdline {
     /// `twinwall.slot`.
     pub slot: Option<String>,
-    /// `twinwall.live=1`.
+    /// `twinwall.live=1` or `twinwall.live=/PATH/ON/ISO`.
     pub live: bool,
+    /// The slot image's path on the ISO when `twinwall.live=` gave one.
+    pub live_image: Option<String>,
     /// `twinwall.root=initramfs`.
     pub stay_in_initramfs: bool,
     /// `twinwall.services`.
@@ -42,7 +44,12 @@ impl Cmdline {
             let (key, value) = opt.split_once('=').unwrap_or((opt, "1"));
             match key {
                 "slot" => c.slot = Some(value.to_string()),
-                "live" => c.live = value == "1" || value == "yes" || value == "true",
+                "live" => {
+                    c.live = !matches!(value, "0" | "no" | "false");
+                    if value.starts_with('/') {
+                        c.live_image = Some(value.to_string());
+                    }
+                }
                 "root" if value == "initramfs" => c.stay_in_initramfs = true,
                 "services" => {
                     c.services = Some(
@@ -88,6 +95,10 @@ mod tests {
         assert_eq!(c.unknown, ["twinwall.bogus=1"]);
         assert!(!c.live);
         assert!(Cmdline::parse("twinwall.live=1").live);
+        // What the image's grub.cfg writes for the ISO.
+        let iso = Cmdline::parse("twinwall.slot=live twinwall.live=/twinwall/slot.squashfs");
+        assert!(iso.live);
+        assert_eq!(iso.live_image.as_deref(), Some("/twinwall/slot.squashfs"));
         assert!(Cmdline::parse("twinwall.root=initramfs").stay_in_initramfs);
     }
 }

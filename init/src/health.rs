@@ -3,8 +3,9 @@
 //! boot slot is marked good through [`SlotControl`] (the image area's grubenv logic).
 //!
 //! The decision is pure ([`evaluate`]); [`watch`] polls the services' control sockets.
-//! Fields read: vrrp `status` -> `state` (`master` or `backup` count as decided); sync
-//! `status` -> `connected` (bool).
+//! Fields read: vrrp `status` -> `groups[].state` (every group `master` or `backup` counts
+//! as decided; a top-level `state` is accepted too); sync `status` -> `peer_up` (or
+//! `connected`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -76,6 +77,31 @@ fn query(run_dir: &std::path::Path, service: &str) -> Option<Value> {
     .ok()
 }
 
+/// The VRRP state from its status: the top-level `state`, or the groups' common verdict
+/// (`master`/`backup` only when every group has decided; otherwise the first undecided).
+pub fn vrrp_state(v: &Value) -> Option<String> {
+    if let Some(s) = v.get("state").and_then(Value::as_str) {
+        return Some(s.to_string());
+    }
+    let groups = v.get("groups")?.as_array()?;
+    let states: Vec<&str> = groups
+        .iter()
+        .filter_map(|g| g.get("state").and_then(Value::as_str))
+        .collect();
+    if states.is_empty() {
+        return None;
+    }
+    let undecided = states.iter().find(|s| !matches!(**s, "master" | "backup"));
+    Some(undecided.unwrap_or(&states[0]).to_string())
+}
+
+/// Whether the sync service reports its peer (`peer_up`, or `connected`).
+pub fn sync_connected(v: &Value) -> bool {
+    ["peer_up", "connected"]
+        .iter()
+        .any(|k| v.get(k).and_then(Value::as_bool) == Some(true))
+}
+
 /// Polls until healthy, then marks `slot` good once and records it in status. Runs on its
 /// own thread; returns when marked (or when marking failed, which is logged).
 pub fn watch(
@@ -138,6 +164,17 @@ mod tests {
             sync: true,
             peer_absent_after: Duration::from_secs(60),
         }
+    }
+
+    #[test]
+    fn reads_the_vrrp_and_sync_status_shapes() {
+        let v = serde_json::json!({"groups": [{"state": "backup"}, {"state": "backup"}]});
+        assert_eq!(vrrp_state(&v).as_deref(), Some("backup"));
+        let v = serde_json::json!({"groups": [{"state": "master"}, {"state": "initialize"}]});
+        assert_eq!(vrrp_state(&v).as_deref(), Some("initialize"));
+        assert_eq!(vrrp_state(&serde_json::json!({"groups": []})), None);
+        assert!(sync_connected(&serde_json::json!({"peer_up": true})));
+        assert!(!sync_connected(&serde_json::json!({"peer_up": false})));
     }
 
     #[test]

@@ -145,10 +145,10 @@ async fn apply_async(plan: &NetPlan, all_links: bool) -> Result<Vec<NetworkError
         let mut stream = handle.link().get().execute();
         while let Ok(Some(msg)) = stream.try_next().await {
             for attr in &msg.attributes {
-                if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = attr {
-                    if !links.iter().any(|(_, d)| d == n) {
-                        links.push((n.clone(), n.clone()));
-                    }
+                if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = attr
+                    && !links.iter().any(|(_, d)| d == n)
+                {
+                    links.push((n.clone(), n.clone()));
                 }
             }
         }

@@ -139,7 +139,7 @@ pub fn boot(
     });
     record(r);
     let mounted = mounted?;
-    shared.update(|s| s.slot = cmdline.slot.clone());
+    shared.update(|s| s.slot = cmdline.slot.clone().filter(|s| s == "a" || s == "b"));
 
     let config_dir = mounted.config.then(|| PathBuf::from(storage::CONFIG_MOUNT));
     let (r, decision) = phase::run(Phase::Trust, || {
@@ -290,7 +290,11 @@ pub fn finish(sys: &dyn Syscalls, action: PowerAction) -> ! {
     let _ = sys.kill(-1, Signal::SIGKILL);
     supervisor::reap_all();
     sys.sync();
-    for m in [storage::DATA_MOUNT, storage::CONFIG_MOUNT] {
+    for m in [
+        storage::DATA_MOUNT,
+        storage::CONFIG_MOUNT,
+        storage::ESP_MOUNT,
+    ] {
         let _ = sys.umount(Path::new(m), MntFlags::MNT_DETACH);
     }
     sys.sync();
@@ -346,7 +350,12 @@ pub fn main(
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
             .collect();
     }
-    if let (Some(slot), Decision::Verified { .. }) = (&booted.cmdline.slot, &booted.decision) {
+    let slot = booted
+        .cmdline
+        .slot
+        .as_ref()
+        .filter(|s| *s == "a" || *s == "b");
+    if let (Some(slot), Decision::Verified { .. }) = (slot, &booted.decision) {
         let policy = HealthPolicy {
             vrrp: booted.specs.iter().any(|s| s.name == "vrrp"),
             sync: booted.specs.iter().any(|s| s.name == "sync"),

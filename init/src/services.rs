@@ -96,13 +96,15 @@ pub fn service_set(
     ctx: &ServiceContext,
     only: Option<&[String]>,
 ) -> Result<Vec<ServiceSpec>, String> {
-    if let Some(only) = only {
-        if let Some(bad) = only.iter().find(|n| !NORMAL.contains(&n.as_str())) {
-            return Err(format!(
-                "unknown service `{bad}` (known: {})",
-                NORMAL.join(", ")
-            ));
-        }
+    if let Some(bad) = only
+        .into_iter()
+        .flatten()
+        .find(|n| !NORMAL.contains(&n.as_str()))
+    {
+        return Err(format!(
+            "unknown service `{bad}` (known: {})",
+            NORMAL.join(", ")
+        ));
     }
     Ok(NORMAL
         .iter()

@@ -19,6 +19,8 @@ use crate::sys::Syscalls;
 
 /// Where the config partition is mounted.
 pub const CONFIG_MOUNT: &str = "/run/twinwall/config";
+/// Where the EFI system partition is mounted (grubenv for the slot logic).
+pub const ESP_MOUNT: &str = "/run/twinwall/esp";
 /// Where the data partition is mounted.
 pub const DATA_MOUNT: &str = "/run/twinwall/data";
 /// Where the new root is assembled before the switch.
@@ -51,8 +53,10 @@ pub enum StorageError {
         found: String,
     },
     /// Live mode found no ISO with the slot image.
-    #[error("live mode: no CD/ISO device holds /{LIVE_SLOT_IMAGE} (tried: {tried})")]
+    #[error("live mode: no CD/ISO device holds /{image} (tried: {tried})")]
     NoLiveImage {
+        /// The image looked for.
+        image: String,
         /// Devices tried.
         tried: String,
     },
@@ -168,6 +172,8 @@ pub enum Root {
     Live {
         /// Candidate devices, in the order they are tried.
         candidates: Vec<String>,
+        /// The image's path relative to the ISO root.
+        image: String,
     },
 }
 
@@ -180,6 +186,8 @@ pub struct Plan {
     pub config: Option<String>,
     /// Data partition device, when found.
     pub data: Option<String>,
+    /// EFI system partition, when booted from a slot (its grubenv is marked good).
+    pub esp: Option<String>,
 }
 
 /// Decides the mounts from the command line and the devices found. Pure.
@@ -198,7 +206,13 @@ pub fn plan(cmdline: &Cmdline, devs: &[BlockDev]) -> Result<Plan, StorageError> 
                 .filter(|d| !d.name.starts_with("loop") && !d.name.starts_with("ram"))
                 .map(|d| d.name.clone()),
         );
-        Root::Live { candidates }
+        let image = cmdline
+            .live_image
+            .as_deref()
+            .unwrap_or(LIVE_SLOT_IMAGE)
+            .trim_start_matches('/')
+            .to_string();
+        Root::Live { candidates, image }
     } else if cmdline.stay_in_initramfs {
         Root::Initramfs
     } else if let Some(slot) = &cmdline.slot {
@@ -224,10 +238,15 @@ pub fn plan(cmdline: &Cmdline, devs: &[BlockDev]) -> Result<Plan, StorageError> 
     } else {
         Root::Initramfs
     };
+    let esp = match root {
+        Root::Slot { .. } => labels.get("esp").cloned(),
+        _ => None,
+    };
     Ok(Plan {
         root,
         config: labels.get("config").cloned(),
         data: labels.get("data").cloned(),
+        esp,
     })
 }
 
@@ -298,6 +317,8 @@ pub struct Mounted {
     pub config: bool,
     /// Whether the data partition is mounted at [`DATA_MOUNT`].
     pub data: bool,
+    /// Whether the ESP is mounted at [`ESP_MOUNT`].
+    pub esp: bool,
 }
 
 /// Mounts the plan: config (read-only) and data under /run, the slot at [`SYSROOT`], moves
@@ -328,20 +349,40 @@ pub fn execute(sys: &dyn Syscalls, plan: &Plan) -> Result<Mounted, StorageError>
             Err(e) => tracing::warn!(error = %e, "data partition not mounted"),
         }
     }
+    if let Some(dev) = &plan.esp {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        match mount_any(
+            sys,
+            &format!("/dev/{dev}"),
+            Path::new(ESP_MOUNT),
+            &["vfat"],
+            flags,
+        ) {
+            Ok(_) => done.esp = true,
+            // Without the ESP the slot cannot be marked good; GRUB then falls back, which
+            // is the safe direction.
+            Err(e) => tracing::warn!(error = %e, "EFI system partition not mounted"),
+        }
+    }
     let sysroot = Path::new(SYSROOT);
     let image = match &plan.root {
         Root::Initramfs => return Ok(done),
         Root::Slot { device, .. } => format!("/dev/{device}"),
-        Root::Live { candidates } => {
+        Root::Live {
+            candidates,
+            image: on_iso,
+        } => {
             let iso = Path::new("/run/twinwall/iso");
             let mut found = None;
             for dev in candidates {
                 let src = format!("/dev/{dev}");
                 if mount_any(sys, &src, iso, &["iso9660"], MsFlags::MS_RDONLY).is_ok() {
-                    let file = iso.join(LIVE_SLOT_IMAGE);
+                    let file = iso.join(on_iso);
+                    let dir = file.parent().unwrap_or(iso).to_path_buf();
+                    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
                     if sys
-                        .read_dir(&iso.join("twinwall"))
-                        .is_ok_and(|n| n.iter().any(|f| f == "slot.squashfs"))
+                        .read_dir(&dir)
+                        .is_ok_and(|n| name.as_ref().is_some_and(|name| n.contains(name)))
                     {
                         found = Some(file);
                         break;
@@ -350,6 +391,7 @@ pub fn execute(sys: &dyn Syscalls, plan: &Plan) -> Result<Mounted, StorageError>
                 }
             }
             let file = found.ok_or_else(|| StorageError::NoLiveImage {
+                image: on_iso.clone(),
                 tried: candidates.join(", "),
             })?;
             let dev = sys

@@ -194,6 +194,8 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 tracing::info!(services = self.services.len(), "services up");
                 let mut err = std::io::stderr();
                 let _ = writeln!(err, "twinwall: services up");
+                let (rss_kb, uptime_ms) = self.footprint();
+                let _ = writeln!(err, "twinwall: rss_kb={rss_kb} uptime_ms={uptime_ms}");
                 if let Some(action) = self.cfg.shutdown_when_up {
                     return self.shutdown(action);
                 }
@@ -203,6 +205,28 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 return self.shutdown(action);
             }
         }
+    }
+
+    /// Own resident set size (kB, from /proc/self/status) and time since the kernel
+    /// started (ms, from /proc/uptime); 0 when unreadable.
+    fn footprint(&self) -> (u64, u64) {
+        let read = |p: &str| {
+            self.sys
+                .read_file(std::path::Path::new(p))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let rss = read("/proc/self/status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let up = read("/proc/uptime")
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |s| (s * 1000.0) as u64);
+        (rss, up)
     }
 
     /// Starts waiting services whose predecessors are ready, and restarts that are due.
@@ -451,6 +475,8 @@ fn capture(
         .stack_size(64 * 1024)
         .spawn(move || {
             let mut buf = [0u8; 4096];
+            // Console echo is per line: a service may write one line in several chunks.
+            let mut partial: Vec<u8> = Vec::new();
             loop {
                 match pipe.read(&mut buf) {
                     Ok(0) | Err(_) => break,
@@ -459,18 +485,32 @@ fn capture(
                             .unwrap_or_else(|p| p.into_inner())
                             .push(&buf[..n]);
                         if echo {
-                            let text = String::from_utf8_lossy(&buf[..n]);
-                            let mut err = std::io::stderr().lock();
-                            for line in text.lines() {
-                                let _ = writeln!(err, "[{name}] {line}");
-                            }
+                            partial.extend_from_slice(&buf[..n]);
+                            echo_lines(&name, &mut partial, false);
                         }
                     }
                 }
             }
+            if echo {
+                echo_lines(&name, &mut partial, true);
+            }
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start log capture thread");
+    }
+}
+
+/// Writes the complete lines of `partial` to the console as `[name] line`; with `flush`
+/// (or when a line grows past 4 KiB) the rest too.
+fn echo_lines(name: &str, partial: &mut Vec<u8>, flush: bool) {
+    let mut err = std::io::stderr().lock();
+    while let Some(pos) = partial.iter().position(|&c| c == b'\n') {
+        let line: Vec<u8> = partial.drain(..=pos).collect();
+        let _ = writeln!(err, "[{name}] {}", String::from_utf8_lossy(&line[..pos]));
+    }
+    if (flush && !partial.is_empty()) || partial.len() > 4096 {
+        let _ = writeln!(err, "[{name}] {}", String::from_utf8_lossy(partial));
+        partial.clear();
     }
 }
 

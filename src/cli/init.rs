@@ -64,15 +64,20 @@ pub struct InitArgs {
     stop_timeout_ms: u64,
 }
 
-/// Stands in until the image area's grubenv logic is wired.
+/// Marks the boot slot good in the grubenv on the mounted ESP, with the image area's slot
+/// logic (RAUC-style ORDER / TRY / OK variables).
 #[derive(Debug)]
-struct NoSlotControl;
+struct GrubenvSlots;
 
-impl SlotControl for NoSlotControl {
+impl SlotControl for GrubenvSlots {
     fn mark_good(&mut self, slot: &str) -> Result<(), String> {
-        Err(format!(
-            "slot control for slot {slot} is not built into this binary yet"
-        ))
+        use twinwall_image::SlotControl as _;
+        let slot: twinwall_image::Slot = slot.parse().map_err(|e| format!("{e}"))?;
+        let path = std::path::Path::new(twinwall_init::storage::ESP_MOUNT)
+            .join(twinwall_image::disk::ESP_GRUBENV.trim_start_matches('/'));
+        twinwall_image::GrubenvFile::new(&path)
+            .mark_good(slot)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -90,7 +95,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         twinwall_init::pid1::main(
             Box::new(twinwall_init::verify::BundleCrateVerifier),
             Box::new(twinwall_init::verify::load_view),
-            Box::new(NoSlotControl),
+            Box::new(GrubenvSlots),
         );
     }
     supervise(args)

@@ -69,6 +69,18 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
         return Err(Reported(msg).into());
     }
+    // A one-shot (the ruleset apply) has no socket; only daemons init runs, or every
+    // service when init itself is unreachable, count as unreachable.
+    if let Some(init) = all.get("init") {
+        let daemons: Vec<&str> = init["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["spec"]["kind"] == "daemon")
+            .filter_map(|s| s["spec"]["name"].as_str())
+            .collect();
+        errors.retain(|name, _| daemons.contains(&name.as_str()));
+    }
     if args.logs {
         match ask(&args, "init", "logs") {
             Ok(v) => {

@@ -136,6 +136,12 @@ pub fn json_schema() -> serde_json::Value {
     value
 }
 
+/// The schema, generated once per process (the structural pass walks it for every parse).
+pub(crate) fn cached_schema() -> &'static serde_json::Value {
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(json_schema)
+}
+
 /// Raw keys are `Option`s so that validation can report a missing key itself; TOML has no
 /// null, so the schema should not offer one.
 fn strip_null(v: &mut serde_json::Value) {
