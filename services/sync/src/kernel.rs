@@ -1,0 +1,293 @@
+//! The kernel side of conntrack: ctnetlink sockets for dumps, the event subscription (with a
+//! forced large receive buffer and ENOBUFS detection) and batched creation of entries.
+//! All sockets belong to the network namespace of the thread that opens them.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use netlink_sys::{Socket, SocketAddr};
+use serde::{Deserialize, Serialize};
+
+use crate::ctnetlink::{
+    self, Builder, CodecError, EventKind, Message, NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY,
+    NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE,
+};
+use crate::entry::Entry;
+
+/// Errors of the kernel side.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A socket operation failed.
+    #[error("ctnetlink {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel answered with something we cannot decode.
+    #[error("ctnetlink {op}: {source}")]
+    Codec {
+        /// What was being done.
+        op: &'static str,
+        /// The decoding error.
+        #[source]
+        source: CodecError,
+    },
+    /// The kernel refused a request.
+    #[error("ctnetlink {op}: kernel error {errno} ({})", io::Error::from_raw_os_error(*.errno))]
+    Kernel {
+        /// What was being done.
+        op: &'static str,
+        /// Positive errno.
+        errno: i32,
+    },
+    /// The event socket overflowed: events were lost and a resync from a dump is needed.
+    #[error("ctnetlink events: receive buffer overrun (ENOBUFS), events lost")]
+    Overrun,
+}
+
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> KernelError {
+    move |source| KernelError::Io { op, source }
+}
+
+const RECV_BUF: usize = 256 * 1024;
+
+fn open(op: &'static str) -> Result<Socket, KernelError> {
+    let mut s = Socket::new(NETLINK_NETFILTER).map_err(io_err(op))?;
+    s.bind_auto().map_err(io_err(op))?;
+    s.connect(&SocketAddr::new(0, 0)).map_err(io_err(op))?;
+    Ok(s)
+}
+
+fn recv(s: &Socket, buf: &mut Vec<u8>, flags: libc::c_int) -> io::Result<usize> {
+    buf.clear();
+    s.recv(buf, flags)
+}
+
+/// A request socket: dumps and commits.
+#[derive(Debug)]
+pub struct Conntrack {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitReport {
+    /// Entries sent to the kernel.
+    pub entries: u64,
+    /// Entries the kernel refused (counted, logged, not fatal).
+    pub failed: u64,
+    /// First error seen (positive errno), if any.
+    pub first_errno: Option<i32>,
+    /// Wall time of the commit in microseconds.
+    pub duration_us: u64,
+}
+
+impl Conntrack {
+    /// Opens a request socket in the current thread's network namespace.
+    pub fn open() -> Result<Conntrack, KernelError> {
+        let sock = open("open")?;
+        // Errors of a large commit batch queue up here before we read them.
+        let _ =
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+        Ok(Conntrack {
+            sock,
+            seq: 1,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// Dumps the whole table (IPv4 and IPv6); entries of protocols that are not replicated
+    /// are skipped.
+    pub fn dump(&mut self) -> Result<Vec<Entry>, KernelError> {
+        let mut out = Vec::new();
+        self.dump_into(|e| out.push(e))?;
+        Ok(out)
+    }
+
+    /// Dumps the whole table, calling `f` for each entry.
+    pub fn dump_into(&mut self, mut f: impl FnMut(Entry)) -> Result<(), KernelError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut b = Builder::new();
+        b.dump_request(self.seq);
+        self.sock
+            .send(b.bytes(), 0)
+            .map_err(io_err("dump request"))?;
+        loop {
+            recv(&self.sock, &mut self.buf, 0).map_err(io_err("dump"))?;
+            for m in ctnetlink::parse_messages(&self.buf) {
+                match m.map_err(|source| KernelError::Codec { op: "dump", source })? {
+                    Message::Conntrack { entry: Some(e), .. } => f(e),
+                    Message::Conntrack { entry: None, .. } | Message::Other(_) => {}
+                    Message::Done => return Ok(()),
+                    Message::Error { errno: 0, .. } => {}
+                    Message::Error { errno, .. } => {
+                        return Err(KernelError::Kernel {
+                            op: "dump",
+                            errno: -errno,
+                        });
+                    }
+                    Message::Overrun => return Err(KernelError::Overrun),
+                }
+            }
+        }
+    }
+
+    /// Creates (or updates) entries in the kernel, many per `sendmsg`. ctnetlink processes
+    /// a multi-message buffer synchronously in the sender's context, so after each send the
+    /// errors for that batch are already queued; they are drained without blocking.
+    pub fn commit(&mut self, entries: &[Entry]) -> Result<CommitReport, KernelError> {
+        let start = Instant::now();
+        let mut report = CommitReport::default();
+        let mut b = Builder::new();
+        for chunk in entries.chunks(256) {
+            b.clear();
+            for e in chunk {
+                self.seq = self.seq.wrapping_add(1);
+                b.create(e, self.seq, false);
+            }
+            self.sock.send(b.bytes(), 0).map_err(io_err("commit"))?;
+            report.entries += chunk.len() as u64;
+            self.drain_errors(&mut report)?;
+        }
+        report.duration_us = start.elapsed().as_micros() as u64;
+        Ok(report)
+    }
+
+    /// Deletes entries (by original tuple); missing ones are not an error.
+    pub fn delete(&mut self, entries: &[Entry]) -> Result<CommitReport, KernelError> {
+        let start = Instant::now();
+        let mut report = CommitReport::default();
+        let mut b = Builder::new();
+        for chunk in entries.chunks(256) {
+            b.clear();
+            for e in chunk {
+                self.seq = self.seq.wrapping_add(1);
+                b.delete(e, self.seq);
+            }
+            self.sock.send(b.bytes(), 0).map_err(io_err("delete"))?;
+            report.entries += chunk.len() as u64;
+            self.drain_errors(&mut report)?;
+        }
+        report.duration_us = start.elapsed().as_micros() as u64;
+        Ok(report)
+    }
+
+    fn drain_errors(&mut self, report: &mut CommitReport) -> Result<(), KernelError> {
+        loop {
+            match recv(&self.sock, &mut self.buf, libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => {
+                    return Err(KernelError::Io {
+                        op: "commit",
+                        source: e,
+                    });
+                }
+            }
+            for m in ctnetlink::parse_messages(&self.buf) {
+                if let Ok(Message::Error { errno, .. }) = m
+                    && errno != 0
+                {
+                    report.failed += 1;
+                    report.first_errno.get_or_insert(-errno);
+                }
+            }
+        }
+    }
+}
+
+/// One kernel event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// New, update or destroy.
+    pub kind: EventKind,
+    /// The entry as the kernel reported it.
+    pub entry: Entry,
+}
+
+/// The event subscription (new, update and destroy groups).
+#[derive(Debug)]
+pub struct Events {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    /// Subscribes in the current thread's network namespace. `rcvbuf` is forced with
+    /// `SO_RCVBUFFORCE` (root), falling back to `SO_RCVBUF`.
+    pub fn subscribe(rcvbuf: usize) -> Result<Events, KernelError> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(io_err("events"))?;
+        sock.bind_auto().map_err(io_err("events"))?;
+        for g in [
+            NFNLGRP_CONNTRACK_NEW,
+            NFNLGRP_CONNTRACK_UPDATE,
+            NFNLGRP_CONNTRACK_DESTROY,
+        ] {
+            sock.add_membership(g).map_err(io_err("events join"))?;
+        }
+        if nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &rcvbuf)
+            .is_err()
+        {
+            sock.set_rx_buf_sz(rcvbuf)
+                .map_err(io_err("events rcvbuf"))?;
+        }
+        let timeout = nix::sys::time::TimeVal::new(0, 200_000);
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(|e| io_err("events timeout")(e.into()))?;
+        Ok(Events {
+            sock,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// The receive buffer size the kernel granted (it doubles the requested value).
+    pub fn rcvbuf(&self) -> usize {
+        self.sock.get_rx_buf_sz().unwrap_or(0)
+    }
+
+    /// Waits (up to 200 ms) for the next batch of events and appends the replicated ones to
+    /// `out`. `Err(Overrun)` means events were lost: resync from a dump.
+    pub fn recv(&mut self, out: &mut Vec<Event>) -> Result<(), KernelError> {
+        match recv(&self.sock, &mut self.buf, 0) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(KernelError::Overrun),
+            Err(e) => {
+                return Err(KernelError::Io {
+                    op: "events",
+                    source: e,
+                });
+            }
+        }
+        for m in ctnetlink::parse_messages(&self.buf) {
+            match m {
+                Ok(Message::Conntrack {
+                    kind,
+                    entry: Some(entry),
+                    ..
+                }) => out.push(Event { kind, entry }),
+                Ok(Message::Overrun) => return Err(KernelError::Overrun),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "undecodable conntrack event skipped"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes; for tests and benches.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}

@@ -1,0 +1,618 @@
+//! The IO shell of the sync service: runs [`Core`] against the kernel (ctnetlink), the
+//! peer (UDP on the sync link, sealed with the sync key), the control socket
+//! (`RUN_DIR/sync.sock`) and a [`RoleSource`]. One main thread owns the core and the request
+//! socket; helper threads only read sockets and forward what they read over a channel.
+//!
+//! Control commands (newline JSON, see `twinwall-control`):
+//! * `{"cmd":"status"}` -> the [`Status`] with shell fields;
+//! * `{"cmd":"set-role","args":{"role":"master"}}` -> answered after the external cache is
+//!   committed into the kernel, so the VRRP service announces its VIPs only after that (the
+//!   answer carries the [`CommitReport`]);
+//! * `{"cmd":"resync"}` -> ask the peer for a full resync.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use twinwall_control::{Request, Response, Server};
+
+use crate::core::{Core, Input, Output, Role, Status, Tuning};
+use crate::entry::Filter;
+use crate::kernel::{CommitReport, Conntrack, Event, Events, KernelError};
+use crate::wire::{self, Datagram, ReplayWindow, SyncKey, WireError};
+
+/// Errors that stop the service from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The node has no `[sync]` section.
+    #[error("node {node}: the config has no [sync] section, nothing to replicate")]
+    NoSync {
+        /// Node name.
+        node: String,
+    },
+    /// The UDP socket cannot be bound.
+    #[error("sync link: cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// Local address.
+        addr: SocketAddr,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel side failed.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The control socket failed.
+    #[error(transparent)]
+    Control(#[from] twinwall_control::ControlError),
+    /// A thread could not be started.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// Thread name.
+        name: &'static str,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to run the service.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's address on the sync link.
+    pub local: IpAddr,
+    /// The peer's address on the sync link.
+    pub peer: IpAddr,
+    /// UDP port (both sides).
+    pub port: u16,
+    /// What not to replicate.
+    pub filter: Filter,
+    /// The cluster sync key.
+    pub key: SyncKey,
+    /// Where `sync.sock` lives.
+    pub run_dir: PathBuf,
+    /// Role at start (until the role source says otherwise).
+    pub role: Role,
+    /// Protocol timers.
+    pub tuning: Tuning,
+    /// Receive buffer of the event socket (forced).
+    pub event_rcvbuf: usize,
+}
+
+impl Settings {
+    /// Settings from a node view.
+    pub fn from_view(
+        view: &twinwall_config::NodeView,
+        key: SyncKey,
+        run_dir: PathBuf,
+        role: Role,
+    ) -> Result<Settings, ServiceError> {
+        let s = view.sync.as_ref().ok_or_else(|| ServiceError::NoSync {
+            node: view.node.clone(),
+        })?;
+        Ok(Settings {
+            local: s.local,
+            peer: s.peer,
+            port: s.port,
+            filter: Filter::from_view(view),
+            key,
+            run_dir,
+            role,
+            tuning: Tuning::default(),
+            event_rcvbuf: 64 << 20,
+        })
+    }
+}
+
+/// Something that tells the service about role changes (the VRRP service's event stream,
+/// the control socket, a test). It runs on its own thread.
+pub trait RoleSource: Send + 'static {
+    /// Runs until the service stops, reporting role changes through `sink`.
+    fn run(self: Box<Self>, sink: RoleSink);
+}
+
+/// The handle a [`RoleSource`] reports through.
+#[derive(Debug, Clone)]
+pub struct RoleSink {
+    tx: Sender<Msg>,
+}
+
+impl RoleSink {
+    /// Reports a role and waits until the service has acted on it; for `Master` that means
+    /// the external cache is in the kernel (the report says how long it took). `None` when
+    /// the service has stopped.
+    pub fn set_role(&self, role: Role) -> Option<Option<CommitReport>> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Msg::Role(role, tx)).ok()?;
+        rx.recv().ok()
+    }
+}
+
+/// What a role change did, as the control socket answers it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleChange {
+    /// The role now.
+    pub role: Role,
+    /// The commit done on becoming master.
+    pub commit: Option<CommitReport>,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Events(Vec<Event>, Instant),
+    Overrun(Instant),
+    Datagram(Vec<u8>),
+    Role(Role, Sender<Option<CommitReport>>),
+    Status(Sender<serde_json::Value>),
+    Resync,
+    Stop,
+}
+
+/// The status served on the control socket: the core's plus the shell's view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Our session epoch on the wire.
+    pub epoch: u64,
+    /// Sync link addresses.
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Receive buffer the kernel granted to the event socket.
+    pub event_rcvbuf: usize,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// The core's counters.
+    #[serde(flatten)]
+    pub core: Status,
+}
+
+/// A stop handle: `stop()` makes [`Service::run`] return.
+#[derive(Debug, Clone)]
+pub struct Stopper(Sender<Msg>);
+
+impl Stopper {
+    /// Asks the service to stop.
+    pub fn stop(&self) {
+        let _ = self.0.send(Msg::Stop);
+    }
+}
+
+/// The running service.
+#[derive(Debug)]
+pub struct Service {
+    settings: Settings,
+    core: Core,
+    conntrack: Conntrack,
+    udp: UdpSocket,
+    peer: SocketAddr,
+    epoch: u64,
+    counter: u64,
+    start: Instant,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    stop: Arc<AtomicBool>,
+    event_rcvbuf: usize,
+    replay: ReplayWindow,
+    control: Option<Server>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    last_dump: Option<Instant>,
+}
+
+impl Drop for Service {
+    /// Stops the reader threads and waits for them, so that the sockets are closed when
+    /// the service is gone (a restart can bind the same port at once).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.control.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Service {
+    /// Opens every socket (in the current network namespace) and starts the reader
+    /// threads; the control socket is `RUN_DIR/sync.sock`.
+    pub fn start(settings: Settings) -> Result<Service, ServiceError> {
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conntrack = Conntrack::open()?;
+        let events = Events::subscribe(settings.event_rcvbuf)?;
+        let event_rcvbuf = events.rcvbuf();
+        let local = SocketAddr::new(settings.local, settings.port);
+        let peer = SocketAddr::new(settings.peer, settings.port);
+        let udp = UdpSocket::bind(local).map_err(|source| ServiceError::Bind {
+            addr: local,
+            source,
+        })?;
+        let _ =
+            nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBufForce, &(16 << 20));
+        let _ =
+            nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::SndBufForce, &(16 << 20));
+        let mut threads = vec![spawn("sync-events", {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            move || event_loop(events, tx, stop)
+        })?];
+        threads.push(spawn("sync-udp", {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            let udp = udp.try_clone().map_err(|source| ServiceError::Bind {
+                addr: local,
+                source,
+            })?;
+            move || udp_loop(udp, peer.ip(), tx, stop)
+        })?);
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let core = Core::new(settings.role, settings.filter.clone(), settings.tuning);
+        let mut svc = Service {
+            core,
+            conntrack,
+            udp,
+            peer,
+            epoch,
+            counter: 0,
+            start: Instant::now(),
+            tx,
+            rx,
+            stop,
+            event_rcvbuf,
+            replay: ReplayWindow::default(),
+            control: None,
+            threads,
+            last_dump: None,
+            settings,
+        };
+        svc.control = Some(Server::bind(
+            &svc.settings.run_dir,
+            "sync",
+            control_handler(svc.tx.clone()),
+        )?);
+        // Our own table first: as master it is what the peer gets.
+        let now = svc.now_us();
+        svc.last_dump = Some(Instant::now());
+        let dump = svc.conntrack.dump()?;
+        let outs = svc.core.step(now, Input::Dump(dump));
+        svc.execute(outs);
+        tracing::info!(
+            %local, %peer, role = ?svc.settings.role, event_rcvbuf,
+            entries = svc.core.status(now).internal_entries,
+            "sync service started"
+        );
+        Ok(svc)
+    }
+
+    /// A handle for role sources.
+    pub fn role_sink(&self) -> RoleSink {
+        RoleSink {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// A handle that stops [`Service::run`].
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.tx.clone())
+    }
+
+    /// Starts a role source on its own thread.
+    pub fn add_role_source(&self, source: Box<dyn RoleSource>) -> Result<(), ServiceError> {
+        let sink = self.role_sink();
+        spawn("sync-role", move || source.run(sink)).map(drop)
+    }
+
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64 + 1
+    }
+
+    /// Runs until stopped.
+    pub fn run(mut self) -> Result<(), ServiceError> {
+        let tick = Duration::from_millis(5);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(Msg::Stop) => break,
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+                let outs = self.core.step(self.now_us(), Input::Tick);
+                self.execute(outs);
+            }
+        }
+        tracing::info!("sync service stopped");
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        let now = self.now_us();
+        let outs = match msg {
+            Msg::Events(events, _at) => self.core.step(now, Input::Kernel(events)),
+            // A dump started after the overrun already reflects everything that was lost.
+            Msg::Overrun(at) if self.last_dump.is_some_and(|d| d > at) => {
+                self.core.status_mut().enobufs += 1;
+                Vec::new()
+            }
+            Msg::Overrun(_) => self.core.step(now, Input::Overrun),
+            Msg::Datagram(bytes) => match self.open(&bytes) {
+                Some(input) => self.core.step(now, input),
+                None => Vec::new(),
+            },
+            Msg::Role(role, reply) => {
+                let report = self.set_role(role);
+                let _ = reply.send(report);
+                Vec::new()
+            }
+            Msg::Status(reply) => {
+                let v = serde_json::to_value(self.status()).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "status does not serialise");
+                    json!({"error": e.to_string()})
+                });
+                let _ = reply.send(v);
+                Vec::new()
+            }
+            Msg::Resync => self.core.step(now, Input::RequestResync),
+            Msg::Stop => Vec::new(),
+        };
+        self.execute(outs);
+    }
+
+    fn open(&mut self, bytes: &[u8]) -> Option<Input> {
+        let d = match wire::open(&self.settings.key, bytes) {
+            Ok(d) => d,
+            Err(WireError::BadMac) => {
+                let s = self.core.status_mut();
+                s.bad_mac += 1;
+                tracing::warn!(bad_mac = s.bad_mac, "sync datagram with a bad MAC dropped");
+                return None;
+            }
+            Err(e) => {
+                self.core.status_mut().undecodable += 1;
+                tracing::debug!(error = %e, "sync datagram dropped");
+                return None;
+            }
+        };
+        match self.replay.check(d.epoch, d.counter) {
+            Ok(fresh) => Some(Input::Peer {
+                fresh,
+                body: d.body,
+                bytes: bytes.len(),
+            }),
+            Err(e) => {
+                self.core.status_mut().replays += 1;
+                tracing::warn!(error = %e, "sync datagram dropped");
+                None
+            }
+        }
+    }
+
+    /// Status as served on the control socket.
+    pub fn status(&self) -> ServiceStatus {
+        ServiceStatus {
+            epoch: self.epoch,
+            local: SocketAddr::new(self.settings.local, self.settings.port),
+            peer: self.peer,
+            event_rcvbuf: self.event_rcvbuf,
+            uptime_s: self.start.elapsed().as_secs_f64(),
+            core: self.core.status(self.now_us()),
+        }
+    }
+
+    /// Commits the external cache (the peer's entries) into the kernel, in batches; this is
+    /// what a takeover does before the VIPs move. Returns what was committed and how long
+    /// it took.
+    pub fn commit_external_cache(&mut self) -> Result<CommitReport, KernelError> {
+        let entries = self.core.external_entries(self.now_us());
+        let report = self.conntrack.commit(&entries)?;
+        tracing::info!(
+            entries = report.entries,
+            failed = report.failed,
+            duration_us = report.duration_us,
+            "external cache committed into the kernel"
+        );
+        let outs = self.core.step(self.now_us(), Input::Committed(report));
+        self.execute(outs);
+        Ok(report)
+    }
+
+    fn set_role(&mut self, role: Role) -> Option<CommitReport> {
+        if role == self.core.role() {
+            return None;
+        }
+        let mut report = None;
+        if role == Role::Master {
+            match self.commit_external_cache() {
+                Ok(r) => report = Some(r),
+                Err(e) => tracing::error!(error = %e, "commit of the external cache failed"),
+            }
+            self.dump();
+        }
+        let outs = self.core.step(self.now_us(), Input::Role(role));
+        self.execute(outs);
+        if let Some(c) = &self.control {
+            c.publish(&json!({"event": "role", "role": role, "commit": report}));
+        }
+        report
+    }
+
+    /// Dumps the kernel table into the core.
+    fn dump(&mut self) {
+        self.last_dump = Some(Instant::now());
+        match self.conntrack.dump() {
+            Ok(d) => {
+                let outs = self.core.step(self.now_us(), Input::Dump(d));
+                self.execute(outs);
+            }
+            Err(e) => tracing::error!(error = %e, "conntrack dump failed"),
+        }
+    }
+
+    fn execute(&mut self, outs: Vec<Output>) {
+        for o in outs {
+            match o {
+                Output::Send(body) => {
+                    self.counter += 1;
+                    let bytes = wire::seal(
+                        &self.settings.key,
+                        &Datagram {
+                            epoch: self.epoch,
+                            counter: self.counter,
+                            body,
+                        },
+                    );
+                    match self.udp.send_to(&bytes, self.peer) {
+                        Ok(n) => {
+                            let s = self.core.status_mut();
+                            s.tx_datagrams += 1;
+                            s.tx_bytes += n as u64;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "sync send failed"),
+                    }
+                }
+                Output::Dump => self.dump(),
+            }
+        }
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, ServiceError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|source| ServiceError::Thread { name, source })
+}
+
+fn event_loop(mut events: Events, tx: Sender<Msg>, stop: Arc<AtomicBool>) {
+    let mut batch = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match events.recv(&mut batch) {
+            Ok(()) => {
+                if !batch.is_empty()
+                    && tx
+                        .send(Msg::Events(std::mem::take(&mut batch), Instant::now()))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            Err(KernelError::Overrun) => {
+                batch.clear();
+                if tx.send(Msg::Overrun(Instant::now())).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "conntrack event socket failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn udp_loop(udp: UdpSocket, peer: IpAddr, tx: Sender<Msg>, stop: Arc<AtomicBool>) {
+    let _ = udp.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        match udp.recv_from(&mut buf) {
+            Ok((n, from)) if from.ip() == peer => {
+                if tx.send(Msg::Datagram(buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Ok((_, from)) => tracing::debug!(%from, "datagram from a stranger ignored"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "sync receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn control_handler(tx: Sender<Msg>) -> Arc<twinwall_control::Handler> {
+    let tx = Mutex::new(tx);
+    Arc::new(move |req: &Request| {
+        let send = |m: Msg| tx.lock().map(|t| t.send(m).is_ok()).unwrap_or(false);
+        match req.cmd.as_str() {
+            "status" => {
+                let (rtx, rrx) = mpsc::channel();
+                if !send(Msg::Status(rtx)) {
+                    return Response::err("service is stopping");
+                }
+                match rrx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(v) => Response::ok(v),
+                    Err(_) => Response::err("service did not answer"),
+                }
+            }
+            "set-role" => {
+                let role = req.args.get("role").cloned().unwrap_or_default();
+                let role: Role = match serde_json::from_value(role) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Response::err(
+                            "set-role needs args.role = \"master\" or \"backup\"",
+                        );
+                    }
+                };
+                let (rtx, rrx) = mpsc::channel();
+                if !send(Msg::Role(role, rtx)) {
+                    return Response::err("service is stopping");
+                }
+                match rrx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(commit) => Response::ok(
+                        serde_json::to_value(RoleChange { role, commit }).unwrap_or_default(),
+                    ),
+                    Err(_) => Response::err("role change did not complete"),
+                }
+            }
+            "resync" => {
+                if send(Msg::Resync) {
+                    Response::ok(json!({}))
+                } else {
+                    Response::err("service is stopping")
+                }
+            }
+            other => Response::err(format!(
+                "unknown command {other:?} (status, set-role, resync)"
+            )),
+        }
+    })
+}
+
+/// Runs the service in the foreground until SIGTERM or SIGINT: the signals are blocked in
+/// every thread and taken by one waiting thread, which stops the main loop cleanly.
+pub fn run_until_signalled(settings: Settings) -> Result<(), ServiceError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    // Before any thread exists, so that all of them inherit the mask.
+    set.thread_block().map_err(|e| ServiceError::Thread {
+        name: "signals",
+        source: e.into(),
+    })?;
+    let svc = Service::start(settings)?;
+    let stopper = svc.stopper();
+    spawn("sync-signals", move || {
+        if let Ok(sig) = set.wait() {
+            tracing::info!(signal = %sig, "stopping");
+        }
+        stopper.stop();
+    })?;
+    svc.run()
+}
