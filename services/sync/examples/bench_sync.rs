@@ -376,6 +376,28 @@ fn flows_twinwall(flows: usize) -> Survival {
     survival(&stats, after)
 }
 
+/// The floor: committing N entries into an empty namespace with nobody listening, and with
+/// an event listener that does not read (what a daemon's own event socket costs).
+fn raw_commit(n: usize) -> (f64, f64) {
+    let ns = twinwall_sync::lab::Netns::new("rc").unwrap();
+    let batch = entries(n);
+    let b2 = batch.clone();
+    let quiet = ns
+        .enter(move || Conntrack::open().unwrap().commit(&b2).unwrap())
+        .unwrap();
+    ns.exec(&["conntrack", "-F"]).unwrap();
+    let listening = ns
+        .enter(move || {
+            let _ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            Conntrack::open().unwrap().commit(&batch).unwrap()
+        })
+        .unwrap();
+    (
+        quiet.duration_us as f64 / 1e6,
+        listening.duration_us as f64 / 1e6,
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bin = args
@@ -386,6 +408,11 @@ fn main() {
     let flows: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1000);
     let dir = std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    if std::env::var("RAW_ONLY").is_ok() {
+        let (q, l) = raw_commit(n);
+        println!("raw commit of {n}: {q:.3} s quiet, {l:.3} s with an event listener");
+        return;
+    }
     let tw = bench_twinwall(&bin, n, &dir);
     let cd = bench_conntrackd(n, &dir);
     println!("conntrack sync, {n} entries (netns, same run)");

@@ -23,7 +23,7 @@ use twinwall_control::{Request, Response, Server};
 
 use crate::core::{Core, Input, Output, Role, Status, Tuning};
 use crate::entry::Filter;
-use crate::kernel::{CommitReport, Conntrack, Event, Events, KernelError};
+use crate::kernel::{CommitReport, Conntrack, Event, EventPause, Events, KernelError};
 use crate::wire::{self, Datagram, ReplayWindow, SyncKey, WireError};
 
 /// Errors that stop the service from starting or running.
@@ -201,6 +201,7 @@ pub struct Service {
     control: Option<Server>,
     threads: Vec<std::thread::JoinHandle<()>>,
     last_dump: Option<Instant>,
+    pause: EventPause,
 }
 
 impl Drop for Service {
@@ -224,6 +225,7 @@ impl Service {
         let conntrack = Conntrack::open()?;
         let events = Events::subscribe(settings.event_rcvbuf)?;
         let event_rcvbuf = events.rcvbuf();
+        let pause = events.pauser();
         let local = SocketAddr::new(settings.local, settings.port);
         let peer = SocketAddr::new(settings.peer, settings.port);
         let udp = UdpSocket::bind(local).map_err(|source| ServiceError::Bind {
@@ -267,6 +269,7 @@ impl Service {
             control: None,
             threads,
             last_dump: None,
+            pause,
             settings,
         };
         svc.control = Some(Server::bind(
@@ -409,9 +412,15 @@ impl Service {
     /// Commits the external cache (the peer's entries) into the kernel, in batches; this is
     /// what a takeover does before the VIPs move. Returns what was committed and how long
     /// it took.
+    /// Event delivery is paused meanwhile (the kernel then skips building 2 events per
+    /// entry); the caller dumps afterwards.
     pub fn commit_external_cache(&mut self) -> Result<CommitReport, KernelError> {
         let entries = self.core.external_entries(self.now_us());
-        let report = self.conntrack.commit(&entries)?;
+        self.pause.pause();
+        let report = self.conntrack.commit(&entries);
+        let resumed = self.pause.resume();
+        let report = report?;
+        resumed?;
         tracing::info!(
             entries = report.entries,
             failed = report.failed,
