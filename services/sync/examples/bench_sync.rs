@@ -378,7 +378,7 @@ fn flows_twinwall(flows: usize) -> Survival {
 
 /// The floor: committing N entries into an empty namespace with nobody listening, and with
 /// an event listener that does not read (what a daemon's own event socket costs).
-fn raw_commit(n: usize) -> (f64, f64) {
+fn raw_commit(n: usize) -> (f64, f64, f64) {
     let ns = twinwall_sync::lab::Netns::new("rc").unwrap();
     let batch = entries(n);
     let b2 = batch.clone();
@@ -386,15 +386,27 @@ fn raw_commit(n: usize) -> (f64, f64) {
         .enter(move || Conntrack::open().unwrap().commit(&b2).unwrap())
         .unwrap();
     ns.exec(&["conntrack", "-F"]).unwrap();
+    let b3 = batch.clone();
     let listening = ns
         .enter(move || {
             let _ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
-            Conntrack::open().unwrap().commit(&batch).unwrap()
+            Conntrack::open().unwrap().commit(&b3).unwrap()
+        })
+        .unwrap();
+    ns.exec(&["conntrack", "-F"]).unwrap();
+    let paused = ns
+        .enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let r = Conntrack::open().unwrap().commit(&batch).unwrap();
+            ev.pauser().resume().unwrap();
+            r
         })
         .unwrap();
     (
         quiet.duration_us as f64 / 1e6,
         listening.duration_us as f64 / 1e6,
+        paused.duration_us as f64 / 1e6,
     )
 }
 
@@ -409,8 +421,11 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     if std::env::var("RAW_ONLY").is_ok() {
-        let (q, l) = raw_commit(n);
-        println!("raw commit of {n}: {q:.3} s quiet, {l:.3} s with an event listener");
+        let (q, l, p) = raw_commit(n);
+        println!(
+            "raw commit of {n}: {q:.3} s quiet, {l:.3} s with an event listener, {p:.3} s with \
+             the listener paused"
+        );
         return;
     }
     let tw = bench_twinwall(&bin, n, &dir);
