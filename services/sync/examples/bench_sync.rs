@@ -376,6 +376,57 @@ fn flows_twinwall(flows: usize) -> Survival {
     survival(&stats, after)
 }
 
+/// The same failover with conntrackd (FTFW/UDP) in both firewalls: commit on fw2 with
+/// `conntrackd -c`, then the VIPs move.
+fn flows_conntrackd(flows: usize, dir: &Path) -> Survival {
+    let mut pair = Pair::new("bg").unwrap();
+    let confs = [conntrackd_conf(dir, 0), conntrackd_conf(dir, 1)];
+    let mut procs = Vec::new();
+    for (i, conf) in confs.iter().enumerate() {
+        let _ = std::fs::remove_file(dir.join(format!("ctd{i}.lock")));
+        let child = Command::new("ip")
+            .args(["netns", "exec", pair.fw[i].name(), "conntrackd", "-C"])
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push(Proc(child));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    pair.server
+        .enter(move || echo_server(&[7000, 7001], &[7002, 7003], s2))
+        .unwrap()
+        .unwrap();
+    let targets = Pair::targets(flows, flows / 10);
+    let running = pair
+        .client
+        .enter(move || Flows::start(&targets, Duration::from_millis(100)))
+        .unwrap()
+        .unwrap();
+    let want = (flows + flows / 10) as u64;
+    wait_until(Duration::from_secs(30), || {
+        ctd_external(&pair, &confs[1]) >= want
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    pair.cut(0).unwrap();
+    let t = Instant::now();
+    pair.fw[1]
+        .exec(&["conntrackd", "-C", &confs[1].display().to_string(), "-c"])
+        .unwrap();
+    eprintln!("conntrackd flow failover: commit {:?}", t.elapsed());
+    pair.vips_to(1).unwrap();
+    pair.master = 1;
+    let after = Instant::now() + Duration::from_millis(2000);
+    std::thread::sleep(Duration::from_secs(5));
+    let stats = running.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(procs);
+    survival(&stats, after)
+}
+
 /// The floor: committing N entries into an empty namespace with nobody listening, and with
 /// an event listener that does not read (what a daemon's own event socket costs).
 fn raw_commit(n: usize) -> (f64, f64, f64) {
@@ -469,9 +520,19 @@ fn main() {
         "bytes on the wire per entry (twinwall)", tw.wire_bytes_per_entry
     );
     if flows > 0 {
-        let s = flows_twinwall(flows);
+        let tw = flows_twinwall(flows);
+        let cd = flows_conntrackd(flows, &dir);
+        for (name, s) in [("twinwall", tw), ("conntrackd", cd)] {
+            print_survival(name, &s);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn print_survival(name: &str, s: &Survival) {
+    {
         println!(
-            "failover of {} flows ({} TCP, {} UDP), twinwall: {} survived; TCP {}/{}, UDP {}/{}; \
+            "failover of {} flows ({} TCP, {} UDP), {name}: {} survived; TCP {}/{}, UDP {}/{}; \
              echo gap longest {:.0} ms, median {:.0} ms",
             s.flows,
             s.tcp.0,
@@ -485,5 +546,4 @@ fn main() {
             s.median_gap_ms
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
