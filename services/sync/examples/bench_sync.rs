@@ -74,11 +74,25 @@ struct Result {
 
 struct Proc(Child);
 impl Drop for Proc {
+    /// SIGTERM, then SIGKILL if it has not exited within 5 s.
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
+        if !wait_until(Duration::from_secs(5), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
+    }
+}
+
+/// The scratch directory, removed even when a measurement panics.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -469,7 +483,9 @@ fn main() {
         .clone();
     let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let flows: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let dir = std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id()));
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id())));
+    let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir).unwrap();
     if std::env::var("RAW_ONLY").is_ok() {
         let (q, l, p) = raw_commit(n);
@@ -526,7 +542,7 @@ fn main() {
             print_survival(name, &s);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
 }
 
 fn print_survival(name: &str, s: &Survival) {
