@@ -31,18 +31,50 @@ enum Cmd {
     /// Create and verify signed bundles.
     #[command(subcommand)]
     Bundle(cli::bundle::BundleCmd),
+    /// Compile, check, apply and diff the nftables ruleset.
+    #[command(subcommand)]
+    Ruleset(cli::ruleset::RulesetCmd),
+    /// PID 1 of the appliance (also when invoked as `init`), or `--supervise` to run the
+    /// service set under a child subreaper.
+    Init(cli::init::InitArgs),
+    /// Local status from the services' control sockets.
+    Status(cli::status::StatusArgs),
     /// Conntrack state replication with the peer (foreground service).
     Sync(cli::sync::SyncArgs),
+    /// Run the VRRP service in the foreground.
+    Vrrp(cli::vrrp::VrrpArgs),
+    /// Build the appliance images (disk, ISO) and refresh the package lock.
+    #[command(subcommand)]
+    Image(cli::image::ImageCmd),
+    /// Write twinwall.img and a node's config partition to a disk or file.
+    Flash(cli::flash::FlashArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Multi-call: the kernel runs us as /init (initramfs) or /sbin/init. It also passes
+    // unknown bare kernel parameters as arguments; PID 1 must not die of a usage error, so
+    // they are dropped (init reads its options from /proc/cmdline).
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "init")
+    {
+        args = vec!["twinwall".into(), "init".into()];
+    }
+    let cli = Cli::parse_from(args);
     cli::init_logging(&cli.log);
     let result = match cli.cmd {
         Cmd::Config(c) => cli::config::run(c),
         Cmd::Key(c) => cli::key::run(c),
         Cmd::Bundle(c) => cli::bundle::run(c),
+        Cmd::Ruleset(c) => cli::ruleset::run(c),
+        Cmd::Init(a) => cli::init::run(a),
+        Cmd::Status(a) => cli::status::run(a),
         Cmd::Sync(a) => cli::sync::run(a),
+        Cmd::Vrrp(a) => cli::vrrp::run(a),
+        Cmd::Image(c) => cli::image::run(c),
+        Cmd::Flash(a) => cli::flash::run(a),
     };
     cli::exit_code(result)
 }

@@ -3,8 +3,14 @@
 
 pub mod bundle;
 pub mod config;
+pub mod flash;
+pub mod image;
+pub mod init;
 pub mod key;
+pub mod ruleset;
+pub mod status;
 pub mod sync;
+pub mod vrrp;
 
 use std::process::ExitCode;
 

@@ -1,7 +1,9 @@
 //! The network-namespace test harness shared by the services' tests.
 //!
 //! It owns: [`Netns`] (a uniquely named namespace, deleted on drop even when the test
-//! panics, together with every process still running inside it), [`veth`] pairs between
+//! panics, together with every process still running inside it), [`Netns::enter`] to
+//! create `std::net` sockets inside one, [`PeerEcho`] listeners and [`tcp_probe`] /
+//! [`udp_probe`] clients, [`veth`] pairs between
 //! namespaces, bridges, address/link/route helpers, [`Spawned`] child guards,
 //! [`wait_for`] polling, and [`Topology`] (hosts, bridges and links as data, loadable from
 //! TOML/JSON, built into a [`Lab`]). Everything shells out to `ip` (iproute2): it is the
@@ -11,9 +13,11 @@
 //! `TWINWALL_SKIP_ROOT_TESTS=1`, in which case it returns `false` and the test returns.
 
 mod netns;
+mod probe;
 mod topology;
 
 pub use netns::{Netns, Spawned, bridge, require_root, veth, wait_for};
+pub use probe::{PeerEcho, tcp_probe, udp_probe};
 pub use topology::{BridgeSpec, Endpoint, HostSpec, Lab, LinkSpec, RouteSpec, Topology};
 
 use std::path::PathBuf;

@@ -72,8 +72,9 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates a fresh namespace with loopback up. `prefix` is a short role name such as
-    /// `fw1`; the pid and a process-wide counter make the name unique.
+    /// Creates a fresh namespace with loopback up and IPv6 DAD off for the interfaces
+    /// created in it. `prefix` is a short role name such as `fw1`; the pid and a
+    /// process-wide counter make the name unique.
     pub fn new(prefix: &str) -> Result<Netns> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("tw-{prefix}-{}-{n}", std::process::id());
@@ -82,6 +83,11 @@ impl Netns {
         checked(c)?;
         let ns = Netns { name };
         ns.ip(["link", "set", "lo", "up"])?;
+        // Interfaces created from now on skip IPv6 duplicate address detection: with it,
+        // link-local addresses stay tentative for a second or two after a link comes up
+        // and the first packets of a test get lost. Tests that need DAD turn it back on.
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
         tracing::debug!(netns = %ns.name, "created");
         Ok(ns)
     }
@@ -209,6 +215,34 @@ impl Netns {
     /// Creates a bridge device in this namespace and brings it up.
     pub fn add_bridge(&self, name: &str) -> Result<()> {
         bridge(self, name)
+    }
+
+    /// Runs `f` on a new thread that has joined this namespace (`setns`), and returns
+    /// its result. Sockets created inside `f` belong to the namespace and keep working
+    /// when handed back to other threads, so tests can use `std::net` listeners and
+    /// clients directly instead of spawning helper programs.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).map_err(|source| TestkitError::Spawn {
+            cmd: format!("open {path}"),
+            source,
+        })?;
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd only changes this (new, private)
+            // thread's network namespace; no memory is touched.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(TestkitError::Spawn {
+                    cmd: format!("setns {name}"),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     /// Pids of the processes currently inside the namespace.

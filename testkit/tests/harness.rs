@@ -157,3 +157,19 @@ fn bad_topologies_are_rejected_with_the_reason() {
     assert!(e.contains("eth9"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn enter_creates_sockets_inside_the_namespace() {
+    if !require_root() {
+        return;
+    }
+    let a = Netns::new("enter").unwrap();
+    a.add_addr("lo", "192.0.2.77/32".parse().unwrap()).unwrap();
+    // The address exists only inside the namespace: binding works there, not here.
+    let sock = a
+        .enter(|| std::net::UdpSocket::bind("192.0.2.77:0"))
+        .unwrap()
+        .expect("bind inside the namespace");
+    assert!(sock.local_addr().is_ok());
+    assert!(std::net::UdpSocket::bind("192.0.2.77:0").is_err());
+}

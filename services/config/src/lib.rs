@@ -47,10 +47,33 @@ pub enum ViewError {
     },
 }
 
-/// Errors of [`load`] other than config errors are reported as a diagnostic too, so that
-/// callers deal with one type.
+/// Reads and validates a config file. A file that cannot be read (or is not UTF-8) is
+/// reported as a diagnostic too, so that callers deal with one error type.
 pub fn load(path: &Path) -> Result<Config, Diagnostics> {
     let name = path.display().to_string();
+    let started = std::time::Instant::now();
+    let result = read_and_parse(path, &name);
+    match &result {
+        Ok(cfg) => tracing::debug!(
+            file = %name,
+            cluster = cfg.cluster_name(),
+            version = cfg.version(),
+            warnings = cfg.warnings().len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "config valid"
+        ),
+        Err(d) => tracing::debug!(
+            file = %name,
+            errors = d.errors().count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "config rejected"
+        ),
+    }
+    result
+}
+
+fn read_and_parse(path: &Path, name: &str) -> Result<Config, Diagnostics> {
+    let name = name.to_owned();
     match std::fs::read(path) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => parse(&name, &text),
@@ -131,5 +154,43 @@ impl Config {
 /// editors (taplo / Even Better TOML: `#:schema ./twinwall-config.schema.json`).
 pub fn json_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(raw::RawConfig);
-    schema.to_value()
+    let mut value = schema.to_value();
+    strip_null(&mut value);
+    value
+}
+
+/// The schema, generated once per process (the structural pass walks it for every parse).
+pub(crate) fn cached_schema() -> &'static serde_json::Value {
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(json_schema)
+}
+
+/// Raw keys are `Option`s so that validation can report a missing key itself; TOML has no
+/// null, so the schema should not offer one.
+fn strip_null(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    map.insert("type".to_owned(), only);
+                }
+            }
+            if let Some(Value::Array(any)) = map.get_mut("anyOf") {
+                any.retain(|s| s.get("type").is_none_or(|t| t != "null"));
+                if any.len() == 1 {
+                    let only = any.remove(0);
+                    map.remove("anyOf");
+                    if let Value::Object(inner) = only {
+                        map.extend(inner);
+                    }
+                }
+            }
+            map.values_mut().for_each(strip_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_null),
+        _ => {}
+    }
 }

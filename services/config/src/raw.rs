@@ -115,9 +115,11 @@ impl JsonSchema for OneOrMany {
 #[schemars(title = "twinwall cluster config")]
 pub struct RawConfig {
     /// The cluster's identity and config version.
+    #[schemars(required)]
     pub cluster: Option<Sp<RawCluster>>,
     /// The two nodes of the pair, by node name.
     #[serde(default)]
+    #[schemars(required, extend("minProperties" = 2, "maxProperties" = 2))]
     pub nodes: BTreeMap<Sp<String>, Sp<RawNode>>,
     /// VRRPv3 settings, sync groups and virtual IPs.
     pub vrrp: Option<Sp<RawVrrp>>,
@@ -141,10 +143,12 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     /// Cluster name (bundles and status show it).
+    #[schemars(required)]
     pub name: Option<Sp<String>>,
     /// Config version, monotonic: an appliance refuses a bundle whose version is not
     /// greater than the one it runs.
     #[schemars(range(min = 1))]
+    #[schemars(required)]
     pub version: Option<Sp<i64>>,
 }
 
@@ -154,10 +158,12 @@ pub struct RawCluster {
 pub struct RawNode {
     /// VRRP priority, 1..=254; the two nodes must differ.
     #[schemars(range(min = 1, max = 254))]
+    #[schemars(required)]
     pub priority: Option<Sp<i64>>,
     /// The node's interfaces by zone name (`outside`, `inside`, `sync`, ...). Both nodes
     /// must have the same zones.
     #[serde(default)]
+    #[schemars(required, extend("minProperties" = 1))]
     pub interfaces: BTreeMap<Sp<String>, Sp<RawInterface>>,
 }
 
@@ -166,8 +172,10 @@ pub struct RawNode {
 #[serde(deny_unknown_fields)]
 pub struct RawInterface {
     /// Kernel device name, e.g. `eth0`.
+    #[schemars(required)]
     pub device: Option<Sp<String>>,
     /// The node's own address(es) with prefix length: `"a/p"` or `["a/p", ...]`.
+    #[schemars(required)]
     pub address: Option<Sp<OneOrMany>>,
 }
 
@@ -205,6 +213,7 @@ pub struct RawVrrp {
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
     /// Group name.
+    #[schemars(required)]
     pub name: Option<Sp<String>>,
     /// Zones whose carrier loss puts the whole group in FAULT.
     #[serde(default)]
@@ -220,10 +229,13 @@ pub struct RawGroup {
 pub struct RawVip {
     /// Virtual router id, 1..=255; unique per zone and address family.
     #[schemars(range(min = 1, max = 255))]
+    #[schemars(required)]
     pub vrid: Option<Sp<i64>>,
     /// The zone the VIP lives on.
+    #[schemars(required)]
     pub interface: Option<Sp<String>>,
     /// Virtual address(es) with prefix length, one or both families.
+    #[schemars(required)]
     pub address: Option<Sp<OneOrMany>>,
 }
 
@@ -232,6 +244,7 @@ pub struct RawVip {
 #[serde(deny_unknown_fields)]
 pub struct RawSync {
     /// Zone of the dedicated state-sync link.
+    #[schemars(required)]
     pub interface: Option<Sp<String>>,
     /// UDP port of the sync protocol. Default 3780.
     #[schemars(range(min = 1, max = 65535))]
@@ -243,10 +256,13 @@ pub struct RawSync {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Destination prefix, e.g. `0.0.0.0/0`.
+    #[schemars(required)]
     pub destination: Option<Sp<String>>,
     /// Next hop address, same family as the destination.
+    #[schemars(required)]
     pub gateway: Option<Sp<String>>,
     /// Zone the next hop is reached through.
+    #[schemars(required)]
     pub interface: Option<Sp<String>>,
 }
 
@@ -282,15 +298,19 @@ pub struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Unique rule name.
+    #[schemars(required)]
     pub name: Option<Sp<String>>,
     /// Source: "any", a zone or a network object.
+    #[schemars(required)]
     pub from: Option<Sp<String>>,
     /// Destination: "any", "self" (the firewall), a zone or a network object.
+    #[schemars(required)]
     pub to: Option<Sp<String>>,
     /// A service object; absent means any protocol.
     pub service: Option<Sp<String>>,
     /// accept, drop or reject.
     #[schemars(extend("enum" = ["accept", "drop", "reject"]))]
+    #[schemars(required)]
     pub action: Option<Sp<String>>,
     /// Log matches. Default false.
     pub log: Option<Sp<bool>>,
@@ -312,10 +332,12 @@ pub struct RawNat {
 #[serde(deny_unknown_fields)]
 pub struct RawNatRule {
     /// Unique NAT rule name.
+    #[schemars(required)]
     pub name: Option<Sp<String>>,
     /// snat, dnat or masquerade.
     #[serde(rename = "type")]
     #[schemars(extend("enum" = ["snat", "dnat", "masquerade"]))]
+    #[schemars(required)]
     pub kind: Option<Sp<String>>,
     /// snat/masquerade: source network object or prefix.
     pub from: Option<Sp<String>>,

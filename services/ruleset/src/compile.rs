@@ -278,6 +278,34 @@ fn l4_elems(services: &[Service]) -> Vec<String> {
     v
 }
 
+/// `tcp dport { ... }` / `udp dport { ... }` for the TCP and UDP services.
+fn per_proto_ports(services: &[Service]) -> Vec<SvcMatch> {
+    let mut out = Vec::new();
+    for proto in ["tcp", "udp"] {
+        let mut ports: Vec<String> = services
+            .iter()
+            .filter_map(|s| match (s, proto) {
+                (Service::Tcp { from, to }, "tcp") | (Service::Udp { from, to }, "udp") => {
+                    Some(if from == to {
+                        from.to_string()
+                    } else {
+                        format!("{from}-{to}")
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        ports.dedup();
+        if !ports.is_empty() {
+            out.push(SvcMatch {
+                text: format!(" {proto} dport {}", set_literal(ports)),
+                family: None,
+            });
+        }
+    }
+    out
+}
+
 /// One way of matching the services of a rule, for one family.
 #[derive(Debug, Clone)]
 struct SvcMatch {
@@ -867,7 +895,14 @@ impl<'a> Emitter<'a> {
                 (Some(p), Family::Ipv6) => format!("[{to}]:{p}"),
                 (None, _) => to.to_string(),
             };
-            for s in self.dnat_parts(name, services, service_name.as_deref(), *to)? {
+            // A translated port needs a plain protocol match before it (nft: "transport
+            // protocol mapping is only valid after transport protocol match"), so one
+            // rule per protocol.
+            let parts = match to_port {
+                Some(_) => per_proto_ports(services),
+                None => self.dnat_parts(name, services, service_name.as_deref(), *to)?,
+            };
+            for s in parts {
                 self.line(&format!(
                     "iifname \"{in_device}\"{dmatch}{} counter dnat {} to {target} comment \"{name}\"",
                     s.text,

@@ -45,6 +45,11 @@ fn network(name: &str, nets: &[&str]) -> Endpoint {
     }
 }
 
+fn sorted(mut v: Vec<IpAddr>) -> Vec<IpAddr> {
+    v.sort();
+    v
+}
+
 fn tcp(p: u16) -> Service {
     Service::Tcp { from: p, to: p }
 }
@@ -140,11 +145,13 @@ pub fn seed_pair(node: &str) -> NodeView {
             device: "eth0".into(),
             follows_vip: true,
         }],
-        conntrack_ignore: nodes
-            .iter()
-            .flat_map(|n| [n.2, n.3, n.4])
-            .map(|a| a.parse::<IpNet>().expect("addr").addr())
-            .collect(),
+        conntrack_ignore: sorted(
+            nodes
+                .iter()
+                .flat_map(|n| [n.2, n.3, n.4])
+                .map(|a| a.parse::<IpNet>().expect("addr").addr())
+                .collect(),
+        ),
         objects: Objects {
             networks: [
                 ("lan".to_string(), vec![net("198.51.100.0/24")]),
@@ -330,11 +337,13 @@ pub fn dual_stack(node: &str) -> NodeView {
                 follows_vip: true,
             },
         ],
-        conntrack_ignore: nodes
-            .iter()
-            .flat_map(|n| n.2.iter().chain(n.3.iter()).chain([&n.4]).copied())
-            .map(|a| a.parse::<IpNet>().expect("addr").addr())
-            .collect(),
+        conntrack_ignore: sorted(
+            nodes
+                .iter()
+                .flat_map(|n| n.2.iter().chain(n.3.iter()).chain([&n.4]).copied())
+                .map(|a| a.parse::<IpNet>().expect("addr").addr())
+                .collect(),
+        ),
         objects: Objects {
             networks: [
                 (

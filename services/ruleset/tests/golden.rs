@@ -1,19 +1,48 @@
-//! Golden files of the compiled examples (`UPDATE_GOLDEN=1` regenerates them), and
-//! `nft -c` accepting every one of them inside a fresh network namespace.
+//! Golden files of every compiled example (`shared/examples/*.toml` and the repository's
+//! `examples/*.toml`, every node), loaded through the config parser; `UPDATE_GOLDEN=1`
+//! regenerates them. `nft -c` accepts every one inside a fresh network namespace, and
+//! the lints find nothing on them except what is really there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use twinwall_config::NodeView;
-use twinwall_ruleset::{Options, compile, fixtures};
+use twinwall_ruleset::{Options, compile};
 use twinwall_testkit::{Netns, require_root};
 
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// (golden name, view) for every node of every example.
 fn examples() -> Vec<(String, NodeView)> {
-    vec![
-        ("seed-pair.lj-fw-1".into(), fixtures::seed_pair("lj-fw-1")),
-        ("seed-pair.lj-fw-2".into(), fixtures::seed_pair("lj-fw-2")),
-        ("dual-stack.fw-a".into(), fixtures::dual_stack("fw-a")),
-        ("dual-stack.fw-b".into(), fixtures::dual_stack("fw-b")),
-    ]
+    let mut out = Vec::new();
+    for (tag, dir) in [
+        ("shared", root().join("../shared/examples")),
+        ("examples", root().join("examples")),
+    ] {
+        for f in toml_files(&dir) {
+            let cfg = twinwall_config::load(&f).unwrap_or_else(|d| panic!("{d}"));
+            let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+            for node in cfg.node_names() {
+                out.push((
+                    format!("{tag}.{stem}.{node}"),
+                    cfg.node_view(&node).unwrap(),
+                ));
+            }
+        }
+    }
+    assert!(out.len() >= 4, "examples not found");
+    out
 }
 
 fn golden_dir() -> PathBuf {
@@ -26,29 +55,29 @@ fn compiled_examples_match_golden_files() {
     let mut mismatched = Vec::new();
     for (name, view) in examples() {
         let script = compile(&view, &Options::default()).unwrap();
-        // The only finding on the examples is real: seed-pair defines `dns` and no rule
-        // uses it. Anything else would be a false positive.
-        let lints: Vec<String> = script.lints.iter().map(|l| l.to_string()).collect();
-        let want: Vec<String> = if name.starts_with("seed-pair") {
-            vec!["unused-object: service object `dns` is not used by any rule".into()]
-        } else {
-            vec![]
-        };
-        assert_eq!(lints, want, "{name}");
-        let path = golden_dir().join(format!("{name}.nft"));
-        if update {
-            std::fs::write(&path, &script.text).unwrap();
-            continue;
+        // The lint findings are golden too (`NAME.lints`, one per line): each was
+        // reviewed to be real (objects the example defines and no rule uses), so a new
+        // line there is a false positive until shown otherwise.
+        let mut lints: String = script.lints.iter().map(|l| format!("{l}\n")).collect();
+        if lints.is_empty() {
+            lints = "(none)\n".into();
         }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-        if want != script.text {
-            mismatched.push(name);
+        for (ext, text) in [("nft", &script.text), ("lints", &lints)] {
+            let path = golden_dir().join(format!("{name}.{ext}"));
+            if update {
+                std::fs::write(&path, text).unwrap();
+                continue;
+            }
+            let want = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+            if want != *text {
+                mismatched.push(format!("{name}.{ext}"));
+            }
         }
     }
     assert!(
         mismatched.is_empty(),
-        "compiled output differs from the golden files for {mismatched:?}; review, then UPDATE_GOLDEN=1"
+        "compiled output differs from the golden files for {mismatched:?}; review the change, then UPDATE_GOLDEN=1"
     );
 }
 

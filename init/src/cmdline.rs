@@ -1,0 +1,104 @@
+//! The kernel command line as init reads it: `twinwall.*` options, pure parsing.
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `twinwall.slot=a\|b` | boot slot whose squashfs becomes `/` |
+//! | `twinwall.live=1\|PATH` | live ISO: the slot image is a file on the ISO (default `/twinwall/slot.squashfs`) |
+//! | `twinwall.root=initramfs` | stay in the initramfs (no slot; minimal boots, tests) |
+//! | `twinwall.services=a,b` | override the service set (`none`: no services) |
+//! | `twinwall.shutdown_when_up=poweroff\|reboot` | orderly shutdown once services are up (boot tests) |
+//! | `twinwall.modules=PATH` | module list file (default `/lib/modules/twinwall.modules`) |
+
+use crate::sys::PowerAction;
+
+/// Parsed `twinwall.*` options of `/proc/cmdline`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cmdline {
+    /// `twinwall.slot`.
+    pub slot: Option<String>,
+    /// `twinwall.live=1` or `twinwall.live=/PATH/ON/ISO`.
+    pub live: bool,
+    /// The slot image's path on the ISO when `twinwall.live=` gave one.
+    pub live_image: Option<String>,
+    /// `twinwall.root=initramfs`.
+    pub stay_in_initramfs: bool,
+    /// `twinwall.services`.
+    pub services: Option<Vec<String>>,
+    /// `twinwall.shutdown_when_up`.
+    pub shutdown_when_up: Option<PowerAction>,
+    /// `twinwall.modules`.
+    pub modules: Option<String>,
+    /// Options with the `twinwall.` prefix that init does not know (logged, not fatal:
+    /// a typo on the kernel command line must not brick the box).
+    pub unknown: Vec<String>,
+}
+
+impl Cmdline {
+    /// Parses the contents of `/proc/cmdline`.
+    pub fn parse(text: &str) -> Cmdline {
+        let mut c = Cmdline::default();
+        for word in text.split_whitespace() {
+            let Some(opt) = word.strip_prefix("twinwall.") else {
+                continue;
+            };
+            let (key, value) = opt.split_once('=').unwrap_or((opt, "1"));
+            match key {
+                "slot" => c.slot = Some(value.to_string()),
+                "live" => {
+                    c.live = !matches!(value, "0" | "no" | "false");
+                    if value.starts_with('/') {
+                        c.live_image = Some(value.to_string());
+                    }
+                }
+                "root" if value == "initramfs" => c.stay_in_initramfs = true,
+                "services" => {
+                    c.services = Some(
+                        value
+                            .split(',')
+                            .filter(|s| !s.is_empty() && *s != "none")
+                            .map(str::to_string)
+                            .collect(),
+                    )
+                }
+                "shutdown_when_up" => {
+                    c.shutdown_when_up = match value {
+                        "poweroff" => Some(PowerAction::Poweroff),
+                        "reboot" => Some(PowerAction::Reboot),
+                        "halt" => Some(PowerAction::Halt),
+                        _ => {
+                            c.unknown.push(word.to_string());
+                            None
+                        }
+                    }
+                }
+                "modules" => c.modules = Some(value.to_string()),
+                _ => c.unknown.push(word.to_string()),
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_twinwall_options_and_ignores_the_rest() {
+        let c = Cmdline::parse(
+            "BOOT_IMAGE=/vmlinuz console=ttyS0 twinwall.slot=b twinwall.services=none \
+             twinwall.shutdown_when_up=poweroff twinwall.bogus=1 quiet\n",
+        );
+        assert_eq!(c.slot.as_deref(), Some("b"));
+        assert_eq!(c.services, Some(vec![]));
+        assert_eq!(c.shutdown_when_up, Some(PowerAction::Poweroff));
+        assert_eq!(c.unknown, ["twinwall.bogus=1"]);
+        assert!(!c.live);
+        assert!(Cmdline::parse("twinwall.live=1").live);
+        // What the image's grub.cfg writes for the ISO.
+        let iso = Cmdline::parse("twinwall.slot=live twinwall.live=/twinwall/slot.squashfs");
+        assert!(iso.live);
+        assert_eq!(iso.live_image.as_deref(), Some("/twinwall/slot.squashfs"));
+        assert!(Cmdline::parse("twinwall.root=initramfs").stay_in_initramfs);
+    }
+}

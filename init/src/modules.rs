@@ -1,0 +1,120 @@
+//! The modules phase: loads the kernel modules listed by the image build, in order.
+//!
+//! The list (one path per line, relative to `/lib/modules/RELEASE` or absolute, `#`
+//! comments) is produced at image build time from `modules.dep`, dependencies first, so
+//! init needs no dependency resolution of its own.
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+use crate::sys::Syscalls;
+
+/// Default module list inside the image / initramfs.
+pub const DEFAULT_LIST: &str = "/lib/modules/twinwall.modules";
+
+/// Errors of the modules phase.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// The list itself is missing or unreadable.
+    #[error("cannot read module list {path}: {source}")]
+    List {
+        /// The list file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A listed module file does not exist.
+    #[error("module {module} is missing ({path} not found; listed in {list})")]
+    Missing {
+        /// Module name (file stem).
+        module: String,
+        /// Its path.
+        path: PathBuf,
+        /// The list that named it.
+        list: PathBuf,
+    },
+    /// The kernel refused a module.
+    #[error("cannot load module {module} ({path}): {errno}")]
+    Load {
+        /// Module name.
+        module: String,
+        /// Its path.
+        path: PathBuf,
+        /// Cause.
+        errno: Errno,
+    },
+}
+
+/// What the phase did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Modules loaded now.
+    pub loaded: Vec<String>,
+    /// Modules that were already loaded (or built in).
+    pub already: Vec<String>,
+}
+
+/// The paths named by a module list, resolved against `base`. Pure.
+pub fn parse_list(text: &str, base: &Path) -> Vec<PathBuf> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let p = Path::new(l);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        })
+        .collect()
+}
+
+fn module_name(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy())
+        .unwrap_or_default();
+    file.split('.').next().unwrap_or_default().to_string()
+}
+
+/// Loads every module of the list at `list`; relative entries resolve against
+/// `/lib/modules/RELEASE` (RELEASE from `/proc/sys/kernel/osrelease`).
+pub fn run(sys: &dyn Syscalls, list: &Path) -> Result<Loaded, ModuleError> {
+    let text = sys.read_file(list).map_err(|source| ModuleError::List {
+        path: list.to_path_buf(),
+        source,
+    })?;
+    let release = sys
+        .read_file(Path::new("/proc/sys/kernel/osrelease"))
+        .map(|r| String::from_utf8_lossy(&r).trim().to_string())
+        .unwrap_or_default();
+    let base = Path::new("/lib/modules").join(release);
+    let mut done = Loaded::default();
+    for path in parse_list(&String::from_utf8_lossy(&text), &base) {
+        let module = module_name(&path);
+        match sys.finit_module(&path) {
+            Ok(()) => {
+                tracing::debug!(module = %module, "module loaded");
+                done.loaded.push(module);
+            }
+            Err(Errno::EEXIST) => done.already.push(module),
+            Err(Errno::ENOENT) => {
+                return Err(ModuleError::Missing {
+                    module,
+                    path,
+                    list: list.to_path_buf(),
+                });
+            }
+            Err(errno) => {
+                return Err(ModuleError::Load {
+                    module,
+                    path,
+                    errno,
+                });
+            }
+        }
+    }
+    Ok(done)
+}

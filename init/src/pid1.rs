@@ -1,0 +1,391 @@
+//! PID 1 itself: runs the boot phases in order, then the supervisor, and never exits. A
+//! fatal boot error or a panic is printed on the console and reboots the machine (GRUB's
+//! boot counting then falls back to the other slot); a shutdown signal stops the services
+//! in order, kills what is left, syncs and calls reboot(2).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::mount::MntFlags;
+use nix::sys::signal::Signal;
+use twinwall_config::NodeView;
+
+use crate::cmdline::Cmdline;
+use crate::early::EarlyError;
+use crate::health::{self, HealthPolicy, SlotControl};
+use crate::modules::{self, ModuleError};
+use crate::network;
+use crate::phase::{self, Outcome, Phase};
+use crate::service::ServiceSpec;
+use crate::services::{self, ServiceContext};
+use crate::status::{Mode, Shared, Status, TrustReport};
+use crate::storage::{self, StorageError};
+use crate::supervisor::{self, Supervisor, SupervisorConfig};
+use crate::sys::{PowerAction, RealSyscalls, Syscalls};
+use crate::trust::{self, BundleVerifier, Decision, Which};
+
+/// A boot error that stops the boot (the machine reboots).
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// early phase.
+    #[error("early: {0}")]
+    Early(#[from] EarlyError),
+    /// modules phase.
+    #[error("modules: {0}")]
+    Modules(#[from] ModuleError),
+    /// storage phase.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// services phase (the supervisor could not start).
+    #[error("services: {0}")]
+    Services(String),
+}
+
+/// Loads the per-node view of a verified config (the config crate's job).
+pub type ViewLoader = dyn Fn(&Path, &str) -> Result<NodeView, String>;
+
+/// Paths and knobs of the boot.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// Run directory (control sockets, the verified config).
+    pub run_dir: PathBuf,
+    /// Where block devices are listed.
+    pub sysfs_block: PathBuf,
+    /// How long storage waits for the slot partition to appear.
+    pub root_wait: Duration,
+    /// Whether to bring links up and write sysctls over netlink.
+    pub network: bool,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            run_dir: PathBuf::from(twinwall_control::DEFAULT_RUN_DIR),
+            sysfs_block: PathBuf::from("/sys/class/block"),
+            root_wait: Duration::from_secs(10),
+            network: true,
+        }
+    }
+}
+
+/// The result of the phases before services.
+#[derive(Debug, Clone)]
+pub struct Booted {
+    /// The kernel command line.
+    pub cmdline: Cmdline,
+    /// The trust decision.
+    pub decision: Decision,
+    /// The services to run.
+    pub specs: Vec<ServiceSpec>,
+    /// Whether root was switched to a slot.
+    pub switched_root: bool,
+}
+
+fn console(line: &str) {
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "twinwall: {line}");
+}
+
+/// Runs early, modules, storage, trust and network, recording each in `shared`.
+pub fn boot(
+    sys: &dyn Syscalls,
+    verifier: &dyn BundleVerifier,
+    load_view: &ViewLoader,
+    shared: &Shared,
+    opts: &BootOptions,
+) -> Result<Booted, BootError> {
+    let record = |r| shared.update(|s| s.phases.push(r));
+
+    let (r, cmdline) = phase::run(Phase::Early, || {
+        early_phase(sys).map(|c| {
+            let d = format!(
+                "kernel filesystems mounted; {} unknown options",
+                c.unknown.len()
+            );
+            (c, Outcome::Ok(d))
+        })
+    });
+    record(r);
+    let cmdline = cmdline?;
+    for u in &cmdline.unknown {
+        tracing::warn!(option = %u, "unknown kernel command line option");
+    }
+
+    let list = PathBuf::from(cmdline.modules.as_deref().unwrap_or(modules::DEFAULT_LIST));
+    let (r, m) = phase::run(Phase::Modules, || {
+        modules::run(sys, &list).map(|l| {
+            let d = format!(
+                "{} loaded, {} already present",
+                l.loaded.len(),
+                l.already.len()
+            );
+            ((), Outcome::Ok(d))
+        })
+    });
+    record(r);
+    m?;
+
+    let (r, mounted) = phase::run(Phase::Storage, || {
+        let plan = storage::scan_and_plan(sys, &cmdline, &opts.sysfs_block, opts.root_wait)?;
+        let m = storage::execute(sys, &plan)?;
+        let d = format!(
+            "root {:?}; config {}; data {}",
+            plan.root,
+            if m.config { "mounted" } else { "absent" },
+            if m.data { "mounted" } else { "absent" }
+        );
+        Ok::<_, StorageError>((m, Outcome::Ok(d)))
+    });
+    record(r);
+    let mounted = mounted?;
+    shared.update(|s| s.slot = cmdline.slot.clone().filter(|s| s == "a" || s == "b"));
+
+    let config_dir = mounted.config.then(|| PathBuf::from(storage::CONFIG_MOUNT));
+    let (r, decision) = phase::run(Phase::Trust, || {
+        let d = trust::run(sys, verifier, config_dir.as_deref(), &opts.run_dir);
+        let o = match &d {
+            Decision::Verified { .. } => Outcome::Ok(d.summary()),
+            Decision::FailClosed { .. } => Outcome::Degraded(d.summary()),
+        };
+        Ok::<_, std::convert::Infallible>((d, o))
+    });
+    record(r);
+    let Ok(decision) = decision;
+    console(&decision.summary());
+    record_trust(shared, &decision);
+
+    let view = match &decision {
+        Decision::Verified {
+            config_path, node, ..
+        } => match load_view(config_path, node) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the node view of the verified config");
+                None
+            }
+        },
+        Decision::FailClosed { .. } => None,
+    };
+    let (r, _) = phase::run(Phase::Network, || {
+        if !opts.network {
+            return Ok::<_, network::NetworkError>(((), Outcome::Skipped("disabled".into())));
+        }
+        let mut errors = network::write_sysctls(sys, &network::ROUTER_SYSCTLS);
+        let plan = network::plan(view.as_ref());
+        errors.extend(network::apply(&plan, view.is_none())?);
+        let o = if errors.is_empty() {
+            Outcome::Ok(format!(
+                "{} links up, {} addresses",
+                plan.links.len(),
+                plan.addresses.len()
+            ))
+        } else {
+            let e: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            Outcome::Degraded(e.join("; "))
+        };
+        Ok(((), o))
+    });
+    record(r);
+
+    let node = match &decision {
+        Decision::Verified { node, .. } => Some(node.clone()),
+        Decision::FailClosed { node, .. } => node.clone(),
+    };
+    if let Some(n) = &node {
+        let _ = sys.sethostname(n);
+    }
+    let exe = service_binary(mounted.switched_root);
+    let ctx = ServiceContext {
+        exe,
+        config: match &decision {
+            Decision::Verified { config_path, .. } => Some(config_path.clone()),
+            Decision::FailClosed { .. } => None,
+        },
+        node,
+        run_dir: opts.run_dir.clone(),
+        sync_key: match &decision {
+            Decision::Verified { sync_key, .. } => sync_key.clone(),
+            Decision::FailClosed { .. } => None,
+        },
+    };
+    let mut specs =
+        services::service_set(&ctx, cmdline.services.as_deref()).map_err(BootError::Services)?;
+    if view.as_ref().is_some_and(|v| v.sync.is_none()) {
+        specs.retain(|s| s.name != "sync");
+    }
+    Ok(Booted {
+        cmdline,
+        decision,
+        specs,
+        switched_root: mounted.switched_root,
+    })
+}
+
+fn early_phase(sys: &dyn Syscalls) -> Result<Cmdline, EarlyError> {
+    crate::early::run(sys)
+}
+
+/// Records the trust decision in status (node, trust report, fail-closed reason).
+pub fn record_trust(shared: &Shared, d: &Decision) {
+    let report = match d {
+        Decision::Verified {
+            which,
+            version,
+            rejected,
+            node,
+            ..
+        } => {
+            let running = match which {
+                Which::Active => "active",
+                Which::Previous => "previous",
+            };
+            shared.update(|s| s.node = Some(node.clone()));
+            TrustReport {
+                running: running.into(),
+                version: Some(*version),
+                rejected: rejected.clone(),
+            }
+        }
+        Decision::FailClosed { reasons, node } => {
+            let why = reasons.join("; ");
+            shared.update(|s| {
+                s.node = node.clone();
+                s.fail_closed = Some(why);
+            });
+            TrustReport {
+                running: "fail-closed".into(),
+                version: None,
+                rejected: reasons.clone(),
+            }
+        }
+    };
+    shared.update(|s| s.trust = Some(report));
+}
+
+/// After a switch into a slot, the services run the slot's own binary; in the initramfs
+/// (or when the slot has none) the running one.
+fn service_binary(switched: bool) -> PathBuf {
+    if switched {
+        for p in ["/usr/bin/twinwall", "/sbin/twinwall"] {
+            if Path::new(p).exists() {
+                return PathBuf::from(p);
+            }
+        }
+    }
+    PathBuf::from("/proc/self/exe")
+}
+
+/// Reboots (or powers off) after killing everything left and syncing. Never returns.
+pub fn finish(sys: &dyn Syscalls, action: PowerAction) -> ! {
+    console(&format!("stopping remaining processes, then {action:?}"));
+    let _ = sys.kill(-1, Signal::SIGTERM);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        // Every process is our child by now (orphans re-parent to PID 1).
+        if !supervisor::reap_all().1 {
+            break;
+        }
+    }
+    let _ = sys.kill(-1, Signal::SIGKILL);
+    supervisor::reap_all();
+    sys.sync();
+    for m in [
+        storage::DATA_MOUNT,
+        storage::CONFIG_MOUNT,
+        storage::ESP_MOUNT,
+    ] {
+        let _ = sys.umount(Path::new(m), MntFlags::MNT_DETACH);
+    }
+    sys.sync();
+    let e = sys.reboot(action);
+    console(&format!("reboot({action:?}) failed: {e}; halting here"));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The machine's PID 1. Never returns.
+pub fn main(
+    verifier: Box<dyn BundleVerifier>,
+    load_view: Box<ViewLoader>,
+    slot_control: Box<dyn SlotControl>,
+) -> ! {
+    let sys = RealSyscalls;
+    // A panic anywhere in PID 1 would make the kernel panic when we exit: log it, sync,
+    // and reboot cleanly instead.
+    std::panic::set_hook(Box::new(|info| {
+        console(&format!("PANIC in init: {info}; rebooting"));
+        nix::unistd::sync();
+        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    }));
+    if let Err(e) = supervisor::block_signals() {
+        console(&format!("{e}"));
+    }
+    let _ = sys.disable_cad();
+    let opts = BootOptions::default();
+    let shared = Shared::new(Status::new(Mode::Pid1));
+    let booted = match boot(&sys, verifier.as_ref(), load_view.as_ref(), &shared, &opts) {
+        Ok(b) => b,
+        Err(e) => {
+            console(&format!("boot failed: {e}"));
+            console("rebooting in 5 s (the boot counter falls back to the other slot)");
+            std::thread::sleep(Duration::from_secs(5));
+            finish(&sys, PowerAction::Reboot);
+        }
+    };
+    let _server = match shared.serve(&opts.run_dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            console(&format!("status socket unavailable: {e}"));
+            None
+        }
+    };
+    let mut cfg = SupervisorConfig::new(opts.run_dir.clone());
+    cfg.echo_logs = true;
+    cfg.shutdown_when_up = booted.cmdline.shutdown_when_up;
+    if matches!(booted.decision, Decision::Verified { .. }) {
+        cfg.after_ruleset = network::FORWARDING
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+    }
+    let slot = booted
+        .cmdline
+        .slot
+        .as_ref()
+        .filter(|s| *s == "a" || *s == "b");
+    if let (Some(slot), Decision::Verified { .. }) = (slot, &booted.decision) {
+        let policy = HealthPolicy {
+            vrrp: booted.specs.iter().any(|s| s.name == "vrrp"),
+            sync: booted.specs.iter().any(|s| s.name == "sync"),
+            peer_absent_after: Duration::from_secs(120),
+        };
+        if let Err(e) = health::watch(
+            shared.clone(),
+            opts.run_dir.clone(),
+            policy,
+            slot.clone(),
+            slot_control,
+        ) {
+            console(&format!("health watcher not started: {e}"));
+        }
+    }
+    let start = std::time::Instant::now();
+    let action = match Supervisor::new(&sys, booted.specs, cfg, shared.clone()) {
+        Ok(mut sup) => sup.run(),
+        Err(e) => {
+            console(&format!("supervisor failed: {e}"));
+            PowerAction::Reboot
+        }
+    };
+    shared.update(|s| {
+        s.phases.push(crate::status::PhaseReport {
+            name: "services".into(),
+            duration_us: start.elapsed().as_micros() as u64,
+            result: "ok".into(),
+            detail: "stopped".into(),
+        })
+    });
+    finish(&sys, action)
+}

@@ -1,0 +1,169 @@
+//! The appliance's service set, derived from the trust decision: ruleset first (one-shot,
+//! before forwarding is enabled), then sync, vrrp and mgmt, each a child process of the
+//! same binary. Fail-closed runs only the bootstrap ruleset and management.
+
+use std::path::{Path, PathBuf};
+
+use crate::service::{Kind, ServiceSpec};
+
+/// Everything the service command lines need.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// The twinwall binary the services run (`/proc/self/exe` on the appliance).
+    pub exe: PathBuf,
+    /// The verified cluster config; `None` means fail-closed.
+    pub config: Option<PathBuf>,
+    /// This node.
+    pub node: Option<String>,
+    /// Run directory (control sockets).
+    pub run_dir: PathBuf,
+    /// Conntrack sync key.
+    pub sync_key: Option<PathBuf>,
+}
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+fn p(x: &Path) -> String {
+    x.display().to_string()
+}
+
+/// Names of the normal service set, in start order.
+pub const NORMAL: [&str; 4] = ["ruleset", "sync", "vrrp", "mgmt"];
+
+/// The spec of one named service, if the name is known.
+pub fn spec(ctx: &ServiceContext, name: &str) -> Option<ServiceSpec> {
+    let run = p(&ctx.run_dir);
+    let (kind, args) = match (&ctx.config, &ctx.node) {
+        (Some(config), Some(node)) => {
+            let config = p(config);
+            match name {
+                "ruleset" => (
+                    Kind::Oneshot,
+                    vec![s("ruleset"), s("apply"), config, s("--node"), node.clone()],
+                ),
+                "sync" => {
+                    let mut a = vec![
+                        s("sync"),
+                        s("--config"),
+                        config,
+                        s("--node"),
+                        node.clone(),
+                        s("--run-dir"),
+                        run,
+                    ];
+                    if let Some(k) = &ctx.sync_key {
+                        a.extend([s("--sync-key"), p(k)]);
+                    }
+                    (Kind::Daemon, a)
+                }
+                "vrrp" | "mgmt" => (
+                    Kind::Daemon,
+                    vec![
+                        s(name),
+                        s("--config"),
+                        config,
+                        s("--node"),
+                        node.clone(),
+                        s("--run-dir"),
+                        run,
+                    ],
+                ),
+                _ => return None,
+            }
+        }
+        _ => match name {
+            "ruleset" => (Kind::Oneshot, vec![s("ruleset"), s("bootstrap")]),
+            "mgmt" => (
+                Kind::Daemon,
+                vec![s("mgmt"), s("--fail-closed"), s("--run-dir"), run],
+            ),
+            _ => return None,
+        },
+    };
+    Some(ServiceSpec {
+        name: s(name),
+        program: ctx.exe.clone(),
+        args,
+        kind,
+    })
+}
+
+/// The service set: the normal one (or the fail-closed one), optionally restricted to
+/// `only` (kept in start order). Unknown names in `only` are returned as errors.
+pub fn service_set(
+    ctx: &ServiceContext,
+    only: Option<&[String]>,
+) -> Result<Vec<ServiceSpec>, String> {
+    if let Some(bad) = only
+        .into_iter()
+        .flatten()
+        .find(|n| !NORMAL.contains(&n.as_str()))
+    {
+        return Err(format!(
+            "unknown service `{bad}` (known: {})",
+            NORMAL.join(", ")
+        ));
+    }
+    Ok(NORMAL
+        .iter()
+        .filter(|n| only.is_none_or(|o| o.iter().any(|x| x == *n)))
+        .filter_map(|n| spec(ctx, n))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(config: bool) -> ServiceContext {
+        ServiceContext {
+            exe: "/proc/self/exe".into(),
+            config: config.then(|| "/run/twinwall/cluster.toml".into()),
+            node: Some("fw-a".into()),
+            run_dir: "/run/twinwall".into(),
+            sync_key: Some("/run/twinwall/config/sync.key".into()),
+        }
+    }
+
+    #[test]
+    fn normal_set_starts_ruleset_first_and_passes_the_config() {
+        let set = service_set(&ctx(true), None).unwrap();
+        let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ruleset", "sync", "vrrp", "mgmt"]);
+        assert_eq!(set[0].kind, Kind::Oneshot);
+        assert_eq!(
+            set[0].args,
+            [
+                "ruleset",
+                "apply",
+                "/run/twinwall/cluster.toml",
+                "--node",
+                "fw-a"
+            ]
+        );
+        assert!(set[1].args.ends_with(&[
+            "--sync-key".to_string(),
+            "/run/twinwall/config/sync.key".to_string()
+        ]));
+    }
+
+    #[test]
+    fn fail_closed_runs_bootstrap_and_management_only() {
+        let set = service_set(&ctx(false), None).unwrap();
+        let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ruleset", "mgmt"]);
+        assert_eq!(set[0].args, ["ruleset", "bootstrap"]);
+    }
+
+    #[test]
+    fn a_filter_keeps_start_order_and_rejects_unknown_names() {
+        let only = vec!["vrrp".to_string(), "sync".to_string()];
+        let set = service_set(&ctx(true), Some(&only)).unwrap();
+        assert_eq!(set[0].name, "sync");
+        assert_eq!(set[1].name, "vrrp");
+        let err = service_set(&ctx(true), Some(&["bgp".to_string()])).unwrap_err();
+        assert!(err.contains("unknown service `bgp`"), "{err}");
+    }
+}

@@ -1,0 +1,482 @@
+//! Boot phases against the recording syscalls: order, arguments, and the failure of each
+//! step (a failed mount names its target, a missing module names it, a missing slot
+//! names its label), plus the whole boot's phase order.
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use twinwall_init::cmdline::Cmdline;
+use twinwall_init::pid1::{self, BootError, BootOptions};
+use twinwall_init::status::{Mode, Shared, Status};
+use twinwall_init::storage::{self, Root, StorageError};
+use twinwall_init::sys::{Call, RecordingSyscalls};
+use twinwall_init::trust::{BundleVerifier, VerifiedBundle};
+use twinwall_init::{early, modules};
+
+fn mounts(sys: &RecordingSyscalls) -> Vec<(String, String, Option<String>)> {
+    sys.calls_of("mount")
+        .into_iter()
+        .map(|c| match c {
+            Call::Mount {
+                source,
+                target,
+                fstype,
+                ..
+            } => (source, target.display().to_string(), fstype),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+fn with_cmdline(cmdline: &str) -> RecordingSyscalls {
+    RecordingSyscalls::new().with_file("/proc/cmdline", cmdline)
+}
+
+#[test]
+fn early_mounts_kernel_filesystems_in_order_and_reads_the_cmdline() {
+    let sys = with_cmdline("console=ttyS0 twinwall.slot=a\n");
+    let c = early::run(&sys).unwrap();
+    assert_eq!(c.slot.as_deref(), Some("a"));
+    let m = mounts(&sys);
+    let targets: Vec<&str> = m.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert_eq!(
+        targets,
+        ["/proc", "/sys", "/dev", "/dev/pts", "/run", "/tmp"]
+    );
+    assert_eq!(
+        m[2],
+        ("devtmpfs".into(), "/dev".into(), Some("devtmpfs".into()))
+    );
+    // Arguments: /proc is nosuid,nodev,noexec; /tmp is world-writable sticky.
+    let calls = sys.calls_of("mount");
+    let Call::Mount { flags, .. } = &calls[0] else {
+        unreachable!()
+    };
+    let want = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    assert_eq!(*flags, want.bits());
+    let Call::Mount { data, .. } = &calls[5] else {
+        unreachable!()
+    };
+    assert_eq!(data.as_deref(), Some("mode=1777"));
+    // Each mount point is created before it is mounted on.
+    let all = sys.calls();
+    let mkdir_proc = all
+        .iter()
+        .position(|c| matches!(c, Call::MkdirAll { path, .. } if path == Path::new("/proc")));
+    let mount_proc = all.iter().position(|c| c.kind() == "mount");
+    assert!(mkdir_proc < mount_proc);
+}
+
+#[test]
+fn early_failed_mount_names_the_target() {
+    let sys = with_cmdline("").fail("mount", "/sys", Errno::EPERM);
+    let err = early::run(&sys).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot mount sysfs on /sys: EPERM: Operation not permitted"
+    );
+    // Nothing after the failed step was attempted.
+    assert!(!mounts(&sys).iter().any(|(_, t, _)| t == "/dev"));
+}
+
+#[test]
+fn early_accepts_a_devtmpfs_the_kernel_already_mounted() {
+    let sys = with_cmdline("").fail("mount", "/dev", Errno::EBUSY);
+    early::run(&sys).unwrap();
+    assert_eq!(mounts(&sys).len(), 6);
+}
+
+#[test]
+fn early_unreadable_cmdline_is_an_error() {
+    let sys = RecordingSyscalls::new();
+    let err = early::run(&sys).unwrap_err();
+    assert!(
+        err.to_string().starts_with("cannot read /proc/cmdline"),
+        "{err}"
+    );
+}
+
+fn module_sys(list: &str) -> RecordingSyscalls {
+    RecordingSyscalls::new()
+        .with_file("/lib/modules/twinwall.modules", list)
+        .with_file("/proc/sys/kernel/osrelease", "6.1.0-50-cloud-amd64\n")
+        .with_file(
+            "/lib/modules/6.1.0-50-cloud-amd64/kernel/drivers/virtio/virtio.ko",
+            "",
+        )
+        .with_file(
+            "/lib/modules/6.1.0-50-cloud-amd64/kernel/drivers/virtio/virtio_ring.ko",
+            "",
+        )
+        .with_file("/opt/extra/nf_tables.ko", "")
+}
+
+#[test]
+fn modules_load_in_list_order_and_already_loaded_is_fine() {
+    let sys = module_sys(
+        "# generated from modules.dep\nkernel/drivers/virtio/virtio_ring.ko\n\n\
+         kernel/drivers/virtio/virtio.ko\n/opt/extra/nf_tables.ko\n",
+    )
+    .fail("finit_module", "/opt/extra/nf_tables.ko", Errno::EEXIST);
+    let done = modules::run(&sys, Path::new(modules::DEFAULT_LIST)).unwrap();
+    assert_eq!(done.loaded, ["virtio_ring", "virtio"]);
+    assert_eq!(done.already, ["nf_tables"]);
+    let paths: Vec<PathBuf> = sys
+        .calls_of("finit_module")
+        .into_iter()
+        .map(|c| match c {
+            Call::FinitModule { path } => path,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            PathBuf::from("/lib/modules/6.1.0-50-cloud-amd64/kernel/drivers/virtio/virtio_ring.ko"),
+            PathBuf::from("/lib/modules/6.1.0-50-cloud-amd64/kernel/drivers/virtio/virtio.ko"),
+            PathBuf::from("/opt/extra/nf_tables.ko"),
+        ]
+    );
+}
+
+#[test]
+fn a_missing_module_is_named() {
+    let sys = module_sys("kernel/drivers/virtio/virtio.ko\nkernel/net/netfilter/nf_conntrack.ko\n");
+    let err = modules::run(&sys, Path::new(modules::DEFAULT_LIST)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("module nf_conntrack is missing"), "{msg}");
+    assert!(
+        msg.contains("kernel/net/netfilter/nf_conntrack.ko"),
+        "{msg}"
+    );
+    assert!(msg.contains("/lib/modules/twinwall.modules"), "{msg}");
+}
+
+#[test]
+fn a_module_the_kernel_refuses_is_named_with_the_errno() {
+    let sys = module_sys("kernel/drivers/virtio/virtio.ko\n").fail(
+        "finit_module",
+        "/lib/modules/6.1.0-50-cloud-amd64/kernel/drivers/virtio/virtio.ko",
+        Errno::ENOEXEC,
+    );
+    let err = modules::run(&sys, Path::new(modules::DEFAULT_LIST)).unwrap_err();
+    assert!(
+        err.to_string().starts_with("cannot load module virtio ("),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ENOEXEC"), "{err}");
+}
+
+#[test]
+fn a_missing_module_list_is_named() {
+    let sys = RecordingSyscalls::new();
+    let err = modules::run(&sys, Path::new("/lib/modules/twinwall.modules")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cannot read module list /lib/modules/twinwall.modules"),
+        "{err}"
+    );
+}
+
+/// A fake /sys/class/block: a GPT disk vda with the twinwall labels, a CD, a loop device.
+fn fake_sysfs(sys: RecordingSyscalls) -> RecordingSyscalls {
+    let b = "/sys/class/block";
+    let dev = |name: &str, ty: &str, label: Option<&str>| {
+        let mut s = format!("MAJOR=254\nMINOR=0\nDEVNAME={name}\nDEVTYPE={ty}\n");
+        if let Some(l) = label {
+            s.push_str(&format!("PARTN=1\nPARTNAME={l}\n"));
+        }
+        s
+    };
+    sys.with_file(format!("{b}/vda/uevent"), dev("vda", "disk", None))
+        .with_file(
+            format!("{b}/vda1/uevent"),
+            dev("vda1", "partition", Some("bios-boot")),
+        )
+        .with_file(
+            format!("{b}/vda2/uevent"),
+            dev("vda2", "partition", Some("esp")),
+        )
+        .with_file(
+            format!("{b}/vda3/uevent"),
+            dev("vda3", "partition", Some("slot-a")),
+        )
+        .with_file(
+            format!("{b}/vda4/uevent"),
+            dev("vda4", "partition", Some("slot-b")),
+        )
+        .with_file(
+            format!("{b}/vda5/uevent"),
+            dev("vda5", "partition", Some("config")),
+        )
+        .with_file(
+            format!("{b}/vda6/uevent"),
+            dev("vda6", "partition", Some("data")),
+        )
+        .with_file(format!("{b}/sr0/uevent"), dev("sr0", "disk", None))
+        .with_file(format!("{b}/loop0/uevent"), dev("loop0", "disk", None))
+}
+
+#[test]
+fn storage_finds_partitions_by_gpt_label_in_sysfs() {
+    let sys = fake_sysfs(RecordingSyscalls::new());
+    let devs = storage::scan(&sys, Path::new("/sys/class/block")).unwrap();
+    let labels = storage::by_label(&devs);
+    assert_eq!(labels["slot-a"], "vda3");
+    assert_eq!(labels["slot-b"], "vda4");
+    assert_eq!(labels["config"], "vda5");
+    assert_eq!(labels["data"], "vda6");
+    assert_eq!(labels.len(), 6);
+}
+
+#[test]
+fn storage_parses_uevent_lines() {
+    let ev = storage::parse_uevent("MAJOR=8\nDEVNAME=sda2\nPARTNAME=slot-a\nbogus line\n");
+    assert_eq!(ev["PARTNAME"], "slot-a");
+    assert_eq!(ev.len(), 3);
+}
+
+#[test]
+fn storage_mounts_slot_b_moves_kernel_filesystems_and_switches_root() {
+    let sys = fake_sysfs(RecordingSyscalls::new());
+    let cmdline = Cmdline::parse("twinwall.slot=b");
+    let devs = storage::scan(&sys, Path::new("/sys/class/block")).unwrap();
+    let plan = storage::plan(&cmdline, &devs).unwrap();
+    assert_eq!(
+        plan.root,
+        Root::Slot {
+            slot: "b".into(),
+            device: "vda4".into()
+        }
+    );
+    let done = storage::execute(&sys, &plan).unwrap();
+    assert!(done.switched_root && done.config && done.data);
+    let m = mounts(&sys);
+    assert_eq!(
+        m,
+        [
+            (
+                "/dev/vda5".into(),
+                "/run/twinwall/config".into(),
+                Some("ext4".into())
+            ),
+            (
+                "/dev/vda6".into(),
+                "/run/twinwall/data".into(),
+                Some("ext4".into())
+            ),
+            (
+                "/dev/vda2".into(),
+                "/run/twinwall/esp".into(),
+                Some("vfat".into())
+            ),
+            (
+                "/dev/vda4".into(),
+                "/sysroot".into(),
+                Some("squashfs".into())
+            ),
+            ("/dev".into(), "/sysroot/dev".into(), None),
+            ("/proc".into(), "/sysroot/proc".into(), None),
+            ("/sys".into(), "/sysroot/sys".into(), None),
+            ("/run".into(), "/sysroot/run".into(), None),
+            ("tmpfs".into(), "/tmp".into(), Some("tmpfs".into())),
+        ]
+    );
+    // Config is read-only, the slot is read-only.
+    let calls = sys.calls_of("mount");
+    let ro = MsFlags::MS_RDONLY.bits();
+    for i in [0, 3] {
+        let Call::Mount { flags, .. } = &calls[i] else {
+            unreachable!()
+        };
+        assert_eq!(flags & ro, ro, "mount {i} must be read-only");
+    }
+    // The switch comes after the moves.
+    let all = sys.calls();
+    let switch = all.iter().position(|c| c.kind() == "switch_root").unwrap();
+    let last_move = all
+        .iter()
+        .rposition(
+            |c| matches!(c, Call::Mount { target, .. } if target == Path::new("/sysroot/run")),
+        )
+        .unwrap();
+    assert!(switch > last_move);
+}
+
+#[test]
+fn storage_config_partition_falls_back_to_vfat() {
+    let sys =
+        fake_sysfs(RecordingSyscalls::new()).fail("mount", "/run/twinwall/config", Errno::EINVAL);
+    let plan = storage::Plan {
+        root: Root::Initramfs,
+        config: Some("vda5".into()),
+        data: None,
+        esp: None,
+    };
+    let err = storage::execute(&sys, &plan).unwrap_err();
+    // Both filesystem types were tried, and the error names device, target and types.
+    let tried: Vec<_> = mounts(&sys).into_iter().map(|m| m.2.unwrap()).collect();
+    assert_eq!(tried, ["ext4", "vfat"]);
+    assert_eq!(
+        err.to_string(),
+        "cannot mount /dev/vda5 on /run/twinwall/config (ext4|vfat): EINVAL: Invalid argument"
+    );
+}
+
+#[test]
+fn storage_missing_slot_names_the_label_and_what_was_found() {
+    let sys = fake_sysfs(RecordingSyscalls::new());
+    let devs: Vec<_> = storage::scan(&sys, Path::new("/sys/class/block"))
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.partname.as_deref() != Some("slot-b"))
+        .collect();
+    let err = storage::plan(&Cmdline::parse("twinwall.slot=b"), &devs).unwrap_err();
+    assert!(matches!(err, StorageError::NoSlot { .. }));
+    assert_eq!(
+        err.to_string(),
+        "no partition labelled slot-b (from twinwall.slot); found: bios-boot, config, data, esp, slot-a"
+    );
+    let err = storage::plan(&Cmdline::parse("twinwall.slot=c"), &devs).unwrap_err();
+    assert!(
+        err.to_string().contains("twinwall.slot=c is not a slot"),
+        "{err}"
+    );
+}
+
+#[test]
+fn storage_failed_slot_mount_names_the_device() {
+    let sys = fake_sysfs(RecordingSyscalls::new()).fail("mount", "/sysroot", Errno::ENODEV);
+    let devs = storage::scan(&sys, Path::new("/sys/class/block")).unwrap();
+    let plan = storage::plan(&Cmdline::parse("twinwall.slot=a"), &devs).unwrap();
+    let err = storage::execute(&sys, &plan).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot mount /dev/vda3 on /sysroot (squashfs): ENODEV: No such device"
+    );
+    assert!(sys.calls_of("switch_root").is_empty());
+}
+
+#[test]
+fn storage_live_mode_loop_mounts_the_slot_image_from_the_iso() {
+    let sys = fake_sysfs(RecordingSyscalls::new())
+        .with_file("/run/twinwall/iso/twinwall/slot.squashfs", "");
+    let devs = storage::scan(&sys, Path::new("/sys/class/block")).unwrap();
+    let plan = storage::plan(
+        &Cmdline::parse("twinwall.slot=live twinwall.live=/twinwall/slot.squashfs"),
+        &devs,
+    )
+    .unwrap();
+    let Root::Live { candidates, image } = &plan.root else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(candidates[0], "sr0");
+    assert_eq!(image, "twinwall/slot.squashfs");
+    assert!(!candidates.iter().any(|c| c.starts_with("loop")));
+    storage::execute(&sys, &plan).unwrap();
+    let m = mounts(&sys);
+    assert!(m.contains(&(
+        "/dev/sr0".into(),
+        "/run/twinwall/iso".into(),
+        Some("iso9660".into())
+    )));
+    assert!(m.contains(&(
+        "/dev/loop0".into(),
+        "/sysroot".into(),
+        Some("squashfs".into())
+    )));
+    assert_eq!(
+        sys.calls_of("attach_loop"),
+        [Call::AttachLoop {
+            file: "/run/twinwall/iso/twinwall/slot.squashfs".into()
+        }]
+    );
+    assert_eq!(sys.calls_of("switch_root").len(), 1);
+}
+
+/// Rejects every bundle with a fixed reason (the real verifier is tested in the root
+/// crate's init_trust tests with real signed bundles).
+struct Reject;
+
+impl BundleVerifier for Reject {
+    fn verify(
+        &self,
+        _: &Path,
+        _: &[PathBuf],
+        _: Option<u64>,
+        _: &str,
+    ) -> Result<VerifiedBundle, String> {
+        Err("signature does not verify".into())
+    }
+}
+
+#[test]
+fn boot_runs_the_phases_in_order_and_reports_fail_closed() {
+    let sys = module_sys("kernel/drivers/virtio/virtio.ko\n")
+        .with_file("/proc/cmdline", "console=ttyS0 twinwall.root=initramfs")
+        .with_file("/sys/class/block/vda/uevent", "DEVNAME=vda\nDEVTYPE=disk\n");
+    let shared = Shared::new(Status::new(Mode::Pid1));
+    let opts = BootOptions {
+        run_dir: "/run/twinwall".into(),
+        network: false,
+        root_wait: std::time::Duration::ZERO,
+        ..BootOptions::default()
+    };
+    let booted = pid1::boot(
+        &sys,
+        &Reject,
+        &|_: &Path, _: &str| Err("unused".to_string()),
+        &shared,
+        &opts,
+    )
+    .unwrap();
+    let st = shared.snapshot();
+    let phases: Vec<(&str, &str)> = st
+        .phases
+        .iter()
+        .map(|p| (p.name.as_str(), p.result.as_str()))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("early", "ok"),
+            ("modules", "ok"),
+            ("storage", "ok"),
+            ("trust", "degraded"),
+            ("network", "skipped")
+        ]
+    );
+    assert!(!booted.switched_root);
+    assert_eq!(
+        st.fail_closed.as_deref(),
+        Some("no config partition (GPT label `config`) found")
+    );
+    let names: Vec<_> = booted.specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ruleset", "mgmt"]);
+}
+
+#[test]
+fn boot_stops_at_the_first_failing_phase() {
+    let sys = with_cmdline("twinwall.root=initramfs");
+    let shared = Shared::new(Status::new(Mode::Pid1));
+    let opts = BootOptions {
+        network: false,
+        root_wait: std::time::Duration::ZERO,
+        ..BootOptions::default()
+    };
+    let err = pid1::boot(
+        &sys,
+        &Reject,
+        &|_: &Path, _: &str| Err(String::new()),
+        &shared,
+        &opts,
+    )
+    .unwrap_err();
+    assert!(matches!(err, BootError::Modules(_)), "{err}");
+    let st = shared.snapshot();
+    assert_eq!(st.phases.len(), 2);
+    assert_eq!(st.phases[1].result, "failed");
+    assert!(st.phases[1].detail.contains("twinwall.modules"));
+    assert!(sys.calls_of("switch_root").is_empty());
+}

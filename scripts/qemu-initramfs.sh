@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Builds a minimal initramfs -- a statically linked twinwall as /init plus the kernel
+# modules it needs -- and boots it with the pinned Debian cloud kernel under QEMU (TCG),
+# waiting for "twinwall: services up" on the serial console and a clean poweroff.
+#
+# usage: scripts/qemu-initramfs.sh [build|boot|all]      (default: all)
+# env:   TWINWALL_BIN        use this static twinwall instead of building one
+#        TWINWALL_KERNEL_CACHE  kernel cache dir (default build/cache/kernel)
+#        TWINWALL_QEMU_OUT   output dir (default build/qemu-init)
+#        TWINWALL_QEMU_TIMEOUT  seconds to wait for the boot (default 60)
+#        TWINWALL_QEMU_ACCEL tcg (default) or kvm (opt-in; KVM does not work on the CI machines)
+#        TWINWALL_QEMU_APPEND extra kernel command line words
+# Prints: the console log path and, after a boot, "measure: pid1_rss_kb=N services_up_ms=N".
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+mode=${1:-all}
+# shellcheck source=../init/qemu/kernel.lock
+. "$root/init/qemu/kernel.lock"
+cache=${TWINWALL_KERNEL_CACHE:-$root/build/cache/kernel}
+out=${TWINWALL_QEMU_OUT:-$root/build/qemu-init}
+timeout_s=${TWINWALL_QEMU_TIMEOUT:-60}
+accel=${TWINWALL_QEMU_ACCEL:-tcg}
+mkdir -p "$cache" "$out"
+
+log() { echo "qemu-initramfs: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- kernel: from the cache, else apt-get download of the pinned package -------------
+kernel_tree() {
+  local vmlinuz
+  vmlinuz=$(find "$cache" -path "*/boot/vmlinuz-$release" 2>/dev/null | head -n1)
+  if [ -z "$vmlinuz" ]; then
+    local deb="$cache/${package}_${version}_amd64.deb"
+    if [ ! -f "$deb" ]; then
+      log "fetching $package=$version"
+      (cd "$cache" && apt-get download "$package=$version" 2>/dev/null) || {
+        apt-get update -qq
+        (cd "$cache" && apt-get download "$package=$version")
+      }
+    fi
+    echo "$sha256  $deb" | sha256sum -c --quiet - || die "$deb does not match the sha256 in init/qemu/kernel.lock"
+    local dir="$cache/${package}_${version}"
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    dpkg-deb -x "$deb" "$dir.tmp" && rm -rf "$dir" && mv "$dir.tmp" "$dir"
+    vmlinuz="$dir/boot/vmlinuz-$release"
+  fi
+  [ -f "$vmlinuz" ] || die "no vmlinuz-$release in $cache"
+  dirname "$(dirname "$vmlinuz")"
+}
+
+# --- the static binary -------------------------------------------------------------------
+static_binary() {
+  local bin=${TWINWALL_BIN:-}
+  if [ -z "$bin" ]; then
+    log "building static twinwall (release, crt-static)"
+    (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" \
+      cargo build --release --locked --target x86_64-unknown-linux-gnu --bin twinwall >&2)
+    bin="$root/target/x86_64-unknown-linux-gnu/release/twinwall"
+  fi
+  [ -x "$bin" ] || die "$bin is not an executable"
+  if ! file -L "$bin" | grep -Eq 'statically linked|static-pie linked'; then
+    die "$bin is not statically linked: $(file -L "$bin")"
+  fi
+  if ldd "$bin" >/dev/null 2>&1; then
+    die "$bin has dynamic dependencies: $(ldd "$bin")"
+  fi
+  echo "$bin"
+}
+
+build() {
+  command -v cpio >/dev/null || die "cpio is missing (scripts/deps.sh image)"
+  command -v depmod >/dev/null || die "depmod is missing (package kmod)"
+  local ktree bin stage modroot
+  ktree=$(kernel_tree)
+  bin=$(static_binary)
+  stage=$(mktemp -d "$out/stage.XXXXXX")
+  trap 'rm -rf "$stage"' RETURN
+  modroot="$ktree/lib/modules/$release"
+  [ -f "$modroot/modules.dep" ] || depmod -b "$ktree" "$release"
+  mkdir -p "$stage/lib/modules/$release" "$stage/dev" "$stage/proc" "$stage/sys" \
+    "$stage/run" "$stage/tmp"
+  # The kernel opens /dev/console for PID 1's stdio before any devtmpfs exists.
+  mknod -m 600 "$stage/dev/console" c 5 1 || die "mknod /dev/console failed (needs root)"
+  install -m 0755 "$bin" "$stage/init"
+  local list="$stage/lib/modules/twinwall.modules" m rel
+  : >"$list"
+  while read -r m; do
+    case "$m" in ''|'#'*) continue ;; esac
+    modprobe -d "$ktree" -S "$release" --show-depends "$m" | while read -r cmd path _; do
+      [ "$cmd" = insmod ] || continue
+      rel=${path#*/lib/modules/$release/}
+      grep -qxF "$rel" "$list" && continue
+      mkdir -p "$stage/lib/modules/$release/$(dirname "$rel")"
+      cp "$modroot/$rel" "$stage/lib/modules/$release/$rel"
+      echo "$rel" >>"$list"
+    done
+  done <"$root/init/qemu/modules.txt"
+  log "modules: $(tr '\n' ' ' <"$list")"
+  (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$out/initramfs.cpio.gz.tmp"
+  mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+  cp "$ktree/boot/vmlinuz-$release" "$out/vmlinuz"
+  log "built $out/initramfs.cpio.gz ($(du -k "$out/initramfs.cpio.gz" | cut -f1) KiB) and $out/vmlinuz"
+}
+
+boot() {
+  command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing"
+  [ -f "$out/initramfs.cpio.gz" ] || die "run '$0 build' first"
+  local console="$out/console.log" append rc=0
+  append="console=ttyS0 quiet panic=-1 twinwall.root=initramfs twinwall.services=none"
+  append="$append twinwall.shutdown_when_up=poweroff ${TWINWALL_QEMU_APPEND:-}"
+  log "booting (accel $accel, timeout ${timeout_s}s); console: $console"
+  # An isolated hub port: the guest has a NIC to bring up, and no frame leaves QEMU.
+  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 512 -nographic -no-reboot \
+    -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.gz" -append "$append" \
+    -netdev hubport,id=n0,hubid=0 -device virtio-net-pci,netdev=n0 \
+    </dev/null >"$console" 2>&1 || rc=$?
+  grep -q "twinwall: services up" "$console" || { tail -n 40 "$console" >&2; die "no 'twinwall: services up' on the console (qemu exit $rc)"; }
+  [ "$rc" -eq 0 ] || { tail -n 20 "$console" >&2; die "qemu exit $rc: no clean poweroff"; }
+  grep -q "reboot: Power down" "$console" || die "no clean poweroff on the console"
+  local m
+  m=$(grep -o 'twinwall: rss_kb=[0-9]* uptime_ms=[0-9]*' "$console" | head -n1)
+  echo "measure: pid1_rss_kb=$(echo "$m" | sed 's/.*rss_kb=\([0-9]*\).*/\1/') services_up_ms=$(echo "$m" | sed 's/.*uptime_ms=\([0-9]*\).*/\1/')"
+}
+
+case "$mode" in
+  build) build ;;
+  boot) boot ;;
+  all) build && boot ;;
+  *) die "usage: $0 [build|boot|all]" ;;
+esac
