@@ -8,5 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test >/dev/null
 cargo build --release --locked --quiet --bin twinwall
-cargo build --release --locked --quiet -p twinwall-sync --example bench_sync
+cargo build --release --locked --quiet -p twinwall-sync --example bench_sync --example bench_codec
+# the codec decision (docs/sync.md): our ctnetlink decoder vs netlink-packet-netfilter 0.4
+target/release/examples/bench_codec "${ENTRIES:-100000}"
+# the floor: a batched commit into an empty namespace, with and without an event listener
+RAW_ONLY=1 target/release/examples/bench_sync - "${ENTRIES:-100000}"
 exec target/release/examples/bench_sync "$PWD/target/release/twinwall" "${ENTRIES:-100000}" "${FLOWS:-1000}"

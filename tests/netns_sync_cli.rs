@@ -185,3 +185,86 @@ fn the_cluster_toml_config_is_read_for_the_node() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("office-a"));
 }
+
+#[test]
+fn the_vrrp_commit_handshake_drives_the_role() {
+    use std::sync::{Arc, Mutex};
+    use twinwall_control::{Response, Server};
+    let ns = Netns::new("clivrrp").unwrap();
+    ns.ip(&["addr", "add", "203.0.113.1/32", "dev", "lo"])
+        .unwrap();
+    let f = files(&"ef".repeat(32));
+    // a stand-in for the VRRP service's socket that records what the sync service sends
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let rec = seen.clone();
+    let vrrp = Server::bind(
+        &f.path().join("run"),
+        "vrrp",
+        Arc::new(move |req: &twinwall_control::Request| {
+            rec.lock()
+                .unwrap()
+                .push(serde_json::json!({"cmd": req.cmd, "args": req.args}));
+            Response::ok(serde_json::Value::Null)
+        }),
+    )
+    .unwrap();
+    let c = twinwall(&ns, &f, "fw1");
+    // start as backup: the VRRP events must make it master
+    let args: Vec<String> = c
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut c = Command::new("ip");
+    c.args(
+        args.iter()
+            .map(|a| if a == "master" { "backup" } else { a.as_str() }),
+    );
+    let mut child = c.stderr(Stdio::null()).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        vrrp.subscriber_count() >= 1
+            && seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|v| v["cmd"] == "commit-join")
+    }));
+    vrrp.publish(&serde_json::json!({"event": "becoming_master", "group": "g1", "seq": 7}));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|v| v["cmd"] == "commit-ack" && v["args"]["seq"] == 7)
+        }),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let sock = f.path().join("run/sync.sock");
+    let status = twinwall_control::request(
+        &sock,
+        &twinwall_control::Request::new("status"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(status["role"], "master");
+    assert_eq!(status["commits"], 1);
+    vrrp.publish(&serde_json::json!({"event": "group_role", "group": "g1", "from": "master", "to": "backup"}));
+    assert!(wait_until(Duration::from_secs(10), || {
+        twinwall_control::request(
+            &sock,
+            &twinwall_control::Request::new("status"),
+            Duration::from_secs(5),
+        )
+        .map(|s| s["role"] == "backup")
+        .unwrap_or(false)
+    }));
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}

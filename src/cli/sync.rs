@@ -75,8 +75,12 @@ pub fn run(a: SyncArgs) -> anyhow::Result<()> {
         CliRole::Master => Role::Master,
         CliRole::Backup => Role::Backup,
     };
+    // The VRRP service on the same run dir drives the role (commit handshake).
+    let vrrp = service::VrrpRoleSource {
+        socket: twinwall_control::socket_path(&a.run_dir, "vrrp"),
+    };
     let mut settings = Settings::from_view(&view, key, a.run_dir, role)?;
     settings.event_rcvbuf = a.event_rcvbuf;
-    service::run_until_signalled(settings)?;
+    service::run_until_signalled(settings, Some(Box::new(vrrp)))?;
     Ok(())
 }

@@ -74,11 +74,25 @@ struct Result {
 
 struct Proc(Child);
 impl Drop for Proc {
+    /// SIGTERM, then SIGKILL if it has not exited within 5 s.
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
+        if !wait_until(Duration::from_secs(5), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
+    }
+}
+
+/// The scratch directory, removed even when a measurement panics.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -376,6 +390,91 @@ fn flows_twinwall(flows: usize) -> Survival {
     survival(&stats, after)
 }
 
+/// The same failover with conntrackd (FTFW/UDP) in both firewalls: commit on fw2 with
+/// `conntrackd -c`, then the VIPs move.
+fn flows_conntrackd(flows: usize, dir: &Path) -> Survival {
+    let mut pair = Pair::new("bg").unwrap();
+    let confs = [conntrackd_conf(dir, 0), conntrackd_conf(dir, 1)];
+    let mut procs = Vec::new();
+    for (i, conf) in confs.iter().enumerate() {
+        let _ = std::fs::remove_file(dir.join(format!("ctd{i}.lock")));
+        let child = Command::new("ip")
+            .args(["netns", "exec", pair.fw[i].name(), "conntrackd", "-C"])
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push(Proc(child));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    pair.server
+        .enter(move || echo_server(&[7000, 7001], &[7002, 7003], s2))
+        .unwrap()
+        .unwrap();
+    let targets = Pair::targets(flows, flows / 10);
+    let running = pair
+        .client
+        .enter(move || Flows::start(&targets, Duration::from_millis(100)))
+        .unwrap()
+        .unwrap();
+    let want = (flows + flows / 10) as u64;
+    wait_until(Duration::from_secs(30), || {
+        ctd_external(&pair, &confs[1]) >= want
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    pair.cut(0).unwrap();
+    let t = Instant::now();
+    pair.fw[1]
+        .exec(&["conntrackd", "-C", &confs[1].display().to_string(), "-c"])
+        .unwrap();
+    eprintln!("conntrackd flow failover: commit {:?}", t.elapsed());
+    pair.vips_to(1).unwrap();
+    pair.master = 1;
+    let after = Instant::now() + Duration::from_millis(2000);
+    std::thread::sleep(Duration::from_secs(5));
+    let stats = running.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(procs);
+    survival(&stats, after)
+}
+
+/// The floor: committing N entries into an empty namespace with nobody listening, and with
+/// an event listener that does not read (what a daemon's own event socket costs).
+fn raw_commit(n: usize) -> (f64, f64, f64) {
+    let ns = twinwall_sync::lab::Netns::new("rc").unwrap();
+    let batch = entries(n);
+    let b2 = batch.clone();
+    let quiet = ns
+        .enter(move || Conntrack::open().unwrap().commit(&b2).unwrap())
+        .unwrap();
+    ns.exec(&["conntrack", "-F"]).unwrap();
+    let b3 = batch.clone();
+    let listening = ns
+        .enter(move || {
+            let _ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            Conntrack::open().unwrap().commit(&b3).unwrap()
+        })
+        .unwrap();
+    ns.exec(&["conntrack", "-F"]).unwrap();
+    let paused = ns
+        .enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let r = Conntrack::open().unwrap().commit(&batch).unwrap();
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap();
+    (
+        quiet.duration_us as f64 / 1e6,
+        listening.duration_us as f64 / 1e6,
+        paused.duration_us as f64 / 1e6,
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bin = args
@@ -384,8 +483,18 @@ fn main() {
         .clone();
     let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let flows: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let dir = std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id()));
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id())));
+    let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir).unwrap();
+    if std::env::var("RAW_ONLY").is_ok() {
+        let (q, l, p) = raw_commit(n);
+        println!(
+            "raw commit of {n}: {q:.3} s quiet, {l:.3} s with an event listener, {p:.3} s with \
+             the listener paused"
+        );
+        return;
+    }
     let tw = bench_twinwall(&bin, n, &dir);
     let cd = bench_conntrackd(n, &dir);
     println!("conntrack sync, {n} entries (netns, same run)");
@@ -427,9 +536,19 @@ fn main() {
         "bytes on the wire per entry (twinwall)", tw.wire_bytes_per_entry
     );
     if flows > 0 {
-        let s = flows_twinwall(flows);
+        let tw = flows_twinwall(flows);
+        let cd = flows_conntrackd(flows, &dir);
+        for (name, s) in [("twinwall", tw), ("conntrackd", cd)] {
+            print_survival(name, &s);
+        }
+    }
+    drop(scratch);
+}
+
+fn print_survival(name: &str, s: &Survival) {
+    {
         println!(
-            "failover of {} flows ({} TCP, {} UDP), twinwall: {} survived; TCP {}/{}, UDP {}/{}; \
+            "failover of {} flows ({} TCP, {} UDP), {name}: {} survived; TCP {}/{}, UDP {}/{}; \
              echo gap longest {:.0} ms, median {:.0} ms",
             s.flows,
             s.tcp.0,
@@ -443,5 +562,4 @@ fn main() {
             s.median_gap_ms
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

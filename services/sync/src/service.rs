@@ -23,7 +23,7 @@ use twinwall_control::{Request, Response, Server};
 
 use crate::core::{Core, Input, Output, Role, Status, Tuning};
 use crate::entry::Filter;
-use crate::kernel::{CommitReport, Conntrack, Event, Events, KernelError};
+use crate::kernel::{CommitReport, Conntrack, Event, EventPause, Events, KernelError};
 use crate::wire::{self, Datagram, ReplayWindow, SyncKey, WireError};
 
 /// Errors that stop the service from starting or running.
@@ -201,6 +201,7 @@ pub struct Service {
     control: Option<Server>,
     threads: Vec<std::thread::JoinHandle<()>>,
     last_dump: Option<Instant>,
+    pause: EventPause,
 }
 
 impl Drop for Service {
@@ -224,6 +225,7 @@ impl Service {
         let conntrack = Conntrack::open()?;
         let events = Events::subscribe(settings.event_rcvbuf)?;
         let event_rcvbuf = events.rcvbuf();
+        let pause = events.pauser();
         let local = SocketAddr::new(settings.local, settings.port);
         let peer = SocketAddr::new(settings.peer, settings.port);
         let udp = UdpSocket::bind(local).map_err(|source| ServiceError::Bind {
@@ -267,6 +269,7 @@ impl Service {
             control: None,
             threads,
             last_dump: None,
+            pause,
             settings,
         };
         svc.control = Some(Server::bind(
@@ -409,9 +412,15 @@ impl Service {
     /// Commits the external cache (the peer's entries) into the kernel, in batches; this is
     /// what a takeover does before the VIPs move. Returns what was committed and how long
     /// it took.
+    /// Event delivery is paused meanwhile (the kernel then skips building 2 events per
+    /// entry); the caller dumps afterwards.
     pub fn commit_external_cache(&mut self) -> Result<CommitReport, KernelError> {
         let entries = self.core.external_entries(self.now_us());
-        let report = self.conntrack.commit(&entries)?;
+        self.pause.pause();
+        let report = self.conntrack.commit(&entries);
+        let resumed = self.pause.resume();
+        let report = report?;
+        resumed?;
         tracing::info!(
             entries = report.entries,
             failed = report.failed,
@@ -596,7 +605,10 @@ fn control_handler(tx: Sender<Msg>) -> Arc<twinwall_control::Handler> {
 
 /// Runs the service in the foreground until SIGTERM or SIGINT: the signals are blocked in
 /// every thread and taken by one waiting thread, which stops the main loop cleanly.
-pub fn run_until_signalled(settings: Settings) -> Result<(), ServiceError> {
+pub fn run_until_signalled(
+    settings: Settings,
+    roles: Option<Box<dyn RoleSource>>,
+) -> Result<(), ServiceError> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -607,6 +619,9 @@ pub fn run_until_signalled(settings: Settings) -> Result<(), ServiceError> {
         source: e.into(),
     })?;
     let svc = Service::start(settings)?;
+    if let Some(r) = roles {
+        svc.add_role_source(r)?;
+    }
     let stopper = svc.stopper();
     spawn("sync-signals", move || {
         if let Ok(sig) = set.wait() {
@@ -615,4 +630,64 @@ pub fn run_until_signalled(settings: Settings) -> Result<(), ServiceError> {
         stopper.stop();
     })?;
     svc.run()
+}
+
+/// The VRRP service as the role source: a commit participant on `RUN_DIR/vrrp.sock`
+/// (`commit-join`, then the event stream). On `becoming_master` the external cache is
+/// committed and `commit-ack {group, seq}` sent, so the VIPs are announced only after the
+/// commit; on `group_role` to anything but master the node becomes backup. It reconnects
+/// every second while the VRRP service is not there.
+#[derive(Debug, Clone)]
+pub struct VrrpRoleSource {
+    /// `RUN_DIR/vrrp.sock`.
+    pub socket: PathBuf,
+}
+
+impl RoleSource for VrrpRoleSource {
+    fn run(self: Box<Self>, sink: RoleSink) {
+        use twinwall_control::{Request, request, subscribe};
+        let timeout = Duration::from_secs(2);
+        loop {
+            let Ok(mut sub) = subscribe(&self.socket, timeout) else {
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            };
+            if request(&self.socket, &Request::new("commit-join"), timeout).is_err() {
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            tracing::info!(socket = %self.socket.display(), "joined the VRRP commit handshake");
+            loop {
+                let ev = match sub.next_event(Some(Duration::from_secs(1))) {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => continue,
+                    Err(_) => break,
+                };
+                match ev.get("event").and_then(|v| v.as_str()) {
+                    Some("becoming_master") => {
+                        let report = sink.set_role(Role::Master);
+                        let Some(report) = report else { return };
+                        let args = json!({"group": ev["group"], "seq": ev["seq"]});
+                        if let Err(e) = request(
+                            &self.socket,
+                            &Request::with_args("commit-ack", args),
+                            timeout,
+                        ) {
+                            tracing::warn!(error = %e, "commit-ack to VRRP failed");
+                        }
+                        tracing::info!(commit = ?report, "committed before the VIPs move");
+                    }
+                    Some("group_role") => {
+                        let to = ev.get("to").map(|v| v.to_string()).unwrap_or_default();
+                        if !to.to_ascii_lowercase().contains("master")
+                            && sink.set_role(Role::Backup).is_none()
+                        {
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
