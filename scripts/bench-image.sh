@@ -12,7 +12,7 @@ bin=target/x86_64-unknown-linux-gnu/release/twinwall
 out=build/bench/image-out
 # Cold-ish first build fills the cache; the measured one is the warm rebuild.
 "$bin" image build --out "$out" --binary "$bin" --work build/bench/image-work >/dev/null
-t0=$(date +%s.%N); c0=$(awk '{print $14+$15+$16+$17}' /proc/$$/stat)
+t0=$(date +%s.%N)
 /usr/bin/time -f "%U %S" -o build/bench/image-time.txt \
   "$bin" image build --out "$out" --binary "$bin" --work build/bench/image-work --json > build/bench/image.json
 t1=$(date +%s.%N)
