@@ -6,9 +6,9 @@ want=(nftables conntrack iproute2 iputils-ping)
 case "${1:-all}" in
   test) want+=(conntrackd keepalived socat) ;;
   image) want+=(qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools
-                squashfs-tools ovmf kmod cpio gdisk dosfstools) ;;
+                squashfs-tools ovmf kmod cpio gdisk dosfstools file) ;;
   all) want+=(conntrackd keepalived socat qemu-system-x86 grub-pc-bin grub-efi-amd64-bin grub-common
-              xorriso mtools squashfs-tools ovmf kmod cpio gdisk dosfstools) ;;
+              xorriso mtools squashfs-tools ovmf kmod cpio gdisk dosfstools file) ;;
 esac
 missing=()
 for p in "${want[@]}"; do
