@@ -29,3 +29,8 @@ fuzz:
 
 clean:
 	$(CARGO) clean
+
+## The appliance: OUT/twinwall.img, twinwall.iso, SHA256SUMS (OUT=out; IMAGE_FLAGS e.g. --trust K.pub).
+OUT ?= out
+image:
+	scripts/build-image.sh $(OUT) $(IMAGE_FLAGS)

@@ -46,6 +46,8 @@ enum Cmd {
     /// Build the appliance images (disk, ISO) and refresh the package lock.
     #[command(subcommand)]
     Image(cli::image::ImageCmd),
+    /// Write twinwall.img and a node's config partition to a disk or file.
+    Flash(cli::flash::FlashArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Cmd::Sync(a) => cli::sync::run(a),
         Cmd::Vrrp(a) => cli::vrrp::run(a),
         Cmd::Image(c) => cli::image::run(c),
+        Cmd::Flash(a) => cli::flash::run(a),
     };
     cli::exit_code(result)
 }

@@ -246,6 +246,33 @@ fn invalid_config_creates_no_bundle() {
 }
 
 #[test]
+fn create_refuses_to_overwrite_its_own_inputs() {
+    let d = Scratch::new("inputs");
+    assert!(
+        twinwall(&d, &["key", "generate", "--out", "op"])
+            .status
+            .success()
+    );
+    fs::copy(seed_pair(), d.path("c.toml")).unwrap();
+    let before = d.snapshot();
+    for out in ["c.toml", "op.key", "./op.key"] {
+        let o = twinwall(
+            &d,
+            &[
+                "bundle", "create", "--config", "c.toml", "--key", "op.key", "--out", out,
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "--out {out}");
+        assert!(
+            stderr(&o).contains("refusing to overwrite"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(d.snapshot(), before);
+}
+
+#[test]
 fn key_generate_refuses_to_overwrite_without_force() {
     let d = Scratch::new("force");
     assert!(

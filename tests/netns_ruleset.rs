@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use twinwall_config::NodeView;
-use twinwall_ruleset::{Nft, Options, compile, fixtures};
+use twinwall_ruleset::{Nft, Options, compile};
 use twinwall_testkit::{Lab, Netns, PeerEcho, Topology, require_root, tcp_probe, udp_probe};
 
 /// How long a probe waits: an answer on an idle veth topology takes milliseconds, so
@@ -48,6 +48,15 @@ fn ping(ns: &Netns, args: &[&str]) -> bool {
     ns.exec("ping", a).unwrap().status.success()
 }
 
+/// One node's view of a shared example, through the config parser.
+fn example(file: &str, node: &str) -> NodeView {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/examples")
+        .join(file);
+    let cfg = twinwall_config::load(&path).unwrap_or_else(|d| panic!("{d}"));
+    cfg.node_view(node).unwrap()
+}
+
 /// Builds a topology, gives the firewall the VIPs (it plays VRRP master) and applies the
 /// compiled ruleset in its namespace.
 fn lab_with_ruleset(topology: &str, fw: &str, view: &NodeView) -> Lab {
@@ -70,7 +79,7 @@ fn seed_pair_policy_nat_and_default_drop() {
     if !require_root() {
         return;
     }
-    let lab = lab_with_ruleset("seed-pair", "fw1", &fixtures::seed_pair("lj-fw-1"));
+    let lab = lab_with_ruleset("seed-pair", "fw1", &example("seed-pair.toml", "lj-fw-1"));
     let (client, server, fw) = (lab.ns("client"), lab.ns("server"), lab.ns("fw1"));
     let vip = Some(ip("203.0.113.1"));
     let internet_host = Some(ip("203.0.113.254"));
@@ -164,7 +173,7 @@ fn dual_stack_ipv6_policy_and_rate_limit() {
     if !require_root() {
         return;
     }
-    let lab = lab_with_ruleset("dual-stack", "fw-a", &fixtures::dual_stack("fw-a"));
+    let lab = lab_with_ruleset("dual-stack", "fw-a", &example("dual-stack.toml", "fw-a"));
     let (client, server) = (lab.ns("client"), lab.ns("server"));
     let client6 = Some(ip("2001:db8:0:2::10"));
 

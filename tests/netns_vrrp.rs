@@ -247,3 +247,125 @@ fn flapping_a_tracked_link_100_times_settles_to_one_holder() {
         ("master", "backup")
     );
 }
+
+#[test]
+fn dual_stack_group_moves_ipv4_and_ipv6_vips_together() {
+    if !require_root() {
+        return;
+    }
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/examples/dual-stack.toml"),
+    )
+    .unwrap()
+    .replace("preempt_delay_ms = 5000", "preempt_delay_ms = 0");
+    let mut p = Pair::with_config(&text, ["fw-a", "fw-b"]);
+    // The seed-pair lab plus the dual-stack example's IPv6 addresses.
+    for (i, last) in [(0, "2"), (1, "3")] {
+        let ns = p.ns(i);
+        ns.add_addr("eth0", format!("2001:db8:0:1::{last}/64").parse().unwrap())
+            .unwrap();
+        ns.add_addr("eth1", format!("2001:db8:0:2::{last}/64").parse().unwrap())
+            .unwrap();
+    }
+    p.lab
+        .ns("client")
+        .add_addr("eth0", "2001:db8:0:2::10/64".parse().unwrap())
+        .unwrap();
+    p.start(0);
+    p.start(1);
+    let all = |p: &Pair, i: usize| {
+        p.has(i, "eth0", "203.0.113.1")
+            && p.has(i, "eth0", "2001:db8:0:1::1")
+            && p.has(i, "eth1", "198.51.100.1")
+            && p.has(i, "eth1", "2001:db8:0:2::1")
+    };
+    let none = |p: &Pair, i: usize| {
+        !p.has(i, "eth0", "2001:db8:0:1::1") && !p.has(i, "eth1", "2001:db8:0:2::1")
+    };
+    assert!(
+        wait_for(S(10), Duration::from_millis(20), || all(&p, 0)
+            && none(&p, 1)),
+        "fw-a should hold all four VIPs\n{}",
+        p.logs()
+    );
+    let st = p.status(0).unwrap();
+    assert_eq!(
+        st["groups"][0]["routers"].as_array().unwrap().len(),
+        4,
+        "{st}"
+    );
+    assert!(
+        ping(p.lab.ns("client"), "2001:db8:0:2::1"),
+        "IPv6 VIP unreachable\n{}",
+        p.logs()
+    );
+    let fwb_mac = mac(p.ns(1), "eth1");
+    assert!(p.stop(0).success());
+    assert!(
+        wait_for(S(5), Duration::from_millis(20), || all(&p, 1)
+            && none(&p, 0)),
+        "fw-b should hold all four VIPs\n{}",
+        p.logs()
+    );
+    // fw-b's unsolicited neighbour advertisement (override) repoints the client at once.
+    assert!(
+        wait_for(S(3), Duration::from_millis(20), || {
+            neigh(p.lab.ns("client"), "2001:db8:0:2::1").as_deref() == Some(fwb_mac.as_str())
+        }),
+        "client's neighbour entry did not follow fw-b's NA: {:?}\n{}",
+        neigh(p.lab.ns("client"), "2001:db8:0:2::1"),
+        p.logs()
+    );
+    assert!(
+        ping(p.lab.ns("client"), "2001:db8:0:2::1"),
+        "IPv6 VIP unreachable after failover\n{}",
+        p.logs()
+    );
+    // The IPv6 routers exchanged adverts: fw-b saw fw-a's.
+    let st = p.status(1).unwrap();
+    let v6: Vec<_> = st["groups"][0]["routers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["family"] == "ipv6")
+        .collect();
+    assert!(
+        v6.iter().all(|r| r["adverts_in"].as_u64().unwrap() > 0),
+        "{st}\n{}",
+        p.logs()
+    );
+}
+
+#[test]
+fn vips_left_by_a_crashed_run_are_removed_at_start() {
+    if !require_root() {
+        return;
+    }
+    let mut p = Pair::new("advert_interval_ms = 100\npreempt = true");
+    // fw2 "crashed" as master: its VIPs are still on its interfaces.
+    p.ns(1)
+        .add_addr("eth0", "203.0.113.1/24".parse().unwrap())
+        .unwrap();
+    p.ns(1)
+        .add_addr("eth1", "198.51.100.1/24".parse().unwrap())
+        .unwrap();
+    p.start(0);
+    assert!(
+        wait_for(S(10), Duration::from_millis(20), || p.role(0) == "master"
+            && p.has(0, "eth0", VIP_OUT)),
+        "{}",
+        p.logs()
+    );
+    // fw2 starts again: it removes them before starting as backup, and stays backup.
+    p.start(1);
+    assert!(
+        wait_for(S(5), Duration::from_millis(20), || p.role(1) == "backup"),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(p.holders(), vec![0], "{}", p.logs());
+    assert!(
+        p.logs()
+            .contains("removing VIP left over by an earlier run")
+    );
+}

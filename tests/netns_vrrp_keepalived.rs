@@ -6,88 +6,13 @@ mod netns_vrrp_support;
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use netns_vrrp_support::*;
-use twinwall_testkit::{Netns, Spawned, require_root, wait_for};
+use twinwall_testkit::{Netns, require_root, wait_for};
 use twinwall_vrrp::packet::{self, decode_ipv4, decode_ipv6};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
-
-/// A keepalived sync group equivalent to the seed pair's group `edge`.
-fn keepalived_conf(priority: u8, advert_s: &str, v6: bool) -> String {
-    let inst = |name: &str, dev: &str, vrid: u8, vip: &str| {
-        format!(
-            "vrrp_instance {name} {{\n  state BACKUP\n  interface {dev}\n  virtual_router_id {vrid}\n  \
-             priority {priority}\n  advert_int {advert_s}\n  virtual_ipaddress {{\n    {vip}\n  }}\n  \
-             track_interface {{\n    eth0\n    eth1\n  }}\n}}\n"
-        )
-    };
-    let mut s = String::from(
-        "global_defs {\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}\n",
-    );
-    s += "vrrp_sync_group EDGE {\n  group {\n    VI_51\n    VI_52\n";
-    if v6 {
-        s += "    VI6_51\n";
-    }
-    s += "  }\n}\n";
-    s += &inst("VI_51", "eth0", 51, "203.0.113.1/24");
-    s += &inst("VI_52", "eth1", 52, "198.51.100.1/24");
-    if v6 {
-        s += &inst("VI6_51", "eth0", 51, "2001:db8:0:1::1/64");
-    }
-    s
-}
-
-struct Keepalived {
-    proc: Option<Spawned>,
-}
-
-fn start_keepalived(p: &Pair, i: usize, conf: &str) -> Keepalived {
-    let dir = p.dir.path().join(format!("ka-{}", FW[i]));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("keepalived.conf");
-    std::fs::write(&cfg, conf).unwrap();
-    let log = File::create(dir.join("keepalived.log")).unwrap();
-    let mut c = p.ns(i).command(
-        "keepalived",
-        [
-            "-n".to_string(),
-            "-l".into(),
-            "-D".into(),
-            "-P".into(),
-            "-f".into(),
-            cfg.display().to_string(),
-            "-p".into(),
-            dir.join("keepalived.pid").display().to_string(),
-            "-r".into(),
-            dir.join("vrrp.pid").display().to_string(),
-        ],
-    );
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    Keepalived {
-        proc: Some(p.ns(i).spawn_command(c).unwrap()),
-    }
-}
-
-impl Keepalived {
-    fn stop(&mut self) {
-        if let Some(p) = self.proc.take() {
-            Command::new("kill")
-                .args(["-TERM", &p.id().to_string()])
-                .status()
-                .unwrap();
-            p.wait_timeout(S(10));
-        }
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Receives one VRRP packet on a raw socket inside `ns` (a thread that enters the
 /// namespace); returns the IPv4 packet bytes or the IPv6 payload with its addresses.
@@ -124,6 +49,12 @@ fn capture(ns: &Netns, v6: bool) -> Result<packet::Received, String> {
             .iter()
             .map(|b| unsafe { b.assume_init() })
             .collect();
+        // The bytes as captured, for the codec's fixtures (services/vrrp/tests/codec.rs).
+        println!(
+            "captured from keepalived ({}): {}",
+            if v6 { "IPv6 payload" } else { "IPv4 packet" },
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
         if v6 {
             let src = from.as_socket_ipv6().ok_or("no v6 source")?.ip().to_owned();
             // A multicast advert for ff02::12; raw IPv6 sockets do not show the hop limit

@@ -52,6 +52,9 @@ pub enum BuildError {
         /// The binary.
         path: PathBuf,
     },
+    /// The OS update bundle could not be signed or written.
+    #[error("twinwall-update.bundle: {0}")]
+    Bundle(String),
     /// The binary is not a 64-bit ELF executable.
     #[error("{path} is not an x86-64 ELF executable")]
     NotElf {
@@ -108,6 +111,10 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Partition sizes.
     pub sizes: Sizes,
+    /// Signing key for `twinwall-update.bundle` (none: no bundle is made).
+    pub update_key: Option<PathBuf>,
+    /// Version of the OS update bundle (monotonic; default SOURCE_DATE_EPOCH).
+    pub update_version: u64,
 }
 
 /// One output file.
@@ -256,9 +263,17 @@ pub const ROOT_DIRS: &[&str] = &[
 
 /// Runs the whole build.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
-    let mut steps = Steps::new(if opts.iso { 9 } else { 8 }, opts.progress);
+    let total = 8 + u64::from(opts.iso) + u64::from(opts.update_key.is_some());
+    let mut steps = Steps::new(total, opts.progress);
     steps.step("checking the twinwall binary");
     check_static(&opts.binary)?;
+    // Read the signing key first: a bad key must fail before minutes of work.
+    let signing_key = opts
+        .update_key
+        .as_deref()
+        .map(twinwall_bundle::keys::read_signing_key)
+        .transpose()
+        .map_err(|e| BuildError::Bundle(e.to_string()))?;
 
     steps.step("fetching pinned packages");
     let manifest_path = opts.rootfs.join("packages.toml");
@@ -385,10 +400,18 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         names.push("twinwall.iso".into());
     }
 
-    steps.step("writing SHA256SUMS");
     let slot_out = opts.out.join("twinwall-slot.squashfs");
     std::fs::copy(&slot, &slot_out).map_err(io(&slot_out))?;
     names.push("twinwall-slot.squashfs".into());
+
+    if let Some(key) = &signing_key {
+        steps.step("signing twinwall-update.bundle");
+        let out = opts.out.join(UPDATE_BUNDLE);
+        update_bundle(&slot, key, opts.update_version, opts.epoch, &out)?;
+        names.push(UPDATE_BUNDLE.into());
+    }
+
+    steps.step("writing SHA256SUMS");
     let artifacts = write_sums(&opts.out, &names)?;
     let initramfs_bytes = std::fs::metadata(&initrd).map_err(io(&initrd))?.len();
     let steps = steps.finish();
@@ -401,6 +424,43 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         steps,
         slot_path: slot_out,
     })
+}
+
+/// File name of the OS update bundle in the output directory.
+pub const UPDATE_BUNDLE: &str = "twinwall-update.bundle";
+/// The manifest's `cluster` field of OS update bundles: an OS image serves every cluster.
+pub const OS_UPDATE_CLUSTER: &str = "twinwall-os";
+/// Name of the slot image inside an OS update bundle.
+pub const UPDATE_PAYLOAD: &str = "slot.squashfs";
+
+/// Signs the slot image into an OS update bundle (the bundle area's format: kind
+/// `os-update`, payload [`UPDATE_PAYLOAD`]); `created` is SOURCE_DATE_EPOCH so the same
+/// inputs and key give the same bundle.
+pub fn update_bundle(
+    slot: &Path,
+    key: &twinwall_bundle::SigningKey,
+    version: u64,
+    epoch: u64,
+    out: &Path,
+) -> Result<twinwall_bundle::Manifest, BuildError> {
+    let meta = twinwall_bundle::BundleMeta {
+        version,
+        cluster: OS_UPDATE_CLUSTER.to_owned(),
+        compatible: twinwall_bundle::DEFAULT_COMPATIBLE.to_owned(),
+        created: std::time::UNIX_EPOCH + Duration::from_secs(epoch),
+        rollback: false,
+    };
+    twinwall_bundle::create_file(
+        twinwall_bundle::Kind::OsUpdate,
+        &meta,
+        &[twinwall_bundle::Payload {
+            name: UPDATE_PAYLOAD.into(),
+            source: twinwall_bundle::PayloadSource::File(slot.to_path_buf()),
+        }],
+        key,
+        out,
+    )
+    .map_err(|e| BuildError::Bundle(e.to_string()))
 }
 
 /// Writes `DIR/SHA256SUMS` (sha256sum format) for the named files; returns them.

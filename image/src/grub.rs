@@ -105,7 +105,8 @@ pub fn disk_config(layout: &Layout) -> String {
     s
 }
 
-/// `grub.cfg` of the ISO: boots the slot image stored as a file on the ISO, live.
+/// `grub.cfg` of the ISO: boots the slot image stored as a file on the ISO, live
+/// (`twinwall.live=1`: init finds the ISO and loop-mounts the same file).
 pub fn iso_config(squashfs_path: &str) -> String {
     format!(
         r#"set default=0
@@ -117,7 +118,7 @@ terminal_output serial console
 menuentry "twinwall live" --id live {{
     echo "twinwall: booting live image"
     loopback slot {squashfs_path}
-    linux (slot)/boot/vmlinuz {CMDLINE} twinwall.slot=live twinwall.live={squashfs_path}
+    linux (slot)/boot/vmlinuz {CMDLINE} twinwall.slot=a twinwall.live=1
     initrd (slot)/boot/initrd.img
 }}
 "#
@@ -191,6 +192,9 @@ pub fn mkimage(format: &str, early_cfg: &Path, out: &Path) -> Result<(), GrubErr
     args.extend(MODULES.iter().map(|m| m.to_string()));
     if format == "i386-pc" {
         args.push("biosdisk".into());
+    } else {
+        // The EFI linux loader wants a graphics mode to hand to the kernel.
+        args.extend(["efi_gop".into(), "efi_uga".into()]);
     }
     tool::run("grub-mkimage", &args, None)?;
     Ok(())

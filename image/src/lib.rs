@@ -6,6 +6,7 @@
 pub mod build;
 pub mod disk;
 pub mod fat;
+pub mod flash;
 pub mod grub;
 pub mod grubenv;
 pub mod layout;

@@ -18,6 +18,10 @@ use crate::tool::{self, ToolError};
 /// Where init finds the load order, in the initramfs and in the root.
 pub const LOAD_LIST: &str = "lib/modules/load.list";
 
+/// init's default list path (`twinwall.modules=` overrides it): a symlink to
+/// [`LOAD_LIST`].
+pub const INIT_ALIAS: &str = "lib/modules/twinwall.modules";
+
 /// Errors of module selection.
 #[derive(Debug, Error)]
 pub enum ModulesError {
@@ -273,6 +277,10 @@ pub fn install(
     tool::run("depmod", ["-b", &root.display().to_string(), version], None)?;
     let list = root.join(LOAD_LIST);
     std::fs::write(&list, load_list(version, order)).map_err(io(&list))?;
+    // init's default list path; the same file.
+    let alias = root.join(INIT_ALIAS);
+    let _ = std::fs::remove_file(&alias);
+    std::os::unix::fs::symlink("load.list", &alias).map_err(io(&alias))?;
     Ok(())
 }
 

@@ -449,6 +449,17 @@ impl SlotControl for GrubenvFile {
     }
 }
 
+/// Where the grubenv lives on the ESP (mounted at `esp_mount`).
+pub fn esp_grubenv(esp_mount: &Path) -> PathBuf {
+    esp_mount.join("grub/grubenv")
+}
+
+/// For init: marks the running slot (`a`/`b`, as on the kernel command line) good in the
+/// grubenv of the ESP mounted read-write at `esp_mount`.
+pub fn mark_good_on_esp(esp_mount: &Path, slot: &str) -> Result<(), SlotError> {
+    GrubenvFile::new(esp_grubenv(esp_mount)).mark_good(slot.parse()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

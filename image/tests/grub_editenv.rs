@@ -85,3 +85,22 @@ fn malformed_file_is_rejected_with_its_path() {
         "a failed update changes nothing"
     );
 }
+
+#[test]
+fn init_marks_the_running_slot_good_on_the_esp() {
+    let esp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(esp.path().join("grub")).unwrap();
+    let mut s = BootState::fresh();
+    s.set_try_once(Slot::B);
+    let (tried, slot, _) = s.grub_boot();
+    assert_eq!(slot, Slot::B);
+    GrubenvFile::create(esp.path().join("grub/grubenv"), &tried).unwrap();
+    twinwall_image::slot::mark_good_on_esp(esp.path(), "b").unwrap();
+    let listed = editenv(&esp.path().join("grub/grubenv"), &["list"]);
+    assert!(
+        listed.contains("B_OK=1\nB_TRY=0\n") && listed.starts_with("ORDER=B A\n"),
+        "{listed}"
+    );
+    let e = twinwall_image::slot::mark_good_on_esp(esp.path(), "c").unwrap_err();
+    assert!(e.to_string().contains("unknown slot \"c\""), "{e}");
+}

@@ -125,6 +125,14 @@ fn create(
     compatible: String,
     json: bool,
 ) -> anyhow::Result<()> {
+    for (what, input) in [("config", config), ("signing key", key)] {
+        if same_file(out, input) {
+            anyhow::bail!(
+                "--out {} is the {what} file; refusing to overwrite it with the bundle",
+                out.display()
+            );
+        }
+    }
     let text = std::fs::read_to_string(config)
         .with_context(|| format!("reading config {}", config.display()))?;
     let mut meta = match config_meta(&config.display().to_string(), &text) {
@@ -163,6 +171,15 @@ fn create(
         );
     }
     Ok(())
+}
+
+/// Whether two paths name the same existing file (same device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 fn verify(bundle: &Path, policy: &Policy, json: bool) -> anyhow::Result<()> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use twinwall_config::{Endpoint, NatRule, NodeView, Service, SnatTarget};
+use twinwall_config::{Action, Endpoint, Family, NatRule, NodeView, RateUnit, Service, SnatTarget};
 
 use super::Reported;
 
@@ -140,6 +140,30 @@ fn endpoint(e: &Endpoint) -> String {
     }
 }
 
+fn family(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ipv4",
+        Family::Ipv6 => "ipv6",
+    }
+}
+
+fn action(a: Action) -> &'static str {
+    match a {
+        Action::Accept => "accept",
+        Action::Drop => "drop",
+        Action::Reject => "reject",
+    }
+}
+
+fn unit(u: RateUnit) -> &'static str {
+    match u {
+        RateUnit::Second => "second",
+        RateUnit::Minute => "minute",
+        RateUnit::Hour => "hour",
+        RateUnit::Day => "day",
+    }
+}
+
 fn join<T: std::fmt::Display>(v: &[T]) -> String {
     v.iter()
         .map(|x| x.to_string())
@@ -174,9 +198,9 @@ fn summary(v: &NodeView) -> String {
         for r in &g.routers {
             let _ = writeln!(
                 s,
-                "    vrid {:<3} {:?} on {} ({}): {}",
+                "    vrid {:<3} {} on {} ({}): {}",
                 r.vrid,
-                r.family,
+                family(r.family),
                 r.interface,
                 r.device,
                 join(&r.addresses)
@@ -215,8 +239,8 @@ fn summary(v: &NodeView) -> String {
     );
     let _ = writeln!(
         s,
-        "policy: default {:?}{}, {} rules",
-        v.policy.default,
+        "policy: default {}{}, {} rules",
+        action(v.policy.default),
         if v.policy.log_default {
             " (logged)"
         } else {
@@ -227,15 +251,15 @@ fn summary(v: &NodeView) -> String {
     for r in &v.policy.rules {
         let _ = writeln!(
             s,
-            "  {}: {} -> {} [{}] {:?}{}{}",
+            "  {}: {} -> {} [{}] {}{}{}",
             r.name,
             endpoint(&r.from),
             endpoint(&r.to),
             services(&r.services),
-            r.action,
+            action(r.action),
             if r.log { " log" } else { "" },
             r.rate_limit
-                .map(|l| format!(" limit {}/{:?}", l.count, l.per))
+                .map(|l| format!(" limit {}/{}", l.count, unit(l.per)))
                 .unwrap_or_default()
         );
     }

@@ -35,6 +35,12 @@ pub enum ImageCmd {
         /// Scratch directory (wiped).
         #[arg(long, default_value = "build/work")]
         work: PathBuf,
+        /// Signing key (PREFIX.key) for DIR/twinwall-update.bundle; without it no bundle.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Version of the OS update bundle (default: SOURCE_DATE_EPOCH).
+        #[arg(long)]
+        update_version: Option<u64>,
         /// Skip the ISO.
         #[arg(long)]
         no_iso: bool,
@@ -65,22 +71,27 @@ pub fn run(c: ImageCmd) -> anyhow::Result<()> {
             work,
             no_iso,
             json,
+            key,
+            update_version,
         } => {
             for t in &trust {
                 anyhow::ensure!(t.is_file(), "--trust {}: no such file", t.display());
             }
             let started = std::time::Instant::now();
+            let epoch = twinwall_image::reproducible::source_date_epoch();
             let report = twinwall_image::build::build(&BuildOptions {
                 rootfs,
                 cache,
                 work,
                 out: out.clone(),
                 binary,
-                epoch: twinwall_image::reproducible::source_date_epoch(),
+                epoch,
                 trust,
                 iso: !no_iso,
                 progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 sizes: Sizes::default(),
+                update_key: key,
+                update_version: update_version.unwrap_or(epoch),
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod config;
+pub mod flash;
 pub mod image;
 pub mod init;
 pub mod key;

@@ -22,6 +22,7 @@ pub struct Pair {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub procs: [Option<Spawned>; 2],
+    pub nodes: [&'static str; 2],
 }
 
 /// The firewall namespaces' names in the topology, and the nodes of the example.
@@ -48,15 +49,21 @@ pub fn config_text(vrrp: &str) -> String {
 impl Pair {
     /// Builds the seed-pair lab and writes the config; starts nothing.
     pub fn new(vrrp: &str) -> Pair {
+        Pair::with_config(&config_text(vrrp), NODE)
+    }
+
+    /// Builds the seed-pair lab for any cluster config whose nodes are `nodes`.
+    pub fn with_config(text: &str, nodes: [&'static str; 2]) -> Pair {
         let lab = Topology::shipped("seed-pair").unwrap().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cluster.toml");
-        std::fs::write(&config, config_text(vrrp)).unwrap();
+        std::fs::write(&config, text).unwrap();
         Pair {
             lab,
             dir,
             config,
             procs: [None, None],
+            nodes,
         }
     }
 
@@ -74,13 +81,19 @@ impl Pair {
 
     /// Starts `twinwall vrrp` on node i, logging to a file (read on failure).
     pub fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// Starts `twinwall vrrp` on node i with extra arguments.
+    pub fn start_with(&mut self, i: usize, extra: &[&str]) {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log(i))
             .unwrap();
+        let bin = std::env::var("TWINWALL_BIN").unwrap_or(env!("CARGO_BIN_EXE_twinwall").into());
         let mut c = self.ns(i).command(
-            env!("CARGO_BIN_EXE_twinwall"),
+            &bin,
             [
                 "--log",
                 "debug",
@@ -88,10 +101,12 @@ impl Pair {
                 "--config",
                 self.config.to_str().unwrap(),
                 "--node",
-                NODE[i],
+                self.nodes[i],
                 "--run-dir",
                 self.run_dir(i).to_str().unwrap(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied()),
         );
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.procs[i] = Some(self.ns(i).spawn_command(c).unwrap());
@@ -210,4 +225,81 @@ pub fn ping(from: &Netns, ip: &str) -> bool {
     from.exec("ping", ["-c", "1", "-W", "1", "-q", ip])
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// A keepalived sync group equivalent to the seed pair's group `edge`.
+pub fn keepalived_conf(priority: u8, advert_s: &str, v6: bool) -> String {
+    let inst = |name: &str, dev: &str, vrid: u8, vip: &str| {
+        format!(
+            "vrrp_instance {name} {{\n  state BACKUP\n  interface {dev}\n  virtual_router_id {vrid}\n  \
+             priority {priority}\n  advert_int {advert_s}\n  virtual_ipaddress {{\n    {vip}\n  }}\n  \
+             track_interface {{\n    eth0\n    eth1\n  }}\n}}\n"
+        )
+    };
+    let mut s = String::from(
+        "global_defs {\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}\n",
+    );
+    s += "vrrp_sync_group EDGE {\n  group {\n    VI_51\n    VI_52\n";
+    if v6 {
+        s += "    VI6_51\n";
+    }
+    s += "  }\n}\n";
+    s += &inst("VI_51", "eth0", 51, "203.0.113.1/24");
+    s += &inst("VI_52", "eth1", 52, "198.51.100.1/24");
+    if v6 {
+        s += &inst("VI6_51", "eth0", 51, "2001:db8:0:1::1/64");
+    }
+    s
+}
+
+/// A keepalived process (stopped with SIGTERM on drop).
+pub struct Keepalived {
+    pub proc: Option<Spawned>,
+    pub dir: PathBuf,
+}
+
+pub fn start_keepalived(p: &Pair, i: usize, conf: &str) -> Keepalived {
+    let dir = p.dir.path().join(format!("ka-{}", FW[i]));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("keepalived.conf");
+    std::fs::write(&cfg, conf).unwrap();
+    let log = File::create(dir.join("keepalived.log")).unwrap();
+    let mut c = p.ns(i).command(
+        "keepalived",
+        [
+            "-n".to_string(),
+            "-l".into(),
+            "-D".into(),
+            "-P".into(),
+            "-f".into(),
+            cfg.display().to_string(),
+            "-p".into(),
+            dir.join("keepalived.pid").display().to_string(),
+            "-r".into(),
+            dir.join("vrrp.pid").display().to_string(),
+        ],
+    );
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    Keepalived {
+        proc: Some(p.ns(i).spawn_command(c).unwrap()),
+        dir,
+    }
+}
+
+impl Keepalived {
+    pub fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            Command::new("kill")
+                .args(["-TERM", &p.id().to_string()])
+                .status()
+                .unwrap();
+            p.wait_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -11,6 +11,8 @@
 //! * [`verify()`] (in memory) and [`verify_stream`] (any `Read`, for large OS updates)
 //!   check a bundle against a [`Policy`] and name the first reason it fails
 //!   ([`VerifyError`]).
+//! * [`StagingSink`] stages payloads on disk during verification and commits them only
+//!   after the bundle was accepted.
 //! * [`keys`] generates and reads signing, public and sync keys; [`fsio`] writes files
 //!   atomically with restrictive modes.
 
@@ -20,6 +22,7 @@ pub mod format;
 pub mod fsio;
 pub mod keys;
 pub mod manifest;
+pub mod stage;
 pub mod verify;
 
 #[cfg(test)]
@@ -32,6 +35,7 @@ pub use create::{
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use keys::{KeyError, KeyId, SyncKey};
 pub use manifest::{DEFAULT_COMPATIBLE, Kind, Manifest, ManifestError, PayloadEntry};
+pub use stage::StagingSink;
 pub use verify::{
     CONFIG_PAYLOAD, DiscardSink, MemorySink, PayloadSink, Policy, VerifiedBundle, VerifyError,
     verify, verify_stream,

@@ -776,3 +776,47 @@ fn failed_atomic_write_leaves_target_and_directory_unchanged() {
     assert_eq!(fs::read(&path).unwrap(), b"old");
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn staged_payloads_appear_only_after_an_accepted_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy(&[&key(1)]);
+    let b = update_bundle(&meta(7));
+    // Rejected: a payload byte changed. The staging directory vanishes with the sink.
+    let mut bad = b.clone();
+    let (_, files, _) = layout(&bad);
+    bad[files[1].1 - 1] ^= 1;
+    let mut sink = StagingSink::new_in(dir.path()).unwrap();
+    assert!(sink.path().starts_with(dir.path()));
+    let e = verify_stream(bad.as_slice(), &p, &mut sink).unwrap_err();
+    assert_eq!(e.code(), "hash_mismatch");
+    drop(sink);
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
+    // Accepted: committed as a directory holding exactly the payloads.
+    let mut sink = StagingSink::new_in(dir.path()).unwrap();
+    verify_stream(b.as_slice(), &p, &mut sink).unwrap();
+    let dest = dir.path().join("update-7");
+    sink.commit(&dest).unwrap();
+    assert_eq!(
+        fs::read(dest.join("rootfs.img")).unwrap(),
+        b"AAAAAAAAAAAAAAAA"
+    );
+    assert_eq!(
+        fs::read(dest.join("version.txt")).unwrap(),
+        b"twinwall 1.2.3\n"
+    );
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 2);
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    // Committing over an existing destination is refused and cleans up.
+    let mut sink = StagingSink::new_in(dir.path()).unwrap();
+    verify_stream(b.as_slice(), &p, &mut sink).unwrap();
+    assert!(matches!(
+        sink.commit(&dest),
+        Err(fsio::FsError::Exists { .. })
+    ));
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}

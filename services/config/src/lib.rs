@@ -47,10 +47,33 @@ pub enum ViewError {
     },
 }
 
-/// Errors of [`load`] other than config errors are reported as a diagnostic too, so that
-/// callers deal with one type.
+/// Reads and validates a config file. A file that cannot be read (or is not UTF-8) is
+/// reported as a diagnostic too, so that callers deal with one error type.
 pub fn load(path: &Path) -> Result<Config, Diagnostics> {
     let name = path.display().to_string();
+    let started = std::time::Instant::now();
+    let result = read_and_parse(path, &name);
+    match &result {
+        Ok(cfg) => tracing::debug!(
+            file = %name,
+            cluster = cfg.cluster_name(),
+            version = cfg.version(),
+            warnings = cfg.warnings().len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "config valid"
+        ),
+        Err(d) => tracing::debug!(
+            file = %name,
+            errors = d.errors().count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "config rejected"
+        ),
+    }
+    result
+}
+
+fn read_and_parse(path: &Path, name: &str) -> Result<Config, Diagnostics> {
+    let name = name.to_owned();
     match std::fs::read(path) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => parse(&name, &text),
@@ -134,6 +157,12 @@ pub fn json_schema() -> serde_json::Value {
     let mut value = schema.to_value();
     strip_null(&mut value);
     value
+}
+
+/// The schema, generated once per process (the structural pass walks it for every parse).
+pub(crate) fn cached_schema() -> &'static serde_json::Value {
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(json_schema)
 }
 
 /// Raw keys are `Option`s so that validation can report a missing key itself; TOML has no

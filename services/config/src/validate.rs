@@ -928,8 +928,12 @@ fn check_vrrp(
                     }
                 }
             }
-            if let (Some((vrid, _)), Some(zone)) = (vrid, zone) {
+            // Known even when the VRID is broken, so that `vip:ZONE` references do not
+            // repeat that error.
+            if let Some(zone) = &zone {
                 names.vips.entry(zone.clone()).or_default().extend(&addrs);
+            }
+            if let (Some((vrid, _)), Some(zone)) = (vrid, zone) {
                 vips.push(Vip {
                     vrid,
                     zone,

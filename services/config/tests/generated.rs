@@ -62,3 +62,25 @@ fn errors_in_a_generated_config_are_all_found() {
             .all(|e| e.message == "unknown service object `nosuch`")
     );
 }
+
+#[test]
+fn every_unknown_key_of_a_large_config_is_reported() {
+    // 150 mistyped keys (one per rule): all reported, each with its suggestion.
+    let text = generate(150, 300);
+    let mut broken = String::new();
+    let mut want = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if let Some(rest) = line.strip_prefix("action = ") {
+            broken.push_str(&format!("acton = {rest}\n"));
+            want.push((i + 1, 1));
+        } else {
+            broken.push_str(line);
+            broken.push('\n');
+        }
+    }
+    assert_eq!(want.len(), 150);
+    let d = twinwall_config::parse("generated.toml", &broken).unwrap_err();
+    let at: Vec<(usize, usize)> = d.errors().map(|e| (e.line, e.column)).collect();
+    assert_eq!(at, want);
+    assert!(d.errors().all(|e| e.hint == "did you mean `action`?"));
+}

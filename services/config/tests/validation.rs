@@ -150,6 +150,59 @@ fn wrong_value_type() {
 }
 
 #[test]
+fn several_type_errors_are_all_reported() {
+    let text = BASE
+        .replacen(
+            "advert_interval_ms = 100",
+            "advert_interval_ms = 100\npreempt = \"yes\"",
+            1,
+        )
+        .replacen(
+            "track = [\"outside\", \"inside\"]",
+            "track = \"outside\"",
+            1,
+        )
+        .replacen(
+            "address = \"192.0.2.2/30\"",
+            "address = [\"192.0.2.2/30\", 1.5]",
+            1,
+        )
+        .replacen("vrid = 51", "vrid = 51.0", 1);
+    let errs = errors(&text);
+    let got: Vec<(usize, usize, &str)> = errs
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                15,
+                65,
+                "wrong type for `address` in `nodes.b.interfaces.sync`: expected a string, found a float"
+            ),
+            (
+                19,
+                11,
+                "wrong type for `preempt` in `vrrp`: expected a boolean (true or false), found a string"
+            ),
+            (
+                23,
+                9,
+                "wrong type for `track` in `vrrp.group[0]`: expected an array of strings, found a string"
+            ),
+            (
+                26,
+                8,
+                "wrong type for `vrid` in `vrrp.group[0].vip[0]`: expected an integer, found a float"
+            ),
+        ],
+        "{}",
+        show(&errs)
+    );
+}
+
+#[test]
 fn syntax_error_is_located() {
     expect_only(&with("version = 3", "version = = 3"), 3, 11, "TOML syntax");
 }

@@ -79,6 +79,17 @@ impl Nft {
         Ok(())
     }
 
+    /// Applies a script with a single `nft -f -`, without the `nft -c` pass first. nft
+    /// runs a file as one transaction, so a failure still changes nothing (the test
+    /// `bare_nft_f_is_atomic_too` shows it); the check pass only repeats the same work,
+    /// and for large rulesets it doubles the apply time (see docs/ruleset.md).
+    pub fn apply_unchecked(&self, script: &str) -> Result<(), ApplyError> {
+        self.run(&["-f", "-"], script)?
+            .map_err(|stderr| ApplyError::Apply { stderr })?;
+        tracing::info!(bytes = script.len(), checked = false, "ruleset applied");
+        Ok(())
+    }
+
     /// `nft list ruleset`.
     pub fn list_ruleset(&self) -> Result<String, ApplyError> {
         let out = Command::new(&self.argv[0])

@@ -390,29 +390,62 @@ impl<'a> Space<'a> {
     }
 }
 
-/// Buckets of the service dimension for the candidate index: 64 values wide.
-const BUCKET_SHIFT: u32 = 6;
-/// Boxes spanning more buckets than this go to the always-checked list.
-const WIDE_BUCKETS: u128 = 16;
+/// The candidate index is a grid over two dimensions: service (buckets of 64 ports or
+/// ICMP types) and destination address (IPv4 /24s, IPv6 /64s).
+const SVC_SHIFT: u32 = 6;
+/// Boxes spanning more grid cells than this in either dimension go to the always-checked
+/// list (zone-to-zone rules, "any port" rules: few in a real policy).
+const WIDE_CELLS: u128 = 16;
 /// Give up (report nothing) when a subtraction fragments into more pieces than this.
 const MAX_PIECES: usize = 4096;
 
-/// Earlier boxes of one (chain, family), indexed by the service dimension so that a
-/// large generated policy does not cost n² box tests.
-#[derive(Default)]
+fn dst_shift(f: Family) -> u32 {
+    match f {
+        Family::Ipv4 => 8,
+        Family::Ipv6 => 64,
+    }
+}
+
+/// Earlier boxes of one (chain, family), indexed so that a large generated policy does
+/// not cost n² box tests: a rule is only tested against the boxes sharing a grid cell
+/// with it, plus the wide ones.
 struct Index {
+    shift: u32,
     boxes: Vec<(usize, Box5)>,
     wide: Vec<usize>,
-    buckets: BTreeMap<u128, Vec<usize>>,
+    cells: std::collections::HashMap<(u128, u128), Vec<usize>>,
 }
 
 impl Index {
+    fn new(f: Family) -> Index {
+        Index {
+            shift: dst_shift(f),
+            boxes: Vec::new(),
+            wide: Vec::new(),
+            cells: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The grid cells of a box, or `None` when it is wide.
+    fn span(&self, b: &Box5) -> Option<((u128, u128), (u128, u128))> {
+        let (slo, shi) = b[4].hull();
+        let (dlo, dhi) = b[3].hull();
+        let s = (slo >> SVC_SHIFT, shi >> SVC_SHIFT);
+        let d = (dlo >> self.shift, dhi >> self.shift);
+        (s.1 - s.0 < WIDE_CELLS && d.1 - d.0 < WIDE_CELLS).then_some((s, d))
+    }
+
     fn candidates(&self, b: &Box5) -> Vec<usize> {
-        let (lo, hi) = b[4].hull();
-        let (blo, bhi) = (lo >> BUCKET_SHIFT, hi >> BUCKET_SHIFT);
+        let Some((s, d)) = self.span(b) else {
+            return (0..self.boxes.len()).collect();
+        };
         let mut c: Vec<usize> = self.wide.clone();
-        for (_, v) in self.buckets.range(blo..=bhi) {
-            c.extend_from_slice(v);
+        for i in s.0..=s.1 {
+            for j in d.0..=d.1 {
+                if let Some(v) = self.cells.get(&(i, j)) {
+                    c.extend_from_slice(v);
+                }
+            }
         }
         c.sort_unstable();
         c.dedup();
@@ -420,14 +453,15 @@ impl Index {
     }
 
     fn insert(&mut self, rule: usize, b: Box5) {
-        let (lo, hi) = b[4].hull();
-        let (blo, bhi) = (lo >> BUCKET_SHIFT, hi >> BUCKET_SHIFT);
         let slot = self.boxes.len();
-        if bhi - blo >= WIDE_BUCKETS {
-            self.wide.push(slot);
-        } else {
-            for k in blo..=bhi {
-                self.buckets.entry(k).or_default().push(slot);
+        match self.span(&b) {
+            None => self.wide.push(slot),
+            Some((s, d)) => {
+                for i in s.0..=s.1 {
+                    for j in d.0..=d.1 {
+                        self.cells.entry((i, j)).or_default().push(slot);
+                    }
+                }
             }
         }
         self.boxes.push((rule, b));
@@ -504,7 +538,9 @@ fn shadowing(view: &NodeView, out: &mut Vec<Lint>) {
         }
         if r.rate_limit.is_none() {
             for (f, b) in boxes {
-                idx.entry((chain, f)).or_default().insert(i, b);
+                idx.entry((chain, f))
+                    .or_insert_with(|| Index::new(f))
+                    .insert(i, b);
             }
         }
     }

@@ -73,3 +73,25 @@ fn reapplying_replaces_the_table_and_bootstrap_applies() {
     nft.apply(&script.text).unwrap();
     assert!(nft.list_ruleset().unwrap().contains("table ip other"));
 }
+
+#[test]
+fn bare_nft_f_is_atomic_too() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("bare").unwrap();
+    let nft = Nft::in_netns(ns.name());
+    let good = compile(&fixtures::seed_pair("lj-fw-1"), &Options::default()).unwrap();
+    nft.apply_unchecked(&good.text).unwrap();
+    let before = nft.list_ruleset().unwrap();
+    // Without the check pass, the kernel sees the delete, the new table and then a
+    // semantic error at the very end: the whole transaction is rolled back.
+    let other = compile(&fixtures::dual_stack("fw-a"), &Options::default()).unwrap();
+    let broken = format!(
+        "{}\nadd element inet twinwall lan_v4 {{ 10.0.0.0/8 }}\nadd element inet twinwall lan_v4 {{ 10.1.0.0/16 }}\n",
+        other.text
+    );
+    let err = nft.apply_unchecked(&broken).unwrap_err();
+    assert!(matches!(err, ApplyError::Apply { .. }), "{err}");
+    assert_eq!(nft.list_ruleset().unwrap(), before);
+}

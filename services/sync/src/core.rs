@@ -51,7 +51,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Tuning {
         Tuning {
-            window: 4096,
+            window: 512,
             rto_us: 100_000,
             hello_us: 250_000,
             peer_dead_us: 1_500_000,
@@ -245,12 +245,15 @@ pub struct Core {
     dump_due: bool,
     last_expiry_us: u64,
     last_rate: (u64, u64),
+    rto_us: u64,
     status: Status,
 }
 
 /// Bytes of a Data datagram besides its updates: magic, epoch, counter, stream, seq,
 /// length prefix (all varints at their largest) and the MAC.
 const OVERHEAD: usize = 80;
+/// Pending changes that surely fill a datagram (IPv4 TCP entries are ~50 bytes).
+const FULL_DATAGRAM: usize = 30;
 
 impl Core {
     /// A core in `role` that ignores what `filter` rejects.
@@ -284,6 +287,7 @@ impl Core {
             dump_due: false,
             last_expiry_us: 0,
             last_rate: (0, 0),
+            rto_us: tuning.rto_us,
             status: Status::default(),
         };
         if role == Role::Master {
@@ -347,6 +351,9 @@ impl Core {
     /// Advances the core by one input.
     pub fn step(&mut self, now_us: u64, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
+        // Kernel events only fill datagrams; partly filled ones wait for the next tick
+        // (a few ms), so that a burst travels in full datagrams.
+        let partial = !matches!(input, Input::Kernel(_));
         match input {
             Input::Tick => self.tick(now_us, &mut out),
             Input::Kernel(events) => {
@@ -378,7 +385,7 @@ impl Core {
                 self.send_hello(now_us, &mut out);
             }
         }
-        self.flush(now_us, &mut out);
+        self.flush(now_us, partial, &mut out);
         out
     }
 
@@ -531,6 +538,7 @@ impl Core {
     fn start_resync(&mut self) {
         self.tx_stream = self.tx_stream.wrapping_add(1);
         self.tx_next = 1;
+        self.rto_us = self.tuning.rto_us;
         self.unacked.clear();
         self.pending.clear();
         self.pending_keys.clear();
@@ -619,25 +627,29 @@ impl Core {
         }
     }
 
+    /// Retransmission on timeout covers tail loss and lost NACKs only (gaps are NACKed):
+    /// when the oldest unacked datagram is older than the RTO, the oldest few are resent
+    /// and the RTO backs off (doubling, up to 2 s) until an ack advances, so a slow or
+    /// silent peer is probed, not flooded.
     fn retransmit(&mut self, now_us: u64, out: &mut Vec<Output>) {
-        let peer_up = self.peer_up(now_us);
-        // A silent peer gets one probe per RTO, not the whole window.
-        let limit = if peer_up { 512 } else { 1 };
-        let mut n = 0;
-        for s in self.unacked.iter_mut() {
-            if n >= limit {
-                break;
-            }
-            if now_us.saturating_sub(s.sent_us) >= self.tuning.rto_us {
-                s.sent_us = now_us;
-                n += 1;
-                out.push(Output::Send(Body::Data {
-                    stream: self.tx_stream,
-                    seq: s.seq,
-                    updates: s.updates.clone(),
-                }));
-            }
+        let Some(oldest) = self.unacked.front() else {
+            return;
+        };
+        if now_us.saturating_sub(oldest.sent_us) < self.rto_us {
+            return;
         }
+        let limit = if self.peer_up(now_us) { 16 } else { 1 };
+        let mut n = 0;
+        for s in self.unacked.iter_mut().take(limit) {
+            s.sent_us = now_us;
+            n += 1;
+            out.push(Output::Send(Body::Data {
+                stream: self.tx_stream,
+                seq: s.seq,
+                updates: s.updates.clone(),
+            }));
+        }
+        self.rto_us = (self.rto_us * 2).min(2_000_000);
         self.status.retransmits += n as u64;
     }
 
@@ -824,6 +836,7 @@ impl Core {
         if stream != self.tx_stream {
             return;
         }
+        let before = self.unacked.len();
         while let Some(s) = self.unacked.front() {
             if s.seq > upto {
                 break;
@@ -836,6 +849,12 @@ impl Core {
                 self.status.lag_max_us = self.status.lag_max_us.max(lag);
             }
             self.unacked.pop_front();
+        }
+        // Progress: back to the base RTO. (No RTT estimate: a cumulative ack of a datagram
+        // that waited behind a gap says nothing about the link, and the sync link is one
+        // hop.)
+        if self.unacked.len() < before {
+            self.rto_us = self.tuning.rto_us;
         }
     }
 
@@ -893,13 +912,14 @@ impl Core {
 
     /// Packs pending changes into datagrams of at most `max_datagram` bytes while the
     /// window allows.
-    fn flush(&mut self, now_us: u64, out: &mut Vec<Output>) {
+    fn flush(&mut self, now_us: u64, partial: bool, out: &mut Vec<Output>) {
         if self.role != Role::Master {
             return;
         }
         let mut carry: Option<(Update, u64, usize)> = None;
         while self.unacked.len() < self.tuning.window
             && (carry.is_some() || !self.pending.is_empty())
+            && (partial || self.pending.len() >= FULL_DATAGRAM)
         {
             let mut updates = Vec::new();
             let mut size = OVERHEAD;

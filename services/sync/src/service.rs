@@ -352,7 +352,11 @@ impl Service {
                 Vec::new()
             }
             Msg::Status(reply) => {
-                let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
+                let v = serde_json::to_value(self.status()).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "status does not serialise");
+                    json!({"error": e.to_string()})
+                });
+                let _ = reply.send(v);
                 Vec::new()
             }
             Msg::Resync => self.core.step(now, Input::RequestResync),

@@ -7,14 +7,20 @@
 //! * [`plan`]: turns a [`twinwall_config::NodeView`] into groups and routers.
 //! * [`net`], [`netlink`]: the IO shell's sockets (raw VRRP, ARP, NA) and rtnetlink.
 //! * [`service`]: the tokio loop that drives the cores, and [`status`] what it reports.
+//!
+//! Without the default `io` feature only the pure parts build (the fuzz target uses that).
 
 pub mod fsm;
 pub mod group;
+#[cfg(feature = "io")]
 pub mod net;
+#[cfg(feature = "io")]
 pub mod netlink;
 pub mod packet;
 pub mod plan;
+#[cfg(feature = "io")]
 pub mod service;
 pub mod status;
 
+#[cfg(feature = "io")]
 pub use service::{Options, ServiceError, run};

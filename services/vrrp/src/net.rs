@@ -2,12 +2,13 @@
 //! family), AF_PACKET for gratuitous ARP and raw ICMPv6 for unsolicited neighbour
 //! advertisements. All bound to their device; all non-blocking under tokio.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrIn6, recv, recvmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn6, recv, recvmsg, sendmsg, setsockopt,
+    sockopt,
 };
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 use tokio::io::Interest;
@@ -83,8 +84,26 @@ impl VrrpSocket {
             }
             (_, src) => {
                 let msg = advert.encode(src, GROUP_V6.into());
-                let to = SockAddr::from(SocketAddrV6::new(GROUP_V6, 0, 0, self.ifindex));
-                self.fd.get_ref().send_to(&msg, &to)?;
+                // Pin the source to the address the checksum was computed with (the
+                // kernel would otherwise choose, e.g. a global address).
+                let src6 = match src {
+                    IpAddr::V6(a) => a,
+                    IpAddr::V4(a) => a.to_ipv6_mapped(),
+                };
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: src6.octets(),
+                    },
+                    ipi6_ifindex: self.ifindex,
+                };
+                let to = SockaddrIn6::from(SocketAddrV6::new(GROUP_V6, 0, 0, self.ifindex));
+                sendmsg(
+                    self.fd.get_ref().as_raw_fd(),
+                    &[IoSlice::new(&msg)],
+                    &[ControlMessage::Ipv6PacketInfo(&info)],
+                    MsgFlags::empty(),
+                    Some(&to),
+                )?;
             }
         }
         Ok(())

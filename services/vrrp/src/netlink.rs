@@ -9,7 +9,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use futures::stream::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -148,16 +150,24 @@ impl Netlink {
             .collect())
     }
 
-    /// The device's IPv6 link-local address, if it has one.
+    /// The device's usable IPv6 link-local address, if it has one. A tentative address
+    /// (duplicate address detection still running) does not count: the kernel refuses to
+    /// send from it.
     pub async fn link_local(&self, index: u32) -> Result<Option<Ipv6Addr>, NetlinkError> {
-        Ok(self
-            .addresses(index)
-            .await?
-            .into_iter()
-            .find_map(|(n, _)| match n.addr() {
-                IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
+        Ok(self.addresses(index).await?.into_iter().find_map(|(n, m)| {
+            let bad = AddressFlags::Tentative | AddressFlags::Dadfailed;
+            let tentative = m
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Flags(f) if f.intersects(bad)))
+                || m.header
+                    .flags
+                    .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed);
+            match n.addr() {
+                IpAddr::V6(a) if a.is_unicast_link_local() && !tentative => Some(a),
                 _ => None,
-            }))
+            }
+        }))
     }
 
     /// Adds a VIP (IPv6 without duplicate address detection: the VIP moves between nodes

@@ -442,7 +442,8 @@ fn handle(
 ) -> Response {
     match req.cmd.as_str() {
         "status" => {
-            let s = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            s.commit_participants = participants.load(Ordering::SeqCst);
             match serde_json::to_value(s) {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(e.to_string()),
@@ -653,7 +654,9 @@ impl Shell {
                 };
                 match self.sockets[rio.socket].send(&adv) {
                     Ok(()) => self.status.groups[gi].routers[ri].adverts_out += 1,
-                    Err(e) => tracing::debug!(device = %rio.device, error = %e, "advert not sent"),
+                    Err(e) => {
+                        tracing::debug!(device = %rio.device, src = %self.sockets[rio.socket].src, error = %e, "advert not sent")
+                    }
                 }
             }
             Action::AddVips => {
@@ -694,11 +697,16 @@ impl Shell {
                 let count = self.plan.garp_count.max(1);
                 let interval = self.plan.garp_interval;
                 let device = rio.device.clone();
+                // The first announcement goes out now, not when the loop next yields: it is
+                // what moves the neighbours' traffic to us.
+                for v in &vips {
+                    if let Err(e) = ann.announce(*v) {
+                        tracing::debug!(%device, vip = %v, error = %e, "GARP/NA not sent");
+                    }
+                }
                 tokio::spawn(async move {
-                    for k in 0..count {
-                        if k > 0 {
-                            tokio::time::sleep(interval).await;
-                        }
+                    for _ in 1..count {
+                        tokio::time::sleep(interval).await;
                         for v in &vips {
                             if let Err(e) = ann.announce(*v) {
                                 tracing::debug!(%device, vip = %v, error = %e, "GARP/NA not sent");

@@ -157,3 +157,27 @@ fn decoder_never_panics_on_any_short_input() {
         }
     }
 }
+
+/// An advert captured from Debian's keepalived 2.2.7 (`vrrp_version 3`, VRID 51, priority
+/// 100, `advert_int 0.1`, VIP 203.0.113.1/24) on 203.0.113.3, IPv4 header included, by
+/// `tests/netns_vrrp_keepalived.rs`.
+const KEEPALIVED_V4: &str = "45c0002000010000ff709e96cb007103e0000012 31336401000a122ccb007101";
+
+#[test]
+fn a_real_keepalived_advert_decodes_exactly_and_reencodes_bit_for_bit() {
+    let pkt = hex(KEEPALIVED_V4);
+    let rcv = decode_ipv4(&pkt).unwrap();
+    assert_eq!(
+        (rcv.src, rcv.dst, rcv.ttl),
+        (ip("203.0.113.3"), ip("224.0.0.18"), 255)
+    );
+    let want = Advert {
+        vrid: 51,
+        priority: 100,
+        max_advert_int_cs: 10,
+        addresses: vec![ip("203.0.113.1")],
+    };
+    assert_eq!(rcv.advert, want);
+    // Our encoder computes keepalived's checksum (pseudo-header included).
+    assert_eq!(want.encode(rcv.src, rcv.dst), pkt[20..]);
+}

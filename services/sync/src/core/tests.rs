@@ -182,7 +182,7 @@ fn losing_a_third_of_the_datagrams_still_converges() {
     let mut p = Pair::new();
     p.drop = Box::new(|n| n % 3 == 0);
     p.kernel_new(0, flows(1000..6000));
-    p.run(100);
+    p.run(500);
     assert!(p.converged(0));
     let m = p.nodes[0].core.status(p.now);
     assert!(m.retransmits > 0);

@@ -1,0 +1,447 @@
+//! `make bench` part for conntrack sync (run by scripts/bench-sync.sh, root, release build):
+//! twinwall sync and Debian's conntrackd (FTFW over UDP) side by side on the same netns
+//! topology: N entries injected on the master until the peer holds them, commit of the
+//! peer's cache on takeover, RSS at N entries, bytes on the wire per entry; then a failover
+//! of long-lived echo flows through each, with the longest and median echo gap per flow.
+//!
+//! Usage: bench_sync TWINWALL_BINARY [ENTRIES] [FLOWS]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use twinwall_sync::core::Role;
+use twinwall_sync::entry::{Entry, L4, Tuple};
+use twinwall_sync::kernel::{Conntrack, wait_until};
+use twinwall_sync::lab::pair::{Pair, SYNC, SYNC_PORT};
+use twinwall_sync::lab::traffic::{Flows, Survival, echo_server, survival};
+
+fn entries(n: usize) -> Vec<Entry> {
+    (0..n)
+        .map(|i| {
+            let c = format!("192.0.2.{}", 10 + i / 60000);
+            let port = 1024 + (i % 60000) as u16;
+            Entry {
+                orig: Tuple {
+                    src: c.parse().unwrap(),
+                    dst: "198.51.100.10".parse().unwrap(),
+                    l4: L4::Udp {
+                        sport: port,
+                        dport: 53,
+                    },
+                },
+                reply: Tuple {
+                    src: "198.51.100.10".parse().unwrap(),
+                    dst: c.parse().unwrap(),
+                    l4: L4::Udp {
+                        sport: 53,
+                        dport: port,
+                    },
+                },
+                status: 0,
+                timeout: 3600,
+                mark: 0,
+                zone: 0,
+                tcp: None,
+            }
+        })
+        .collect()
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn kernel_count(pair: &Pair, i: usize) -> usize {
+    pair.kernel_entries(i)
+}
+
+#[derive(Debug, Default)]
+struct Result {
+    sync_s: f64,
+    inject_s: f64,
+    commit_s: f64,
+    rss_backup_mb: f64,
+    rss_master_mb: f64,
+    wire_bytes_per_entry: f64,
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn view_json(i: usize) -> String {
+    serde_json::json!({
+        "cluster": "bench", "version": 1, "node": format!("fw{}", i + 1), "priority": 100,
+        "interfaces": {},
+        "peer": {"node": format!("fw{}", 2 - i), "priority": 100, "interfaces": {}},
+        "vrrp": {"advert_interval_ms": 100, "preempt": false, "preempt_delay_ms": 0,
+                 "accept_mode": false, "garp_count": 1, "garp_interval_ms": 0, "groups": []},
+        "sync": {"interface": "sync", "device": "sync", "local": SYNC[i],
+                 "peer": SYNC[1 - i], "port": SYNC_PORT},
+        "routes": [], "conntrack_ignore": Pair::own_addresses(),
+        "objects": {"networks": {}, "services": {}},
+        "policy": {"default": "drop", "log_default": false, "rules": []},
+        "nat": [],
+        "management": {"port": 8443, "interfaces": [], "allowed_from": []}
+    })
+    .to_string()
+}
+
+fn status(sock: &Path) -> serde_json::Value {
+    twinwall_control::request(
+        sock,
+        &twinwall_control::Request::new("status"),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_default()
+}
+
+fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
+    let pair = Pair::new("bt").unwrap();
+    std::fs::write(dir.join("sync.key"), "ab".repeat(32)).unwrap();
+    let mut procs = Vec::new();
+    let mut socks = Vec::new();
+    for i in 0..2 {
+        let view = dir.join(format!("view{i}.json"));
+        std::fs::write(&view, view_json(i)).unwrap();
+        let run = dir.join(format!("run{i}"));
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                pair.fw[i].name(),
+                bin,
+                "--log",
+                "warn",
+                "sync",
+            ])
+            .arg("--config")
+            .arg(&view)
+            .args(["--node", &format!("fw{}", i + 1)])
+            .arg("--run-dir")
+            .arg(&run)
+            .arg("--sync-key")
+            .arg(dir.join("sync.key"))
+            .args(["--role", if i == 0 { "master" } else { "backup" }])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("tw{i}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        procs.push(Proc(child));
+        socks.push(run.join("sync.sock"));
+    }
+    assert!(wait_until(Duration::from_secs(10), || socks
+        .iter()
+        .all(|s| s.exists())));
+    std::thread::sleep(Duration::from_millis(300));
+    let tx0 = status(&socks[0])["tx_bytes"].as_u64().unwrap_or(0);
+    let batch = entries(n);
+    let t0 = Instant::now();
+    let r = pair.fw[0]
+        .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
+        .unwrap();
+    let inject_s = t0.elapsed().as_secs_f64();
+    assert_eq!(r.failed, 0, "{r:?}");
+    let ok = wait_until(Duration::from_secs(120), || {
+        status(&socks[1])["external_entries"].as_u64().unwrap_or(0) >= n as u64
+    });
+    let sync_s = t0.elapsed().as_secs_f64();
+    assert!(ok, "backup never held {n} entries: {}", status(&socks[1]));
+    std::thread::sleep(Duration::from_millis(500));
+    let st = status(&socks[0]);
+    if st.is_null() {
+        for i in 0..2 {
+            let log = std::fs::read_to_string(dir.join(format!("tw{i}.log"))).unwrap_or_default();
+            eprintln!("fw{} log:\n{log}", i + 1);
+        }
+        let raw = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo '{{\"cmd\":\"status\"}}' | socat -t5 - UNIX-CONNECT:{}",
+                socks[0].display()
+            ))
+            .output()
+            .unwrap();
+        eprintln!("raw: {}", String::from_utf8_lossy(&raw.stdout));
+        panic!("master status unavailable");
+    }
+    let tx = st["tx_bytes"].as_u64().unwrap_or(0).saturating_sub(tx0);
+    let rss_backup_mb = rss_mb(procs[1].0.id());
+    let rss_master_mb = rss_mb(procs[0].0.id());
+    // takeover: the backup commits its external cache
+    let t1 = Instant::now();
+    let v = twinwall_control::request(
+        &socks[1],
+        &twinwall_control::Request::with_args("set-role", serde_json::json!({"role": "master"})),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let commit_wall = t1.elapsed().as_secs_f64();
+    let commit_s = v["commit"]["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
+    eprintln!("twinwall commit: {v} (request wall {commit_wall:.3} s)");
+    let in_kernel = kernel_count(&pair, 1);
+    assert!(
+        in_kernel >= n,
+        "only {in_kernel} entries in fw2's kernel after commit"
+    );
+    Result {
+        sync_s,
+        inject_s,
+        commit_s,
+        rss_backup_mb,
+        rss_master_mb,
+        wire_bytes_per_entry: tx as f64 / n as f64,
+    }
+}
+
+fn conntrackd_conf(dir: &Path, i: usize) -> PathBuf {
+    let ignore: String = Pair::own_addresses()
+        .iter()
+        .map(|a| format!("            IPv4_address {a}\n"))
+        .collect();
+    let conf = format!(
+        r#"Sync {{
+    Mode FTFW {{
+        DisableExternalCache off
+    }}
+    UDP {{
+        IPv4_address {local}
+        IPv4_Destination_Address {peer}
+        Port {port}
+        Interface sync
+        SndSocketBuffer 16777216
+        RcvSocketBuffer 16777216
+        Checksum on
+    }}
+}}
+General {{
+    HashSize 65536
+    HashLimit 1048576
+    LogFile {dir}/ctd{i}.log
+    Syslog off
+    LockFile {dir}/ctd{i}.lock
+    UNIX {{
+        Path {dir}/ctd{i}.sock
+    }}
+    NetlinkBufferSize 2097152
+    NetlinkBufferSizeMaxGrowth 67108864
+    NetlinkOverrunResync on
+    Filter From Userspace {{
+        Address Ignore {{
+{ignore}        }}
+    }}
+}}
+"#,
+        local = SYNC[i],
+        peer = SYNC[1 - i],
+        port = SYNC_PORT + 1,
+        dir = dir.display(),
+    );
+    let p = dir.join(format!("conntrackd{i}.conf"));
+    std::fs::write(&p, conf).unwrap();
+    p
+}
+
+fn ctd_external(pair: &Pair, conf: &Path) -> u64 {
+    let out = pair.fw[1]
+        .exec(&[
+            "conntrackd",
+            "-C",
+            &conf.display().to_string(),
+            "-s",
+            "cache",
+        ])
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    // "cache:external  active objects: N"
+    let mut external = false;
+    for l in out.lines() {
+        if l.contains("external") {
+            external = true;
+        }
+        if external && let Some(v) = l.split("active objects:").nth(1) {
+            return v
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    0
+}
+
+fn bench_conntrackd(n: usize, dir: &Path) -> Result {
+    let pair = Pair::new("bc").unwrap();
+    let confs = [conntrackd_conf(dir, 0), conntrackd_conf(dir, 1)];
+    let mut procs = Vec::new();
+    for (i, conf) in confs.iter().enumerate() {
+        let _ = std::fs::remove_file(dir.join(format!("ctd{i}.lock")));
+        let child = Command::new("ip")
+            .args(["netns", "exec", pair.fw[i].name(), "conntrackd", "-C"])
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push(Proc(child));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let batch = entries(n);
+    let t0 = Instant::now();
+    pair.fw[0]
+        .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
+        .unwrap();
+    let inject_s = t0.elapsed().as_secs_f64();
+    let ok = wait_until(Duration::from_secs(120), || {
+        ctd_external(&pair, &confs[1]) >= n as u64
+    });
+    let sync_s = t0.elapsed().as_secs_f64();
+    if !ok {
+        eprintln!(
+            "conntrackd backup holds only {} entries",
+            ctd_external(&pair, &confs[1])
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_backup_mb = rss_mb(procs[1].0.id());
+    let rss_master_mb = rss_mb(procs[0].0.id());
+    let t1 = Instant::now();
+    pair.fw[1]
+        .exec(&["conntrackd", "-C", &confs[1].display().to_string(), "-c"])
+        .unwrap();
+    let commit_s = t1.elapsed().as_secs_f64();
+    let in_kernel = kernel_count(&pair, 1);
+    eprintln!("conntrackd commit: {in_kernel} entries in fw2's kernel");
+    Result {
+        sync_s,
+        inject_s,
+        commit_s,
+        rss_backup_mb,
+        rss_master_mb,
+        wire_bytes_per_entry: f64::NAN,
+    }
+}
+
+/// Long-lived flows through fw1, fail over to fw2 with the twinwall service in-process.
+fn flows_twinwall(flows: usize) -> Survival {
+    let mut pair = Pair::new("bf").unwrap();
+    let sync = [
+        pair.start_sync(0, pair.settings(0, Role::Master)).unwrap(),
+        pair.start_sync(1, pair.settings(1, Role::Backup)).unwrap(),
+    ];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    pair.server
+        .enter(move || echo_server(&[7000, 7001], &[7002, 7003], s2))
+        .unwrap()
+        .unwrap();
+    let targets = Pair::targets(flows, flows / 10);
+    let running = pair
+        .client
+        .enter(move || Flows::start(&targets, Duration::from_millis(100)))
+        .unwrap()
+        .unwrap();
+    let want = (flows + flows / 10) as u64;
+    wait_until(Duration::from_secs(30), || {
+        sync[1].status()["external_entries"].as_u64().unwrap_or(0) >= want
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    pair.cut(0).unwrap();
+    let t = Instant::now();
+    let change = sync[1].set_role(Role::Master).unwrap();
+    let commit = t.elapsed();
+    pair.vips_to(1).unwrap();
+    pair.master = 1;
+    eprintln!(
+        "flow failover: commit {:?} ({:?} in the kernel)",
+        commit, change.commit
+    );
+    let after = Instant::now() + Duration::from_millis(2000);
+    std::thread::sleep(Duration::from_secs(5));
+    let stats = running.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    survival(&stats, after)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bin = args
+        .get(1)
+        .expect("usage: bench_sync TWINWALL [ENTRIES] [FLOWS]")
+        .clone();
+    let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let flows: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let dir = std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tw = bench_twinwall(&bin, n, &dir);
+    let cd = bench_conntrackd(n, &dir);
+    println!("conntrack sync, {n} entries (netns, same run)");
+    println!(
+        "{:<44} {:>12} {:>12} {:>8}",
+        "", "twinwall", "conntrackd", "ratio"
+    );
+    let row = |name: &str, a: f64, b: f64| {
+        println!("{name:<44} {a:>12.3} {b:>12.3} {:>7.2}x", b / a);
+    };
+    println!(
+        "{:<44} {:>12.3} {:>12.3}",
+        "injection into the master kernel, s", tw.inject_s, cd.inject_s
+    );
+    row("injection start -> peer holds all, s", tw.sync_s, cd.sync_s);
+    println!(
+        "{:<44} {:>12.0} {:>12.0}",
+        "replication rate, entries/s",
+        n as f64 / tw.sync_s,
+        n as f64 / cd.sync_s
+    );
+    row(
+        "commit of the peer cache on takeover, s",
+        tw.commit_s,
+        cd.commit_s,
+    );
+    row(
+        "RSS backup at N entries, MB",
+        tw.rss_backup_mb,
+        cd.rss_backup_mb,
+    );
+    row(
+        "RSS master at N entries, MB",
+        tw.rss_master_mb,
+        cd.rss_master_mb,
+    );
+    println!(
+        "{:<44} {:>12.1}",
+        "bytes on the wire per entry (twinwall)", tw.wire_bytes_per_entry
+    );
+    if flows > 0 {
+        let s = flows_twinwall(flows);
+        println!(
+            "failover of {} flows ({} TCP, {} UDP), twinwall: {} survived; TCP {}/{}, UDP {}/{}; \
+             echo gap longest {:.0} ms, median {:.0} ms",
+            s.flows,
+            s.tcp.0,
+            s.udp.0,
+            s.survived,
+            s.tcp.1,
+            s.tcp.0,
+            s.udp.1,
+            s.udp.0,
+            s.longest_gap_ms,
+            s.median_gap_ms
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,301 @@
+//! Shared fixtures of the image acceptance tests: the static twinwall binary, one full
+//! image build per test process, a QEMU (TCG) runner that watches the serial console and
+//! is killed on drop, and loop devices detached on drop.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The host twinwall binary built by cargo for these tests.
+pub fn twinwall() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_twinwall"));
+    c.current_dir(repo()).env("TWINWALL_LOG", "warn");
+    c
+}
+
+/// The statically linked twinwall for the image, built the way `make image` builds it
+/// (a separate `--target` so the host build's artifacts stay valid).
+pub fn static_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("TWINWALL_STATIC_BIN") {
+            return PathBuf::from(p);
+        }
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("target"));
+        let st = Command::new(env!("CARGO"))
+            .current_dir(repo())
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--bin",
+                "twinwall",
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .status()
+            .expect("cargo runs");
+        assert!(st.success(), "static twinwall build failed");
+        target_dir.join("x86_64-unknown-linux-gnu/release/twinwall")
+    })
+    .clone()
+}
+
+/// One full `twinwall image build` per test process; returns the output directory.
+pub fn built_image() -> PathBuf {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let base = repo().join("target/image-test");
+        let out = base.join("out");
+        let o = twinwall()
+            .args(["image", "build", "--out"])
+            .arg(&out)
+            .arg("--binary")
+            .arg(static_binary())
+            .arg("--work")
+            .arg(base.join("work"))
+            .output()
+            .expect("twinwall runs");
+        assert!(
+            o.status.success(),
+            "image build failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+    .clone()
+}
+
+/// A unique scratch path for this process and a counter.
+pub fn scratch(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = repo().join("target/image-test/scratch").join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Removes terminal escape sequences (GRUB's menu drawing) from console output.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                while let Some(&n) = it.peek() {
+                    it.next();
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// How the VM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS (QEMU's default).
+    Bios,
+    /// OVMF.
+    Uefi,
+}
+
+/// A QEMU VM under TCG whose serial console goes to a pipe; killed on drop.
+pub struct Vm {
+    child: Child,
+    console: std::sync::Arc<std::sync::Mutex<String>>,
+    pub log: PathBuf,
+}
+
+impl Vm {
+    /// Boots a disk image (`-drive`) or an ISO (`cdrom`).
+    pub fn boot(
+        fw: Firmware,
+        disk: Option<&Path>,
+        cdrom: Option<&Path>,
+        reboot: bool,
+        log: PathBuf,
+    ) -> Vm {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args([
+            "-accel",
+            "tcg",
+            "-m",
+            "768",
+            "-nographic",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-net",
+            "none",
+        ]);
+        if fw == Firmware::Uefi {
+            c.args(["-bios", "/usr/share/ovmf/OVMF.fd"]);
+        }
+        if let Some(d) = disk {
+            c.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", d.display()));
+        }
+        if let Some(iso) = cdrom {
+            c.arg("-cdrom").arg(iso);
+        }
+        if !reboot {
+            c.arg("-no-reboot");
+        }
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 runs (scripts/deps.sh image)");
+        let mut out = child.stdout.take().unwrap();
+        let console = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = console.clone();
+        let logf = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut raw = Vec::new();
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let _ = std::fs::write(&logf, &raw);
+                *sink.lock().unwrap() = strip_ansi(&String::from_utf8_lossy(&raw));
+            }
+        });
+        Vm {
+            child,
+            console,
+            log,
+        }
+    }
+
+    /// The console so far, escape sequences removed.
+    pub fn console(&self) -> String {
+        self.console.lock().unwrap().clone()
+    }
+
+    /// Waits until every marker appeared in order, or fails with the console tail.
+    pub fn expect_in_order(&mut self, markers: &[&str], timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let text = self.console();
+            let mut pos = 0;
+            let mut missing = None;
+            for m in markers {
+                match text[pos..].find(m) {
+                    Some(i) => pos += i + m.len(),
+                    None => {
+                        missing = Some(*m);
+                        break;
+                    }
+                }
+            }
+            let Some(m) = missing else { return };
+            let exited = self.child.try_wait().ok().flatten().is_some();
+            if exited || start.elapsed() > timeout {
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(3000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "console never showed {m:?} ({}; log {}):\n{tail}",
+                    if exited { "VM exited" } else { "timeout" },
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loop device over a file, detached on drop.
+pub struct Loop {
+    pub dev: PathBuf,
+}
+
+impl Loop {
+    /// Attaches `file`.
+    pub fn attach(file: &Path) -> Loop {
+        let o = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Loop {
+            dev: PathBuf::from(String::from_utf8(o.stdout).unwrap().trim()),
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A mount, unmounted on drop.
+pub struct Mounted {
+    pub dir: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `dev` on `dir`.
+    pub fn mount(dev: &Path, dir: &Path) -> Mounted {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount").arg(dev).arg(dir).status().unwrap();
+        assert!(st.success());
+        Mounted {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
