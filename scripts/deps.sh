@@ -8,7 +8,7 @@ want=(
   conntrackd keepalived socat python3 time bc              # peers, traffic and measurement
   qemu-system-x86 ovmf                                      # the lab and boot tests (TCG)
   grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools # boot loader, ISO, ESP
-  squashfs-tools kmod cpio gdisk dosfstools e2fsprogs       # slot images, modules, disks
+  squashfs-tools kmod cpio gdisk dosfstools e2fsprogs file  # slot images, modules, disks
 )
 missing=()
 for p in "${want[@]}"; do

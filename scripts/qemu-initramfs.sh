@@ -62,9 +62,12 @@ static_binary() {
   if ! file -L "$bin" | grep -Eq 'statically linked|static-pie linked'; then
     die "$bin is not statically linked: $(file -L "$bin")"
   fi
-  if ldd "$bin" >/dev/null 2>&1; then
-    die "$bin has dynamic dependencies: $(ldd "$bin")"
-  fi
+  local deps
+  deps=$(ldd "$bin" 2>&1 || true)
+  case "$deps" in
+    *"not a dynamic executable"*|*"statically linked"*) ;;
+    *) die "$bin has dynamic dependencies: $deps" ;;
+  esac
   echo "$bin"
 }
 
@@ -72,10 +75,11 @@ build() {
   command -v cpio >/dev/null || die "cpio is missing (scripts/deps.sh image)"
   command -v depmod >/dev/null || die "depmod is missing (package kmod)"
   local ktree bin stage modroot
-  ktree=$(kernel_tree)
-  bin=$(static_binary)
+  ktree=$(kernel_tree) || exit 1
+  bin=$(static_binary) || exit 1
   stage=$(mktemp -d "$out/stage.XXXXXX")
-  trap 'rm -rf "$stage"' RETURN
+  # (No RETURN trap: it would also fire when the helper functions below return.)
+  trap "rm -rf '$stage'" EXIT
   modroot="$ktree/lib/modules/$release"
   [ -f "$modroot/modules.dep" ] || depmod -b "$ktree" "$release"
   mkdir -p "$stage/lib/modules/$release" "$stage/dev" "$stage/proc" "$stage/sys" \
@@ -99,6 +103,7 @@ build() {
   log "modules: $(tr '\n' ' ' <"$list")"
   (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$out/initramfs.cpio.gz.tmp"
   mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+  rm -rf "$stage"
   cp "$ktree/boot/vmlinuz-$release" "$out/vmlinuz"
   log "built $out/initramfs.cpio.gz ($(du -k "$out/initramfs.cpio.gz" | cut -f1) KiB) and $out/vmlinuz"
 }

@@ -68,13 +68,13 @@ pub fn evaluate(p: &HealthPolicy, o: &Observed) -> Result<(), Vec<String>> {
     }
 }
 
-fn query(run_dir: &std::path::Path, service: &str) -> Option<Value> {
+fn query(run_dir: &std::path::Path, service: &str) -> Result<Value, String> {
     twinwall_control::request(
         &socket_path(run_dir, service),
         &Request::new("status"),
         Duration::from_millis(500),
     )
-    .ok()
+    .map_err(|e| e.to_string())
 }
 
 /// The VRRP state from its status: the top-level `state`, or the groups' common verdict
@@ -131,14 +131,17 @@ pub fn watch(
                         .services
                         .iter()
                         .any(|s| s.spec.name == "ruleset" && s.state == State::Done),
-                    vrrp_state: query(&run_dir, "vrrp")
-                        .and_then(|v| v.get("state").and_then(Value::as_str).map(str::to_string)),
-                    sync_connected: query(&run_dir, "sync")
-                        .and_then(|v| v.get("connected").and_then(Value::as_bool))
-                        .unwrap_or(false),
+                    vrrp_state: match query(&run_dir, "vrrp") {
+                        Ok(v) => vrrp_state(&v),
+                        Err(e) => Some(format!("unreachable: {e}")),
+                    },
+                    sync_connected: query(&run_dir, "sync").is_ok_and(|v| sync_connected(&v)),
                     since_up: since,
                 };
-                if evaluate(&policy, &observed).is_ok() {
+                let verdict = evaluate(&policy, &observed);
+                let pending = verdict.clone().err().unwrap_or_default();
+                shared.update(|s| s.health_pending = pending);
+                if verdict.is_ok() {
                     match control.mark_good(&slot) {
                         Ok(()) => {
                             tracing::info!(slot = %slot, "boot slot marked good");

@@ -53,6 +53,8 @@ pub struct Loaded {
     pub loaded: Vec<String>,
     /// Modules that were already loaded (or built in).
     pub already: Vec<String>,
+    /// Modules whose hardware or CPU feature is absent (ENODEV).
+    pub not_applicable: Vec<String>,
 }
 
 /// The paths named by a module list, resolved against `base`. Pure.
@@ -100,6 +102,12 @@ pub fn run(sys: &dyn Syscalls, list: &Path) -> Result<Loaded, ModuleError> {
                 done.loaded.push(module);
             }
             Err(Errno::EEXIST) => done.already.push(module),
+            // The module's hardware or CPU feature is absent (crc32c-intel without
+            // SSE4.2, a NIC driver for another board): not an error for a generic image.
+            Err(Errno::ENODEV) => {
+                tracing::info!(module = %module, "module not applicable here (ENODEV)");
+                done.not_applicable.push(module);
+            }
             Err(Errno::ENOENT) => {
                 return Err(ModuleError::Missing {
                     module,

@@ -116,9 +116,10 @@ pub fn boot(
     let (r, m) = phase::run(Phase::Modules, || {
         modules::run(sys, &list).map(|l| {
             let d = format!(
-                "{} loaded, {} already present",
+                "{} loaded, {} already present, {} not applicable",
                 l.loaded.len(),
-                l.already.len()
+                l.already.len(),
+                l.not_applicable.len()
             );
             ((), Outcome::Ok(d))
         })

@@ -60,6 +60,8 @@ pub struct Status {
     pub slot: Option<String>,
     /// Whether the slot has been marked good.
     pub slot_marked_good: bool,
+    /// What the health phase still waits for before marking the slot good.
+    pub health_pending: Vec<String>,
     /// Finished boot phases in order.
     pub phases: Vec<PhaseReport>,
     /// The trust decision (PID 1 only).
@@ -84,6 +86,7 @@ impl Status {
             node: None,
             slot: None,
             slot_marked_good: false,
+            health_pending: vec![],
             phases: vec![],
             trust: None,
             fail_closed: None,

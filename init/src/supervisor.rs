@@ -416,7 +416,9 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
             let _ = self.sys.kill(pid, Signal::SIGTERM);
             if !self.wait_gone(i, self.cfg.stop_timeout) {
                 tracing::warn!(service = %name, pid, "did not stop in time, killing");
-                let _ = self.sys.kill(pid, Signal::SIGKILL);
+                // The whole process group (each service has its own): helpers the
+                // service started must not outlive it.
+                let _ = self.sys.kill(-pid, Signal::SIGKILL);
                 self.wait_gone(i, Duration::from_secs(5));
             }
         }

@@ -71,13 +71,9 @@ struct GrubenvSlots;
 
 impl SlotControl for GrubenvSlots {
     fn mark_good(&mut self, slot: &str) -> Result<(), String> {
-        use twinwall_image::SlotControl as _;
-        let slot: twinwall_image::Slot = slot.parse().map_err(|e| format!("{e}"))?;
-        let path = std::path::Path::new(twinwall_init::storage::ESP_MOUNT)
-            .join(twinwall_image::disk::ESP_GRUBENV.trim_start_matches('/'));
-        twinwall_image::GrubenvFile::new(&path)
-            .mark_good(slot)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        let esp = std::path::Path::new(twinwall_init::storage::ESP_MOUNT);
+        twinwall_image::slot::mark_good_on_esp(esp, slot)
+            .map_err(|e| format!("{}: {e}", esp.display()))
     }
 }
 
