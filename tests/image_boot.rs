@@ -238,3 +238,27 @@ fn flashed_image_verifies_its_config_bundle_at_boot() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A second full build from the same inputs, in another work directory and at another
+/// time, gives the same slot squashfs (the artifact that goes into slots and bundles).
+#[test]
+fn full_slot_image_is_reproducible() {
+    let first = built_image();
+    let dir = scratch("rebuild");
+    let o = twinwall()
+        .args(["image", "build", "--no-iso", "--out"])
+        .arg(dir.join("out"))
+        .arg("--binary")
+        .arg(static_binary())
+        .arg("--work")
+        .arg(dir.join("work"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sha = twinwall_image::rootfs::sha256_file;
+    assert_eq!(
+        sha(&first.join("twinwall-slot.squashfs")).unwrap(),
+        sha(&dir.join("out/twinwall-slot.squashfs")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
