@@ -34,9 +34,10 @@ kernel_tree() {
     local deb="$cache/${package}_${version}_amd64.deb"
     if [ ! -f "$deb" ]; then
       log "fetching $package=$version"
-      (cd "$cache" && apt-get download "$package=$version" 2>/dev/null) || {
-        apt-get update -qq
-        (cd "$cache" && apt-get download "$package=$version")
+      # stdout of this function is the kernel tree's path: apt's chatter goes to stderr.
+      (cd "$cache" && apt-get download "$package=$version" >&2 2>/dev/null) || {
+        apt-get update -qq >&2
+        (cd "$cache" && apt-get download "$package=$version" >&2)
       }
     fi
     echo "$sha256  $deb" | sha256sum -c --quiet - || die "$deb does not match the sha256 in init/qemu/kernel.lock"
