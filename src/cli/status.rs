@@ -23,9 +23,6 @@ pub struct StatusArgs {
     /// Include each service's captured output (from init's ring buffers).
     #[arg(long)]
     logs: bool,
-    /// A remote node's management API (HOST[:PORT]).
-    #[arg(long, value_name = "HOST[:PORT]")]
-    to: Option<String>,
 }
 
 const SERVICES: [&str; 4] = ["init", "ruleset", "vrrp", "sync"];
@@ -41,11 +38,6 @@ fn ask(args: &StatusArgs, service: &str, cmd: &str) -> Result<Value, String> {
 
 /// Runs `twinwall status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    if let Some(to) = &args.to {
-        anyhow::bail!(
-            "status --to {to}: remote status needs the management API, which this build does not have yet"
-        );
-    }
     let mut all = Map::new();
     let mut errors = Map::new();
     for s in SERVICES {
