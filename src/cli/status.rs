@@ -161,10 +161,14 @@ fn render(all: &Map<String, Value>, errors: &Map<String, Value>) -> String {
             );
         }
     }
-    for name in ["ruleset", "vrrp", "sync"] {
-        if let Some(v) = all.get(name) {
-            let _ = writeln!(o, "{name:<9} {}", compact(v));
-        }
+    if let Some(v) = all.get("ruleset") {
+        let _ = writeln!(o, "ruleset   {}", compact(v));
+    }
+    if let Some(v) = all.get("vrrp") {
+        render_vrrp(&mut o, v);
+    }
+    if let Some(v) = all.get("sync") {
+        let _ = writeln!(o, "sync      {}", compact(v));
     }
     for (name, e) in errors {
         let _ = writeln!(o, "{name:<9} unreachable: {}", str_of(e));
@@ -181,6 +185,86 @@ fn render(all: &Map<String, Value>, errors: &Map<String, Value>) -> String {
     o
 }
 
+/// Each VRRP group and virtual router: state, master, adverts, the last transition, and
+/// dropped packets by reason.
+fn render_vrrp(o: &mut String, v: &Value) {
+    let _ = writeln!(
+        o,
+        "vrrp      priority {}  commit participants {}",
+        str_of(&v["priority"]),
+        str_of(&v["commit_participants"])
+    );
+    for g in v["groups"].as_array().into_iter().flatten() {
+        let down: Vec<String> = g["links_down"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(str_of)
+            .collect();
+        let down = if down.is_empty() {
+            String::new()
+        } else {
+            format!("  links down: {}", down.join(", "))
+        };
+        let _ = writeln!(
+            o,
+            "  group {} {}{down}",
+            str_of(&g["name"]),
+            str_of(&g["state"])
+        );
+        for r in g["routers"].as_array().into_iter().flatten() {
+            let vips: Vec<String> = r["vips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(str_of)
+                .collect();
+            let last = r["transitions"]
+                .as_array()
+                .and_then(|t| t.last())
+                .map(|t| {
+                    format!(
+                        "  last {}->{} at {} ms",
+                        str_of(&t["from"]),
+                        str_of(&t["to"]),
+                        str_of(&t["at_unix_ms"])
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "    vrid {:<3} {:<4} {:<8} {:<7} master {}  adverts in {} out {}  interval mismatch {}  vips {}{last}",
+                str_of(&r["vrid"]),
+                str_of(&r["family"]),
+                str_of(&r["device"]),
+                str_of(&r["state"]),
+                str_of(&r["master"]),
+                str_of(&r["adverts_in"]),
+                str_of(&r["adverts_out"]),
+                str_of(&r["interval_mismatch"]),
+                vips.join(" ")
+            );
+        }
+    }
+    for sock in v["sockets"].as_array().into_iter().flatten() {
+        if let Some(Value::Object(bad)) = sock.get("bad_packets")
+            && !bad.is_empty()
+        {
+            let reasons: Vec<String> = bad
+                .iter()
+                .map(|(k, n)| format!("{k}={}", str_of(n)))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  dropped on {} {}: {}",
+                str_of(&sock["device"]),
+                str_of(&sock["family"]),
+                reasons.join(" ")
+            );
+        }
+    }
+}
+
 fn compact(v: &Value) -> String {
     match v {
         Value::Object(m) => m
@@ -190,5 +274,33 @@ fn compact(v: &Value) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         other => json!(other).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vrrp_groups_routers_and_drops_are_rendered() {
+        let vrrp = json!({
+            "node": "lj-fw-1", "priority": 200, "commit_participants": 1,
+            "groups": [{"name": "edge", "state": "master", "links_down": [],
+                "routers": [{"vrid": 51, "family": "ipv4", "device": "eth0", "state": "master",
+                    "master": "203.0.113.2", "master_adver_interval_ms": 100,
+                    "adverts_in": 3, "adverts_out": 120, "interval_mismatch": 0,
+                    "vips": ["203.0.113.1/24"],
+                    "transitions": [{"at_unix_ms": 1000, "from": "backup", "to": "master"}]}]}],
+            "sockets": [{"device": "eth0", "family": "ipv4", "bad_packets": {"ttl": 2}}]
+        });
+        let mut all = Map::new();
+        all.insert("vrrp".into(), vrrp);
+        let text = render(&all, &Map::new());
+        assert!(text.contains("group edge master"), "{text}");
+        assert!(text.contains("vrid 51"), "{text}");
+        assert!(text.contains("master 203.0.113.2"), "{text}");
+        assert!(text.contains("adverts in 3 out 120"), "{text}");
+        assert!(text.contains("last backup->master at 1000 ms"), "{text}");
+        assert!(text.contains("dropped on eth0 ipv4: ttl=2"), "{text}");
     }
 }
