@@ -26,6 +26,7 @@ bench: deps
 
 fuzz:
 	scripts/fuzz.sh
+	scripts/fuzz-vrrp.sh
 
 clean:
 	$(CARGO) clean
