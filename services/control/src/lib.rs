@@ -227,9 +227,13 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so that it sees the stop flag.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
+        // Wake the accept loop so that it sees the stop flag. If the socket file is gone
+        // (its run dir was removed first) nothing can wake it: leave the thread detached
+        // rather than block the caller forever; it dies with the process.
+        let woke = UnixStream::connect(&self.path).is_ok();
+        if let Some(t) = self.thread.take()
+            && woke
+        {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.path);
@@ -502,6 +506,22 @@ mod tests {
         assert!(!path.exists());
         let err = request(&path, &Request::new("status"), Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, ControlError::Connect { .. }));
+    }
+
+    #[test]
+    fn drop_does_not_hang_when_the_socket_file_was_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = echo_server(dir.path());
+        std::fs::remove_file(server.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(server);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "Server::drop hung"
+        );
     }
 
     #[test]
