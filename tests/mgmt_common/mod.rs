@@ -323,3 +323,149 @@ pub fn http(
     .map(|a| (a.status, String::from_utf8_lossy(&a.body).into_owned()))
     .unwrap_or((0, String::new()))
 }
+
+/// A signed os-update bundle carrying `image` as `slot.squashfs`.
+pub fn os_bundle(m: &Material, name: &str, version: u64, image: &Path, key: &str) -> PathBuf {
+    let key = twinwall_bundle::keys::read_signing_key(&m.path(&format!("{key}.key"))).unwrap();
+    let out = m.path(&format!("{name}.bundle"));
+    twinwall_bundle::create_file(
+        twinwall_bundle::Kind::OsUpdate,
+        &twinwall_bundle::BundleMeta {
+            version,
+            cluster: "twinwall-os".into(),
+            compatible: twinwall_bundle::DEFAULT_COMPATIBLE.into(),
+            created: std::time::SystemTime::UNIX_EPOCH,
+            rollback: false,
+        },
+        &[twinwall_bundle::Payload::file("slot.squashfs", image)],
+        &key,
+        &out,
+    )
+    .unwrap();
+    out
+}
+
+/// `len` bytes of deterministic pseudo-random data (a stand-in slot image).
+pub fn image_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64: incompressible enough, no dependency
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// One node with A/B slots as files, an ESP directory with a grubenv and mgmt on
+/// 127.0.0.1:9780 inside its own namespace (running slot A).
+pub struct SlotNode {
+    pub fw: Fw,
+    pub m: Material,
+    pub esp: PathBuf,
+    pub slot_a: PathBuf,
+    pub slot_b: PathBuf,
+}
+
+impl SlotNode {
+    pub fn new(slot_size: u64) -> SlotNode {
+        let m = Material::new();
+        let v1 = m.bundle("v1", &config(1, false), "op");
+        let ns = Netns::new("mgup").unwrap();
+        let run = m.path("run-fw1");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("cluster.toml"), config(1, false)).unwrap();
+        let cfg = m.config_dir("fw1", &v1);
+        let esp = m.path("esp");
+        std::fs::create_dir_all(esp.join("grub")).unwrap();
+        twinwall_image::slot::GrubenvFile::create(
+            esp.join("grub/grubenv"),
+            &twinwall_image::slot::BootState::fresh(),
+        )
+        .unwrap();
+        let slot_a = m.path("slot-a.img");
+        let slot_b = m.path("slot-b.img");
+        for s in [&slot_a, &slot_b] {
+            std::fs::File::create(s)
+                .unwrap()
+                .set_len(slot_size)
+                .unwrap();
+        }
+        let log = m.path("mgmt-fw1.log");
+        let fw = Fw {
+            name: "fw1",
+            ns,
+            cfg,
+            run,
+            mgmt: None,
+            log,
+        };
+        let mut n = SlotNode {
+            fw,
+            m,
+            esp,
+            slot_a,
+            slot_b,
+        };
+        n.start();
+        n
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(&self.fw.log).unwrap();
+        let args: Vec<String> = vec![
+            "mgmt".into(),
+            "--config".into(),
+            self.fw.run.join("cluster.toml").display().to_string(),
+            "--node".into(),
+            "fw1".into(),
+            "--run-dir".into(),
+            self.fw.run.display().to_string(),
+            "--config-dir".into(),
+            self.fw.cfg.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:9780".into(),
+            "--esp".into(),
+            self.esp.display().to_string(),
+            "--slot".into(),
+            "a".into(),
+            "--slot-a".into(),
+            self.slot_a.display().to_string(),
+            "--slot-b".into(),
+            self.slot_b.display().to_string(),
+        ];
+        let mut c = self.fw.ns.command(bin(), &args);
+        c.stdout(Stdio::null()).stderr(log);
+        self.fw.mgmt = Some(self.fw.ns.spawn_command(c).unwrap());
+        let sock = self.fw.run.join("mgmt.sock");
+        let up = wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
+            twinwall_control::request(
+                &sock,
+                &twinwall_control::Request::new("status"),
+                Duration::from_secs(1),
+            )
+            .is_ok()
+        });
+        assert!(up, "mgmt did not come up:\n{}", self.fw.logs());
+    }
+
+    /// `twinwall update BUNDLE --to 127.0.0.1:9780` inside the namespace.
+    pub fn update(&self, bundle: &Path) -> Output {
+        self.fw
+            .ns
+            .exec(
+                bin(),
+                ["update", bundle.to_str().unwrap(), "--to", "127.0.0.1:9780"],
+            )
+            .unwrap()
+    }
+
+    pub fn boot(&self) -> twinwall_image::slot::BootState {
+        use twinwall_image::slot::SlotControl;
+        twinwall_image::slot::GrubenvFile::new(self.esp.join("grub/grubenv"))
+            .state()
+            .unwrap()
+    }
+}

@@ -91,6 +91,21 @@ pub fn peer_address(view: &twinwall_config::NodeView) -> Option<SocketAddr> {
         .map(|s| SocketAddr::new(s.peer, view.management.port))
 }
 
+/// A listening socket; IPv6 ones are IPv6-only so that `[::]` and `0.0.0.0` can both be
+/// bound (fail-closed mode listens on both).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
 /// Runs the service until `shutdown` resolves: loads the config in force, serves
 /// `RUN_DIR/mgmt.sock` and the API on every listen address, reverts expired windows and
 /// keeps the peer in step.
@@ -112,12 +127,10 @@ pub async fn run(
     }
     let mut listeners = Vec::new();
     for addr in &node.settings.listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: *addr,
-                source,
-            })?;
+        let l = bind(*addr).map_err(|source| ServeError::Bind {
+            addr: *addr,
+            source,
+        })?;
         listeners.push(l);
     }
     let ctl = {

@@ -592,7 +592,19 @@ impl Node {
                     allow_rollback: false,
                 };
                 n.update_written.store(0, Ordering::Relaxed);
-                let r = update::install(body, &policy, slots, &n.store, n.update_written.clone());
+                let mut body = body;
+                let r = update::install(
+                    &mut body,
+                    &policy,
+                    slots,
+                    &n.store,
+                    n.update_written.clone(),
+                );
+                if r.is_err() {
+                    // Read the rest of the upload (bounded by the body limit) so that the
+                    // client gets the answer instead of a reset connection.
+                    let _ = std::io::copy(&mut body, &mut std::io::sink());
+                }
                 if let Err(update::UpdateError::Rejected(e)) = &r {
                     *n.lock().rejected.entry(e.code().to_string()).or_default() += 1;
                 }

@@ -242,6 +242,11 @@ pub fn install<R: Read>(
             source,
         }
     };
+    // Refuse a bundle of the wrong kind or an old version before the slot is touched.
+    // This early look at the (not yet verified) manifest can only reject; acceptance is
+    // decided by `verify_stream` below, which reads the same bytes again.
+    let (prefix, body) = early_check(body, policy)?;
+    let body = io::Cursor::new(prefix).chain(body);
     let mut boot = GrubenvFile::new(&slots.grubenv);
     // A torn slot must never be booted: it is bad from the first byte written until the
     // read-back matched.
@@ -279,6 +284,42 @@ pub fn install<R: Read>(
         sha256: entry.sha256,
         next_boot,
     })
+}
+
+/// Reads the header and manifest from `body`; rejects a readable manifest of another
+/// kind or of a version the policy refuses. Returns the bytes read, to be replayed.
+fn early_check<R: Read>(mut body: R, policy: &Policy) -> Result<(Vec<u8>, R), UpdateError> {
+    let mut prefix = Vec::new();
+    (&mut body)
+        .take(16)
+        .read_to_end(&mut prefix)
+        .map_err(|source| UpdateError::Rejected(VerifyError::Read { offset: 0, source }))?;
+    if prefix.len() < 16 || &prefix[..8] != b"TWBUNDLE" {
+        return Ok((prefix, body));
+    }
+    let len = u32::from_be_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]) as u64;
+    if len == 0 || len > (1 << 20) {
+        return Ok((prefix, body));
+    }
+    (&mut body)
+        .take(len)
+        .read_to_end(&mut prefix)
+        .map_err(|source| UpdateError::Rejected(VerifyError::Read { offset: 16, source }))?;
+    if let Ok(m) = twinwall_bundle::Manifest::parse(&prefix[16..]) {
+        if let Some(expected) = policy.kind
+            && m.kind != expected
+        {
+            return Err(VerifyError::WrongKind {
+                expected,
+                found: m.kind,
+            }
+            .into());
+        }
+        if let Some(installed) = policy.installed_version {
+            twinwall_bundle::verify::check_version(&m, installed, policy.allow_rollback)?;
+        }
+    }
+    Ok((prefix, body))
 }
 
 /// Goes back to the other slot: it is set to be tried once (OS rollback by the operator).
