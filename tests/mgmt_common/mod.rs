@@ -29,8 +29,9 @@ pub const INSIDE: [&str; 2] = ["198.51.100.2", "198.51.100.3"];
 pub const SYNC: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
 pub const ADMIN: &str = "198.51.100.20";
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_twinwall")
+/// The binary under test (`TWINWALL_BIN` overrides, e.g. a release build for benches).
+pub fn bin() -> String {
+    std::env::var("TWINWALL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_twinwall").to_string())
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
@@ -128,7 +129,7 @@ impl Fw {
     pub fn start_mgmt(&mut self) {
         let log = std::fs::File::create(&self.log).unwrap();
         let mut c = self.ns.command(
-            bin(),
+            &bin(),
             [
                 "mgmt",
                 "--config",
@@ -253,7 +254,7 @@ impl Pair {
                 .add_addr("eth2", format!("{}/30", SYNC[i]).parse().unwrap())
                 .unwrap();
             run_ok(&mut fw.ns.command(
-                bin(),
+                &bin(),
                 [
                     "ruleset",
                     "apply",
@@ -272,7 +273,7 @@ impl Pair {
 
     /// Runs `twinwall ARGS` on the admin host.
     pub fn admin(&self, args: &[&str]) -> Output {
-        self.lan.exec(bin(), args).unwrap()
+        self.lan.exec(&bin(), args).unwrap()
     }
 
     /// Whether the admin host gets through to tcp/8080 on node `i`.
@@ -436,7 +437,7 @@ impl SlotNode {
             "--slot-b".into(),
             self.slot_b.display().to_string(),
         ];
-        let mut c = self.fw.ns.command(bin(), &args);
+        let mut c = self.fw.ns.command(&bin(), &args);
         c.stdout(Stdio::null()).stderr(log);
         self.fw.mgmt = Some(self.fw.ns.spawn_command(c).unwrap());
         let sock = self.fw.run.join("mgmt.sock");
@@ -456,7 +457,7 @@ impl SlotNode {
         self.fw
             .ns
             .exec(
-                bin(),
+                &bin(),
                 ["update", bundle.to_str().unwrap(), "--to", "127.0.0.1:9780"],
             )
             .unwrap()
