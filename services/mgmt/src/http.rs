@@ -279,3 +279,21 @@ async fn update(
     }
     Ok(axum::Json(v))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let b = Bucket::new(10, 5);
+        let t0 = Instant::now();
+        assert_eq!((0..8).filter(|_| b.take(t0)).count(), 5, "burst of 5");
+        assert!(!b.take(t0));
+        // 10 per second: 100 ms buys one more token, never more than the burst
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..8).filter(|_| b.take(later)).count(), 5);
+    }
+}
