@@ -618,6 +618,14 @@ impl<'a> Emitter<'a> {
             )
         };
         self.line(&line);
+        if !incoming {
+            // mgmt forwards pushes to the peer's management API over the sync link (the
+            // incoming side is the "cluster:management" rule).
+            self.line(&format!(
+                "oifname \"{}\" {fam} saddr {} {fam} daddr {} tcp dport {} counter accept comment \"cluster:management-peer\"",
+                s.device, s.local, s.peer, self.view.management.port
+            ));
+        }
     }
 
     /// The management API (TCP), on its zones (the sync link always), from the allowed
