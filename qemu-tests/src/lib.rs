@@ -1,1 +1,9 @@
-//! placeholder
+//! The QEMU lab: a virtual switch with fault injection that owns every frame between the
+//! VMs, a VM launcher with QMP control, the traffic agent lab hosts run, the lab topology
+//! (data shared with the netns tests), the lab daemon behind `twinwall lab ...`, and the
+//! failover scenarios.
+
+pub mod agent;
+pub mod qmp;
+pub mod switch;
+pub mod vm;
