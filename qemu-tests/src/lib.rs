@@ -6,4 +6,5 @@
 pub mod agent;
 pub mod qmp;
 pub mod switch;
+pub mod topology;
 pub mod vm;

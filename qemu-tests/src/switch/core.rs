@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::observe::{self, Seen};
+
 /// Index of a port in the switch (the order of [`Switch::new`]'s list).
 pub type PortId = usize;
 
@@ -125,6 +127,56 @@ struct Port {
     counters: PortCounters,
 }
 
+/// The last VRRP advertisement seen from one port for one virtual router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertSeen {
+    /// Switch time of the last one (ms).
+    pub last_ms: u64,
+    /// Its priority.
+    pub priority: u8,
+    /// How many were seen.
+    pub count: u64,
+}
+
+/// Something the observer noticed, with the switch time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Switch time (ms).
+    pub ms: u64,
+    /// The port concerned (`NODE:SEGMENT`).
+    pub port: String,
+    /// What happened.
+    pub what: ObservedKind,
+}
+
+/// Kinds of [`Observed`] events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ObservedKind {
+    /// The first advert from this port for this router (after silence).
+    AdvertStart {
+        /// Virtual router id.
+        vrid: u8,
+        /// Priority.
+        priority: u8,
+    },
+    /// A priority-0 advert (the master resigns).
+    AdvertResign {
+        /// Virtual router id.
+        vrid: u8,
+    },
+    /// An address is now claimed (ARP) from a different port than before.
+    Claim {
+        /// The address.
+        address: std::net::Ipv4Addr,
+    },
+}
+
+/// Adverts from a port after this much silence count as a new start.
+const ADVERT_SILENCE_MS: u64 = 1_000;
+/// Observer events kept (the oldest are dropped).
+const MAX_OBSERVED: usize = 4096;
+
 /// How long a learned MAC stays valid without traffic (a moved VIP's MAC is relearned on
 /// its first frame anyway; aging covers a port that goes silent).
 pub const DEFAULT_AGING_MS: u64 = 300_000;
@@ -139,6 +191,9 @@ pub struct Switch {
     blocked: BTreeSet<(usize, usize)>,
     rng: fastrand::Rng,
     aging_ms: u64,
+    adverts: HashMap<(PortId, u8), AdvertSeen>,
+    claims: HashMap<std::net::Ipv4Addr, (PortId, u64)>,
+    observed: std::collections::VecDeque<Observed>,
 }
 
 fn is_multicast(mac: &[u8]) -> bool {
@@ -179,7 +234,90 @@ impl Switch {
             blocked: BTreeSet::new(),
             rng: fastrand::Rng::with_seed(seed),
             aging_ms: DEFAULT_AGING_MS,
+            adverts: HashMap::new(),
+            claims: HashMap::new(),
+            observed: std::collections::VecDeque::new(),
         }
+    }
+
+    fn note(&mut self, ms: u64, port: PortId, what: ObservedKind) {
+        if self.observed.len() >= MAX_OBSERVED {
+            self.observed.pop_front();
+        }
+        self.observed.push_back(Observed {
+            ms,
+            port: self.ports[port].spec.name(),
+            what,
+        });
+    }
+
+    fn observe(&mut self, port: PortId, frame: &[u8], now_ms: u64) {
+        match observe::classify(frame) {
+            Some(Seen::Advert { vrid, priority, .. }) => {
+                let e = self.adverts.entry((port, vrid)).or_insert(AdvertSeen {
+                    last_ms: 0,
+                    priority,
+                    count: 0,
+                });
+                let fresh = e.count == 0 || now_ms.saturating_sub(e.last_ms) > ADVERT_SILENCE_MS;
+                let was_resign = e.priority == 0;
+                *e = AdvertSeen {
+                    last_ms: now_ms,
+                    priority,
+                    count: e.count + 1,
+                };
+                if priority == 0 {
+                    self.note(now_ms, port, ObservedKind::AdvertResign { vrid });
+                } else if fresh || was_resign {
+                    self.note(now_ms, port, ObservedKind::AdvertStart { vrid, priority });
+                }
+            }
+            Some(Seen::Arp { sender, .. }) if !sender.is_unspecified() => {
+                let prev = self.claims.insert(sender, (port, now_ms));
+                if prev.is_none_or(|(p, _)| p != port) {
+                    self.note(now_ms, port, ObservedKind::Claim { address: sender });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The ports that sent a VRRP advert with a non-zero priority within `within_ms`
+    /// before `now_ms`: (segment, vrid, port name, priority). Two on one segment and
+    /// router are two masters.
+    pub fn masters(&self, now_ms: u64, within_ms: u64) -> Vec<(String, u8, String, u8)> {
+        let mut v: Vec<_> = self
+            .adverts
+            .iter()
+            .filter(|(_, a)| a.priority > 0 && now_ms.saturating_sub(a.last_ms) <= within_ms)
+            .map(|((port, vrid), a)| {
+                let p = &self.ports[*port];
+                (p.spec.segment.clone(), *vrid, p.spec.name(), a.priority)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Who claimed an address last (ARP), and when.
+    pub fn claim(&self, address: std::net::Ipv4Addr) -> Option<(String, u64)> {
+        self.claims
+            .get(&address)
+            .map(|(p, ms)| (self.ports[*p].spec.name(), *ms))
+    }
+
+    /// The observer's events at or after `since_ms`.
+    pub fn observed_since(&self, since_ms: u64) -> Vec<Observed> {
+        self.observed
+            .iter()
+            .filter(|o| o.ms >= since_ms)
+            .cloned()
+            .collect()
+    }
+
+    /// The name of a port.
+    pub fn port_name(&self, port: PortId) -> String {
+        self.ports[port].spec.name()
     }
 
     /// Sets the MAC aging time.
@@ -318,6 +456,7 @@ impl Switch {
             return;
         }
         let (seg, node, rx_delay) = (p.segment, p.node, p.rx.delay_ms);
+        self.observe(ingress, frame, now_ms);
         let dst: Mac = frame[0..6].try_into().unwrap_or_default();
         let src: Mac = frame[6..12].try_into().unwrap_or_default();
         if !is_multicast(&src) {
@@ -516,6 +655,54 @@ mod tests {
             (2700..3300).contains(&dropped),
             "{dropped} of 10000 dropped"
         );
+    }
+
+    #[test]
+    fn adverts_tell_the_masters_and_arp_tells_who_claims_a_vip() {
+        let mut s = sw();
+        let mut out = Vec::new();
+        let advert = |src: Mac, prio: u8| {
+            let mut f = eth([0x01, 0, 0x5e, 0, 0, 0x12], src);
+            f.truncate(12);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.extend_from_slice(&[
+                0x45, 0, 0, 32, 0, 0, 0, 0, 255, 112, 0, 0, 198, 51, 100, 2, 224, 0, 0, 18,
+            ]);
+            f.extend_from_slice(&[0x31, 52, prio, 1, 0, 10, 0, 0, 198, 51, 100, 1]);
+            f
+        };
+        let garp = |src: Mac| {
+            let mut f = eth(BCAST, src);
+            f.truncate(12);
+            f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+            f.extend_from_slice(&src);
+            f.extend_from_slice(&[198, 51, 100, 1, 0, 0, 0, 0, 0, 0, 198, 51, 100, 1]);
+            f
+        };
+        s.frame(1, &advert(B, 200), 100, &mut out);
+        s.frame(1, &garp(B), 101, &mut out);
+        assert_eq!(
+            s.masters(150, 300),
+            [("inside".to_string(), 52, "fw1:inside".to_string(), 200)]
+        );
+        // Split brain: fw2 advertises too.
+        s.frame(2, &advert(A, 100), 200, &mut out);
+        assert_eq!(s.masters(250, 300).len(), 2);
+        // fw1 falls silent; fw2 takes the VIP.
+        s.frame(2, &garp(A), 600, &mut out);
+        s.frame(2, &advert(A, 100), 650, &mut out);
+        assert_eq!(
+            s.masters(700, 300),
+            [("inside".to_string(), 52, "fw2:inside".to_string(), 100)]
+        );
+        assert_eq!(
+            s.claim("198.51.100.1".parse().unwrap()),
+            Some(("fw2:inside".into(), 600))
+        );
+        let ev = s.observed_since(150);
+        assert_eq!(ev.len(), 2, "{ev:?}"); // fw2's advert start at 200, its claim at 600
+        assert_eq!(ev[1].port, "fw2:inside");
+        assert!(matches!(ev[1].what, ObservedKind::Claim { .. }));
     }
 
     #[test]

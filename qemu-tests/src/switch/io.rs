@@ -66,6 +66,7 @@ pub struct RunningSwitch {
     endpoints: Vec<Endpoint>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    epoch: Instant,
 }
 
 /// A free UDP port on 127.0.0.1 for a VM's side of a link: bound, read, released. QEMU
@@ -134,7 +135,18 @@ impl RunningSwitch {
             endpoints,
             stop,
             threads,
+            epoch,
         })
+    }
+
+    /// The switch clock (ms since start), the time base of the core's observations.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The switch time of an instant.
+    pub fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// The endpoints, in port order.
