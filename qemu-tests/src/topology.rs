@@ -233,7 +233,7 @@ impl LabPlan {
         for n in names {
             let mut mine: Vec<&(String, String, String)> =
                 ends.iter().filter(|(h, _, _)| h == n).collect();
-            mine.sort_by(|a, b| natural(&a.1).cmp(&natural(&b.1)));
+            mine.sort_by_key(|e| natural(&e.1));
             let mut nics = Vec::new();
             for (_, device, segment) in mine {
                 ports.push(PortSpec {
