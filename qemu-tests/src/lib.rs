@@ -4,6 +4,7 @@
 //! failover scenarios.
 
 pub mod agent;
+pub mod lab;
 pub mod qmp;
 pub mod switch;
 pub mod topology;
