@@ -48,6 +48,9 @@ enum Cmd {
     Image(cli::image::ImageCmd),
     /// Write twinwall.img and a node's config partition to a disk or file.
     Flash(cli::flash::FlashArgs),
+    /// The QEMU lab: a firewall pair with fault injection, scenarios, training.
+    #[command(subcommand)]
+    Lab(cli::lab::LabCmd),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Cmd::Vrrp(a) => cli::vrrp::run(a),
         Cmd::Image(c) => cli::image::run(c),
         Cmd::Flash(a) => cli::flash::run(a),
+        Cmd::Lab(c) => cli::lab::run(c),
     };
     cli::exit_code(result)
 }

@@ -93,7 +93,7 @@ pub struct LabOptions {
 }
 
 /// What a port looks like now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PortStatus {
     /// `NODE:SEGMENT`.
     pub name: String,
@@ -110,7 +110,7 @@ pub struct PortStatus {
 }
 
 /// A VIP and who holds it, as the switch saw it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VipStatus {
     /// Address.
     pub address: IpAddr,
@@ -127,7 +127,7 @@ pub struct VipStatus {
 }
 
 /// One VM.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VmStatus {
     /// Name.
     pub name: String,
@@ -140,7 +140,7 @@ pub struct VmStatus {
 }
 
 /// Everything `lab status` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LabStatus {
     /// Topology name.
     pub topology: String,

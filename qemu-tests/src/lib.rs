@@ -4,8 +4,10 @@
 //! failover scenarios.
 
 pub mod agent;
+pub mod daemon;
 pub mod lab;
 pub mod qmp;
+pub mod scenario;
 pub mod switch;
 pub mod topology;
 pub mod vm;

@@ -87,7 +87,7 @@ pub enum AgentKind {
 }
 
 /// What a VM is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "role", rename_all = "kebab-case")]
 pub enum VmRole {
     /// A firewall node, flashed with the cluster config for `node`.

@@ -7,6 +7,7 @@ pub mod flash;
 pub mod image;
 pub mod init;
 pub mod key;
+pub mod lab;
 pub mod ruleset;
 pub mod status;
 pub mod sync;
