@@ -9,6 +9,7 @@ pub mod init;
 pub mod key;
 pub mod mgmt;
 pub mod push;
+pub mod lab;
 pub mod ruleset;
 pub mod status;
 pub mod sync;
