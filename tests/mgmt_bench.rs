@@ -37,14 +37,17 @@ fn bench_push_to_enforced_on_both_nodes() {
     let _echo: Vec<PeerEcho> = p
         .fws
         .iter()
-        .map(|f| PeerEcho::tcp(&f.ns, format!("{}:8080", f.inside().ip()).parse().unwrap()).unwrap())
+        .map(|f| {
+            PeerEcho::tcp(&f.ns, format!("{}:8080", f.inside().ip()).parse().unwrap()).unwrap()
+        })
         .collect();
     let mut ours = Vec::new();
     let mut nft = Vec::new();
     for k in 0..runs() {
         let version = 2 + k as u64;
         let open = k % 2 == 0;
-        let b = p.m.bundle(&format!("v{version}"), &config(version, open), "op");
+        let b =
+            p.m.bundle(&format!("v{version}"), &config(version, open), "op");
         let t = Instant::now();
         let out = p.admin(&["push", b.to_str().unwrap(), "--to", INSIDE[0]]);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -69,7 +72,10 @@ fn bench_push_to_enforced_on_both_nodes() {
         for (i, s) in &scripts {
             let path = p.m.path(&format!("y{i}.nft"));
             std::fs::write(&path, s).unwrap();
-            let o = p.fws[*i].ns.exec("nft", ["-f", path.to_str().unwrap()]).unwrap();
+            let o = p.fws[*i]
+                .ns
+                .exec("nft", ["-f", path.to_str().unwrap()])
+                .unwrap();
             assert!(o.status.success());
         }
         nft.push(t.elapsed().as_secs_f64());
