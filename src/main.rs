@@ -54,6 +54,9 @@ enum Cmd {
     Push(cli::push::PushArgs),
     /// A/B OS update of a node (`--cluster`: the pair, rolling).
     Update(cli::update::UpdateArgs),
+    /// The QEMU lab: a firewall pair with fault injection, scenarios, training.
+    #[command(subcommand)]
+    Lab(cli::lab::LabCmd),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Cmd::Mgmt(a) => cli::mgmt::run(a),
         Cmd::Push(a) => cli::push::run(a),
         Cmd::Update(a) => cli::update::run(a),
+        Cmd::Lab(c) => cli::lab::run(c),
     };
     cli::exit_code(result)
 }

@@ -14,6 +14,7 @@ use twinwall_config::NodeView;
 use crate::cmdline::Cmdline;
 use crate::early::EarlyError;
 use crate::health::{self, HealthPolicy, SlotControl};
+use crate::labhost::{self, LabHost};
 use crate::modules::{self, ModuleError};
 use crate::network;
 use crate::phase::{self, Outcome, Phase};
@@ -108,7 +109,16 @@ pub fn boot(
     });
     record(r);
     let cmdline = cmdline?;
-    for u in &cmdline.unknown {
+    // The lab-host role (a plain host of the QEMU lab) owns its own kernel options.
+    let lab_host = match LabHost::from_options(&cmdline.unknown) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            console(&format!("lab host: {e}; booting as a firewall"));
+            None
+        }
+        None => None,
+    };
+    for u in cmdline.unknown.iter().filter(|u| !labhost::owns(u)) {
         tracing::warn!(option = %u, "unknown kernel command line option");
     }
 
@@ -172,6 +182,22 @@ pub fn boot(
         if !opts.network {
             return Ok::<_, network::NetworkError>(((), Outcome::Skipped("disabled".into())));
         }
+        if let Some(h) = &lab_host {
+            let errors = labhost::configure(h)?;
+            console(&format!(
+                "lab host: {} addresses, gateway {:?}, {} errors",
+                h.addresses.len(),
+                h.gateway,
+                errors.len()
+            ));
+            let o = if errors.is_empty() {
+                Outcome::Ok(format!("lab host, {} addresses", h.addresses.len()))
+            } else {
+                let e: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                Outcome::Degraded(e.join("; "))
+            };
+            return Ok(((), o));
+        }
         let mut errors = network::write_sysctls(sys, &network::ROUTER_SYSCTLS);
         let plan = network::plan(view.as_ref());
         errors.extend(network::apply(&plan, view.is_none())?);
@@ -214,6 +240,13 @@ pub fn boot(
         services::service_set(&ctx, cmdline.services.as_deref()).map_err(BootError::Services)?;
     if view.as_ref().is_some_and(|v| v.sync.is_none()) {
         specs.retain(|s| s.name != "sync");
+    }
+    if let Some(h) = &lab_host {
+        // A lab host runs no firewall service at all, only its traffic agent.
+        specs = h
+            .service(service_binary(mounted.switched_root), &opts.run_dir)
+            .into_iter()
+            .collect();
     }
     Ok(Booted {
         cmdline,

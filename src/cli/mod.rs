@@ -7,6 +7,7 @@ pub mod flash;
 pub mod image;
 pub mod init;
 pub mod key;
+pub mod lab;
 pub mod mgmt;
 pub mod push;
 pub mod ruleset;

@@ -203,7 +203,7 @@ impl LiveApplier {
         );
         if plan.ruleset {
             self.nft
-                .apply_unchecked(&new.script)
+                .apply(&new.script)
                 .map_err(|source| ApplyError::Nft {
                     node: new.view.node.clone(),
                     source,

@@ -441,38 +441,133 @@ fn flows_conntrackd(flows: usize, dir: &Path) -> Survival {
     survival(&stats, after)
 }
 
-/// The floor: committing N entries into an empty namespace with nobody listening, and with
-/// an event listener that does not read (what a daemon's own event socket costs).
-fn raw_commit(n: usize) -> (f64, f64, f64) {
+/// CPU time of this process so far: (user, system) seconds.
+fn cpu_times() -> (f64, f64) {
+    // SAFETY: getrusage only writes the struct we pass; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (t(ru.ru_utime), t(ru.ru_stime))
+}
+
+/// Wall, user CPU and system CPU seconds of `f` (the whole process: nothing else runs).
+fn timed(f: impl FnOnce()) -> (f64, f64, f64) {
+    let (u0, s0) = cpu_times();
+    let t = Instant::now();
+    f();
+    let wall = t.elapsed().as_secs_f64();
+    let (u1, s1) = cpu_times();
+    (wall, u1 - u0, s1 - s0)
+}
+
+/// The floor: committing N entries into an empty namespace, as the service does and as
+/// variants (nobody listening, a listener that does not read, the listener paused,
+/// pre-built batches so that only the kernel's part is timed, two sockets in parallel).
+/// Wall time moves with the machine's load; the CPU seconds are what the work costs.
+fn raw_commit(n: usize) {
     let ns = twinwall_sync::lab::Netns::new("rc").unwrap();
+    let flush = || {
+        ns.exec(&["conntrack", "-F"]).unwrap();
+    };
+    let mut rows = Vec::new();
     let batch = entries(n);
-    let b2 = batch.clone();
-    let quiet = ns
-        .enter(move || Conntrack::open().unwrap().commit(&b2).unwrap())
-        .unwrap();
-    ns.exec(&["conntrack", "-F"]).unwrap();
-    let b3 = batch.clone();
-    let listening = ns
-        .enter(move || {
-            let _ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
-            Conntrack::open().unwrap().commit(&b3).unwrap()
+    let b = batch.clone();
+    rows.push((
+        "service commit (pipelined), nobody listening",
+        ns.enter(move || {
+            timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            })
         })
-        .unwrap();
-    ns.exec(&["conntrack", "-F"]).unwrap();
-    let paused = ns
-        .enter(move || {
+        .unwrap(),
+    ));
+    flush();
+    let b = batch.clone();
+    rows.push((
+        "service commit, a listener that does not read",
+        ns.enter(move || {
+            let _ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            })
+        })
+        .unwrap(),
+    ));
+    flush();
+    let b = batch.clone();
+    rows.push((
+        "service commit, listener paused",
+        ns.enter(move || {
             let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
             ev.pauser().pause();
-            let r = Conntrack::open().unwrap().commit(&batch).unwrap();
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
             ev.pauser().resume().unwrap();
             r
         })
-        .unwrap();
-    (
-        quiet.duration_us as f64 / 1e6,
-        listening.duration_us as f64 / 1e6,
-        paused.duration_us as f64 / 1e6,
-    )
+        .unwrap(),
+    ));
+    flush();
+    let b = batch.clone();
+    rows.push((
+        "kernel only: pre-built batches of 256",
+        ns.enter(move || prebuilt_commit(&b, 256)).unwrap(),
+    ));
+    flush();
+    let b = batch.clone();
+    rows.push((
+        "kernel only: pre-built batches of 2048",
+        ns.enter(move || prebuilt_commit(&b, 2048)).unwrap(),
+    ));
+    flush();
+    // threads inherit the namespace of the thread that creates them
+    rows.push((
+        "two sockets in parallel",
+        ns.enter(move || {
+            timed(|| {
+                std::thread::scope(|sc| {
+                    for h in batch.chunks(n.div_ceil(2)) {
+                        sc.spawn(move || Conntrack::open().unwrap().commit(h).unwrap());
+                    }
+                })
+            })
+        })
+        .unwrap(),
+    ));
+    flush();
+    println!("commit of {n} entries into an empty namespace (the floor)");
+    println!("{:<48} {:>8} {:>8} {:>8}", "", "wall s", "user s", "sys s");
+    for (name, (w, u, s)) in rows {
+        println!("{name:<48} {w:>8.3} {u:>8.3} {s:>8.3}");
+    }
+}
+
+/// The kernel's own cost: every batch built before the clock starts, then only `send`.
+fn prebuilt_commit(batch: &[Entry], per: usize) -> (f64, f64, f64) {
+    use twinwall_sync::ctnetlink::{Builder, NETLINK_NETFILTER};
+    let mut s = netlink_sys::Socket::new(NETLINK_NETFILTER).unwrap();
+    s.bind_auto().unwrap();
+    s.connect(&netlink_sys::SocketAddr::new(0, 0)).unwrap();
+    s.set_rx_buf_sz(8 << 20).unwrap();
+    let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBufForce, &(8 << 20));
+    let bufs: Vec<Vec<u8>> = batch
+        .chunks(per)
+        .enumerate()
+        .map(|(i, c)| {
+            let mut b = Builder::new();
+            for (j, e) in c.iter().enumerate() {
+                b.create(e, (i * per + j) as u32, false);
+            }
+            b.bytes().to_vec()
+        })
+        .collect();
+    timed(|| {
+        for b in &bufs {
+            s.send(b, 0).unwrap();
+        }
+    })
 }
 
 fn main() {
@@ -488,11 +583,7 @@ fn main() {
     let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir).unwrap();
     if std::env::var("RAW_ONLY").is_ok() {
-        let (q, l, p) = raw_commit(n);
-        println!(
-            "raw commit of {n}: {q:.3} s quiet, {l:.3} s with an event listener, {p:.3} s with \
-             the listener paused"
-        );
+        raw_commit(n);
         return;
     }
     let tw = bench_twinwall(&bin, n, &dir);

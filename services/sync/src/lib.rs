@@ -9,4 +9,5 @@ pub mod entry;
 pub mod kernel;
 pub mod lab;
 pub mod service;
+pub mod table;
 pub mod wire;

@@ -350,8 +350,9 @@ impl Service {
                 None => Vec::new(),
             },
             Msg::Role(role, reply) => {
-                let report = self.set_role(role);
-                let _ = reply.send(report);
+                self.set_role(role, move |report| {
+                    let _ = reply.send(report);
+                });
                 Vec::new()
             }
             Msg::Status(reply) => {
@@ -432,9 +433,14 @@ impl Service {
         Ok(report)
     }
 
-    fn set_role(&mut self, role: Role) -> Option<CommitReport> {
+    /// Changes the role. `committed` is called as soon as the external cache is in the
+    /// kernel (or at once when there is nothing to commit): that is what the VRRP handshake
+    /// waits for, so the dump of the new master's table, which takes about as long as the
+    /// commit, happens after the VIPs may move.
+    fn set_role(&mut self, role: Role, committed: impl FnOnce(Option<CommitReport>)) {
         if role == self.core.role() {
-            return None;
+            committed(None);
+            return;
         }
         let mut report = None;
         if role == Role::Master {
@@ -442,14 +448,16 @@ impl Service {
                 Ok(r) => report = Some(r),
                 Err(e) => tracing::error!(error = %e, "commit of the external cache failed"),
             }
+            committed(report);
             self.dump();
+        } else {
+            committed(None);
         }
         let outs = self.core.step(self.now_us(), Input::Role(role));
         self.execute(outs);
         if let Some(c) = &self.control {
             c.publish(&json!({"event": "role", "role": role, "commit": report}));
         }
-        report
     }
 
     /// Dumps the kernel table into the core.
