@@ -66,9 +66,8 @@ pub struct MgmtArgs {
 fn slots(a: &MgmtArgs) -> anyhow::Result<Option<Slots>> {
     // On the appliance init mounts the ESP read-write at /run/twinwall/esp and boots with
     // twinwall.slot=: both are the defaults, so init needs to pass nothing.
-    let cmdline_slot = || {
-        Slot::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
-    };
+    let cmdline_slot =
+        || Slot::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let esp = match &a.esp {
         Some(e) => e.clone(),
         None => {
