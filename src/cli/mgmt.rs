@@ -27,7 +27,11 @@ pub struct MgmtArgs {
     #[arg(long, default_value = twinwall_control::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// The config partition (mounted read-only; remounted read-write for each change).
-    #[arg(long, default_value = "/run/twinwall/config")]
+    #[arg(
+        long,
+        default_value = "/run/twinwall/config",
+        env = "TWINWALL_CONFIG_DIR"
+    )]
     config_dir: PathBuf,
     /// The mounted EFI system partition (grubenv in `ESP/grub/grubenv`); enables OS
     /// updates. Default: init's mount `/run/twinwall/esp` when it holds a grubenv and the
