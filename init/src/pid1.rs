@@ -327,6 +327,12 @@ pub fn main(
     slot_control: Box<dyn SlotControl>,
 ) -> ! {
     let sys = RealSyscalls;
+    // One malloc arena: PID 1's few threads (health, status socket) need no per-thread
+    // arenas, and each would keep its own resident pages.
+    // SAFETY: mallopt only tunes glibc's allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     // The kernel starts init without PATH; the services run `nft` and friends by name.
     if std::env::var_os("PATH").is_none() {
         // SAFETY: PID 1 is still single-threaded here (no thread has been spawned yet),
