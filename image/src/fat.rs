@@ -78,22 +78,21 @@ impl Fat {
         .map(|_| ())
     }
 
-    /// Copies a host file to `dst` in the filesystem (overwriting), keeping its mtime.
+    /// Copies a host file to `dst` in the filesystem (overwriting). It keeps the host
+    /// file's mtime, except with [`Fat::with_epoch`]: then the entry gets the epoch (the
+    /// build's work files carry the wall clock's time).
     pub fn copy_in(&self, src: &Path, dst: &str) -> Result<(), ToolError> {
-        tool::run_env(
-            "mcopy",
-            [
-                "-o",
-                "-m",
-                "-i",
-                &self.spec,
-                &src.display().to_string(),
-                &format!("::{dst}"),
-            ],
-            None,
-            &self.env(),
-        )
-        .map(|_| ())
+        let mut args = vec!["-o".to_string()];
+        if self.epoch.is_none() {
+            args.push("-m".into());
+        }
+        args.extend([
+            "-i".into(),
+            self.spec.clone(),
+            src.display().to_string(),
+            format!("::{dst}"),
+        ]);
+        tool::run_env("mcopy", args, None, &self.env()).map(|_| ())
     }
 
     /// Reads a file of the filesystem.
