@@ -578,6 +578,10 @@ fn main() {
         Scratch(std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id())));
     let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir).unwrap();
+    if std::env::var("VRRP_ONLY").is_ok() {
+        vrrp_failovers(&bin, flows);
+        return;
+    }
     if std::env::var("RAW_ONLY").is_ok() {
         raw_commit(n);
         return;
@@ -630,6 +634,59 @@ fn main() {
         }
     }
     drop(scratch);
+}
+
+/// Failover with VRRP in the loop on the seed-pair lab: twinwall (ruleset, sync, vrrp)
+/// and keepalived + conntrackd (same ruleset), at 100 ms and 10 ms adverts, same run.
+fn vrrp_failovers(bin: &str, flows: usize) {
+    use twinwall_sync::lab::cluster::{Cluster, Options, Stack};
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed-pair.toml"),
+    )
+    .expect("seed-pair.toml");
+    println!(
+        "VRRP failover of {flows} TCP + {} UDP echo flows (SNATed to the outside VIP), fw1's \
+         links cut",
+        flows / 10
+    );
+    println!(
+        "{:<34} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "", "advert", "survived", "longest", "median", "cut->VIPs", "handshake"
+    );
+    for advert_ms in [100, 10] {
+        for (name, stack) in [
+            ("twinwall sync + vrrp", Stack::Twinwall),
+            ("keepalived + conntrackd", Stack::KeepalivedConntrackd),
+        ] {
+            let opts = Options {
+                stack,
+                advert_ms,
+                log: "warn".into(),
+                ..Options::default()
+            };
+            let r = Cluster::start(Path::new(bin), &config, &opts)
+                .and_then(|c| c.failover(&opts, flows, flows / 10));
+            match r {
+                Ok(f) => println!(
+                    "{name:<34} {:>5}ms {:>4}/{:<4} {:>7.0}ms {:>7.0}ms {:>7.0}ms {:>10}",
+                    advert_ms,
+                    f.survival.survived,
+                    f.survival.flows,
+                    f.survival.longest_gap_ms,
+                    f.survival.median_gap_ms,
+                    f.cut_to_vips.as_secs_f64() * 1e3,
+                    f.takeover
+                        .map(|t| format!(
+                            "{:.0}ms{}",
+                            t.handshake.as_secs_f64() * 1e3,
+                            if t.acked { "" } else { " (no ack)" }
+                        ))
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                Err(e) => println!("{name:<34} {advert_ms:>5}ms failed: {e}"),
+            }
+        }
+    }
 }
 
 fn print_survival(name: &str, s: &Survival) {
