@@ -528,7 +528,7 @@ impl<'a> Emitter<'a> {
         self.management();
         self.icmp_essential(true);
         self.note("policy: rules to the firewall itself");
-        self.policy_rules(true)?;
+        self.policy_rules(FilterChain::Input)?;
         self.default_rule();
         self.out.push_str("    }\n\n");
 
@@ -538,7 +538,7 @@ impl<'a> Emitter<'a> {
         self.note("port forwards: each dnat rule's matching accept (generated)");
         self.dnat_accepts()?;
         self.note("policy: rules through the firewall");
-        self.policy_rules(false)?;
+        self.policy_rules(FilterChain::Forward)?;
         self.default_rule();
         self.out.push_str("    }\n\n");
 
@@ -549,6 +549,8 @@ impl<'a> Emitter<'a> {
         self.vrrp("oifname", "daddr");
         self.sync_rule(false);
         self.icmp_essential(true);
+        self.note("policy: the firewall's own connections");
+        self.policy_rules(FilterChain::Output)?;
         self.default_rule();
         self.out.push_str("    }\n\n");
         Ok(())
@@ -778,11 +780,10 @@ impl<'a> Emitter<'a> {
         Ok(out)
     }
 
-    fn policy_rules(&mut self, input: bool) -> Result<(), CompileError> {
+    fn policy_rules(&mut self, chain: FilterChain) -> Result<(), CompileError> {
         let v = self.view;
         for (i, r) in v.policy.rules.iter().enumerate() {
-            let to_self = matches!(r.to, Endpoint::SelfNode);
-            if to_self != input {
+            if rule_chain(r) != chain {
                 continue;
             }
             let svcs = self.svc_matches(&r.name, r.service_name.as_deref(), &r.services)?;
@@ -1018,6 +1019,27 @@ impl<'a> Emitter<'a> {
         }
         self.out.push_str("    }\n");
         Ok(())
+    }
+}
+
+/// The filter chain a policy rule belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum FilterChain {
+    /// `to = "self"`: traffic to the firewall.
+    Input,
+    /// Traffic through the firewall.
+    Forward,
+    /// `from = "self"`: the firewall's own outgoing connections.
+    Output,
+}
+
+/// `to = "self"` goes to input, `from = "self"` to output (the config rejects both in
+/// one rule), everything else to forward.
+pub(crate) fn rule_chain(r: &Rule) -> FilterChain {
+    match (&r.from, &r.to) {
+        (_, Endpoint::SelfNode) => FilterChain::Input,
+        (Endpoint::SelfNode, _) => FilterChain::Output,
+        _ => FilterChain::Forward,
     }
 }
 
