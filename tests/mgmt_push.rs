@@ -303,3 +303,34 @@ fn a_peer_that_was_down_gets_the_bundle_when_it_returns() {
         }
     ));
 }
+
+#[test]
+fn an_unconfirmed_push_found_at_start_up_is_reverted() {
+    if !require_root() {
+        return;
+    }
+    let mut p = Pair::new();
+    let _echo = listeners(&p);
+    let v2 = p.m.bundle("v2", &config(2, true), "op");
+    let out = p.admin(&[
+        "push",
+        v2.to_str().unwrap(),
+        "--to",
+        INSIDE[0],
+        "--no-peer",
+        "--confirm-within",
+        "10m",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.probe_open(0));
+    // mgmt dies during the window (crash, restart by init): the marker survives it
+    p.fws[0].stop_mgmt();
+    assert!(p.fws[0].cfg.join("bundles/unconfirmed").exists());
+    p.fws[0].start_mgmt();
+    assert_eq!(p.fws[0].version(), Some(1), "{}", p.logs());
+    assert!(!p.probe_open(0), "v1's policy must be back");
+    assert_eq!(
+        p.fws[0].active_bundle(),
+        std::fs::read(p.m.path("v1.bundle")).unwrap()
+    );
+}

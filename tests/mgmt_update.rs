@@ -103,3 +103,32 @@ fn a_bad_update_never_marks_the_slot_to_be_tried() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(n.boot().grub_boot().1, Slot::B);
 }
+
+#[test]
+fn requests_beyond_the_rate_limit_get_429_and_the_api_stays_up() {
+    if !require_root() {
+        return;
+    }
+    let n = SlotNode::with_args(MIB as u64, &["--rate", "2"]);
+    let addr = "127.0.0.1:9780".parse().unwrap();
+    // burst 4, then 2 per second: 12 requests at once cannot all pass
+    let codes: Vec<u16> = (0..12)
+        .map(|_| http(&n.fw.ns, addr, "GET", "/status?local=1").0)
+        .collect();
+    assert!(codes.contains(&429), "{codes:?}");
+    assert!(
+        codes.iter().filter(|c| **c == 200).count() >= 4,
+        "{codes:?}"
+    );
+    assert!(codes.iter().all(|c| *c == 200 || *c == 429), "{codes:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(http(&n.fw.ns, addr, "GET", "/status?local=1").0, 200);
+    let (code, text) = http(&n.fw.ns, addr, "GET", "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let limited: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("twinwall_mgmt_rate_limited_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(limited >= 1, "{text}");
+}

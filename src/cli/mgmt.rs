@@ -27,10 +27,15 @@ pub struct MgmtArgs {
     #[arg(long, default_value = twinwall_control::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// The config partition (mounted read-only; remounted read-write for each change).
-    #[arg(long, default_value = "/run/twinwall/config")]
+    #[arg(
+        long,
+        default_value = "/run/twinwall/config",
+        env = "TWINWALL_CONFIG_DIR"
+    )]
     config_dir: PathBuf,
     /// The mounted EFI system partition (grubenv in `ESP/grub/grubenv`); enables OS
-    /// updates.
+    /// updates. Default: init's mount `/run/twinwall/esp` when it holds a grubenv and the
+    /// node booted from a slot.
     #[arg(long)]
     esp: Option<PathBuf>,
     /// The running slot (`a`/`b`); default: `twinwall.slot=` of /proc/cmdline.
@@ -63,17 +68,27 @@ pub struct MgmtArgs {
 }
 
 fn slots(a: &MgmtArgs) -> anyhow::Result<Option<Slots>> {
-    let Some(esp) = &a.esp else {
-        return Ok(None);
+    // On the appliance init mounts the ESP read-write at /run/twinwall/esp and boots with
+    // twinwall.slot=: both are the defaults, so init needs to pass nothing.
+    let cmdline_slot =
+        || Slot::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let esp = match &a.esp {
+        Some(e) => e.clone(),
+        None => {
+            let d = PathBuf::from(twinwall_init::storage::ESP_MOUNT);
+            let booted = a.slot.or_else(cmdline_slot).is_some();
+            if !(booted && twinwall_image::slot::esp_grubenv(&d).exists()) {
+                return Ok(None);
+            }
+            d
+        }
     };
+    let esp = &esp;
     let running = match a.slot {
         Some(s) => s,
-        None => {
-            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            Slot::from_cmdline(&cmdline).context(
-                "--esp given but the running slot is unknown (no twinwall.slot= on the kernel command line; pass --slot)",
-            )?
-        }
+        None => cmdline_slot().context(
+            "--esp given but the running slot is unknown (no twinwall.slot= on the kernel command line; pass --slot)",
+        )?,
     };
     let find = |given: &Option<PathBuf>, label: &str| -> anyhow::Result<PathBuf> {
         match given {

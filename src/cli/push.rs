@@ -92,6 +92,7 @@ pub fn run(a: PushArgs) -> anyhow::Result<()> {
         let pushed = ans.json();
         if a.confirm_within.is_some() {
             print(&a, &pushed, "applied")?;
+            peer_failed(&pushed)?;
             eprintln!(
                 "twinwall: confirm within {} s: twinwall push {} --to {} --confirm",
                 window.as_secs(),
@@ -109,7 +110,10 @@ pub fn run(a: PushArgs) -> anyhow::Result<()> {
         )
         .await;
         match c {
-            Ok(c) if c.ok() => print(&a, &pushed, "applied and confirmed"),
+            Ok(c) if c.ok() => {
+                print(&a, &pushed, "applied and confirmed")?;
+                peer_failed(&pushed)
+            }
             Ok(c) => bail!(
                 "{}; the node reverts by itself within {} s",
                 fail("confirm refused", &c),
@@ -121,6 +125,19 @@ pub fn run(a: PushArgs) -> anyhow::Result<()> {
             ),
         }
     })
+}
+
+/// A peer that refused phase 2 is a failure of the push (the pair now differs); a peer
+/// that was unreachable is not (it gets the bundle when it returns).
+fn peer_failed(v: &Value) -> anyhow::Result<()> {
+    if v["peer"]["state"] == "failed" {
+        bail!(
+            "the peer refused to apply the bundle ({}): {}; the pair now runs different versions",
+            v["peer"]["status"],
+            v["peer"]["error"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
 }
 
 fn print(a: &PushArgs, v: &Value, what: &str) -> anyhow::Result<()> {

@@ -29,7 +29,7 @@ pub struct StatusArgs {
     to: Option<String>,
 }
 
-const SERVICES: [&str; 4] = ["init", "ruleset", "vrrp", "sync"];
+const SERVICES: [&str; 5] = ["init", "ruleset", "vrrp", "sync", "mgmt"];
 
 fn ask(args: &StatusArgs, service: &str, cmd: &str) -> Result<Value, String> {
     twinwall_control::request(
@@ -127,11 +127,7 @@ fn remote(args: &StatusArgs, to: &str) -> anyhow::Result<()> {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
-    let mut o = render(&all, &errors);
-    if let Some(m) = all.get("mgmt") {
-        render_mgmt(&mut o, m);
-    }
-    print!("{o}");
+    print!("{}", render(&all, &errors));
     Ok(())
 }
 
@@ -262,6 +258,9 @@ fn render(all: &Map<String, Value>, errors: &Map<String, Value>) -> String {
     }
     if let Some(v) = all.get("sync") {
         let _ = writeln!(o, "sync      {}", compact(v));
+    }
+    if let Some(m) = all.get("mgmt") {
+        render_mgmt(&mut o, m);
     }
     for (name, e) in errors {
         let _ = writeln!(o, "{name:<9} unreachable: {}", str_of(e));

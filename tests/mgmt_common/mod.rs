@@ -368,10 +368,16 @@ pub struct SlotNode {
     pub esp: PathBuf,
     pub slot_a: PathBuf,
     pub slot_b: PathBuf,
+    pub extra: Vec<String>,
 }
 
 impl SlotNode {
     pub fn new(slot_size: u64) -> SlotNode {
+        SlotNode::with_args(slot_size, &[])
+    }
+
+    /// Like `new`, with extra `twinwall mgmt` arguments.
+    pub fn with_args(slot_size: u64, extra: &[&str]) -> SlotNode {
         let m = Material::new();
         let v1 = m.bundle("v1", &config(1, false), "op");
         let ns = Netns::new("mgup").unwrap();
@@ -409,6 +415,7 @@ impl SlotNode {
             esp,
             slot_a,
             slot_b,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         n.start();
         n
@@ -416,7 +423,7 @@ impl SlotNode {
 
     pub fn start(&mut self) {
         let log = std::fs::File::create(&self.fw.log).unwrap();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "mgmt".into(),
             "--config".into(),
             self.fw.run.join("cluster.toml").display().to_string(),
@@ -437,6 +444,7 @@ impl SlotNode {
             "--slot-b".into(),
             self.slot_b.display().to_string(),
         ];
+        args.extend(self.extra.iter().cloned());
         let mut c = self.fw.ns.command(&bin(), &args);
         c.stdout(Stdio::null()).stderr(log);
         self.fw.mgmt = Some(self.fw.ns.spawn_command(c).unwrap());

@@ -21,7 +21,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
@@ -119,18 +119,27 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
     resp
 }
 
-/// Reads a whole body up to `limit` bytes.
+/// Reads a whole body up to `limit` bytes. Past the limit the rest is read and dropped
+/// (up to four times the limit) so that the client receives the 413 instead of a reset
+/// connection; a client sending even more is cut off.
 async fn body_bytes(body: Body, limit: u64) -> Result<Bytes, MgmtError> {
-    match http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-    {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(MgmtError::TooLarge { limit }),
-        Err(e) => Err(MgmtError::BadRequest(format!(
-            "reading the request body: {e}"
-        ))),
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| MgmtError::BadRequest(format!("reading the request body: {e}")))?;
+        seen += chunk.len() as u64;
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit.saturating_mul(4) {
+            break;
+        }
     }
+    if seen > limit {
+        return Err(MgmtError::TooLarge { limit });
+    }
+    Ok(buf.freeze())
 }
 
 async fn status(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Answer {
@@ -278,4 +287,22 @@ async fn update(
         v["reboot"] = reboot_later(&app);
     }
     Ok(axum::Json(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let b = Bucket::new(10, 5);
+        let t0 = Instant::now();
+        assert_eq!((0..8).filter(|_| b.take(t0)).count(), 5, "burst of 5");
+        assert!(!b.take(t0));
+        // 10 per second: 100 ms buys one more token, never more than the burst
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..8).filter(|_| b.take(later)).count(), 5);
+    }
 }

@@ -163,17 +163,25 @@ pub async fn run(
                 .await;
         }));
     }
+    // Two loops, so that a slow peer (connect timeouts) never delays a revert.
     let ticker = {
         let n = node.clone();
         tokio::spawn(async move {
-            let mut last_poll = std::time::Instant::now() - n.settings.peer_poll;
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 n.tick().await;
-                if last_poll.elapsed() >= n.settings.peer_poll && !n.settings.fail_closed {
-                    last_poll = std::time::Instant::now();
-                    n.poll_peer().await;
-                }
+            }
+        })
+    };
+    let poller = {
+        let n = node.clone();
+        tokio::spawn(async move {
+            if n.settings.fail_closed {
+                return;
+            }
+            loop {
+                n.poll_peer().await;
+                tokio::time::sleep(n.settings.peer_poll).await;
             }
         })
     };
@@ -181,6 +189,7 @@ pub async fn run(
     tracing::info!("management API stopping");
     let _ = stop_tx.send(true);
     ticker.abort();
+    poller.abort();
     for s in servers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s).await;
     }
