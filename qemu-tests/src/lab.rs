@@ -316,7 +316,7 @@ pub fn prepare(opts: &LabOptions, plan: &LabPlan) -> Result<Prepared, LabError> 
                 &os("bundle"),
                 &os("create"),
                 &os("--config"),
-                plan.config.as_os_str(),
+                plan.config.as_deref().unwrap_or(Path::new("")).as_os_str(),
                 &os("--key"),
                 prefix.with_extension("key").as_os_str(),
                 &os("--out"),
@@ -349,10 +349,28 @@ pub fn prepare(opts: &LabOptions, plan: &LabPlan) -> Result<Prepared, LabError> 
             firewall_disks.insert(name.to_string(), disk);
         }
     }
+    // Lab hosts share one disk (each VM writes to its own overlay) whose config partition
+    // holds only a node name: init mounts it, finds no bundle and the role needs none.
+    let hosts = opts.run_dir.join("hosts");
+    std::fs::create_dir_all(&hosts).map_err(|e| LabError::Prepare {
+        step: "creating the lab-host directory".into(),
+        reason: e.to_string(),
+    })?;
+    let host_disk = hosts.join("disk.img");
+    let _ = std::fs::remove_file(&host_disk);
+    run(
+        "twinwall flash for the lab hosts",
+        Command::new(&opts.exe)
+            .env("TWINWALL_LOG", "warn")
+            .arg("flash")
+            .arg(&img)
+            .arg(&host_disk)
+            .args(["--node", "lab-host"]),
+    )?;
     Ok(Prepared {
         kernel: boot.join("boot/vmlinuz"),
         initrd: boot.join("boot/initrd.img"),
-        host_disk: img,
+        host_disk,
         firewall_disks,
     })
 }
@@ -417,7 +435,7 @@ impl Lab {
             VmRole::Firewall { node } => Some(node.clone()),
             VmRole::LabHost { .. } => None,
         }) {
-            Some(node) => cluster_vips(&plan.config, &node)?,
+            Some(node) => cluster_vips(plan.config.as_deref().unwrap_or(Path::new("")), &node)?,
             None => (Vec::new(), 1000),
         };
         let prepared = prepare(opts, &plan)?;
@@ -765,7 +783,7 @@ mod tests {
     fn the_seed_pair_vips_come_from_the_cluster_config() {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let plan = LabPlan::load(&repo.join("testkit/topologies/seed-pair"), &repo).unwrap();
-        let (vips, advert) = cluster_vips(&plan.config, "lj-fw-1").unwrap();
+        let (vips, advert) = cluster_vips(&plan.config.unwrap(), "lj-fw-1").unwrap();
         assert_eq!(advert, 100);
         let v: Vec<(u8, &str, String)> = vips
             .iter()

@@ -54,7 +54,8 @@ pub enum TopologyError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LabFile {
-    config: PathBuf,
+    #[serde(default)]
+    config: Option<PathBuf>,
     #[serde(default)]
     direct: BTreeMap<String, String>,
     vm: BTreeMap<String, VmEntry>,
@@ -137,8 +138,8 @@ pub struct VmPlan {
 pub struct LabPlan {
     /// Topology name (folder name).
     pub name: String,
-    /// The cluster config the firewalls are flashed with.
-    pub config: PathBuf,
+    /// The cluster config the firewalls are flashed with (required when there are).
+    pub config: Option<PathBuf>,
     /// Switch ports (index = [`PortId`]).
     pub ports: Vec<PortSpec>,
     /// VMs, firewalls first, then in name order.
@@ -191,6 +192,16 @@ impl LabPlan {
             if !topo.hosts.contains_key(v) {
                 return Err(invalid(format!("[vm.{v}] is not a host of topology.toml")));
             }
+        }
+        if file.config.is_none()
+            && file
+                .vm
+                .values()
+                .any(|v| matches!(v, VmEntry::Firewall { .. }))
+        {
+            return Err(invalid(
+                "firewall VMs need `config` (the cluster config)".into(),
+            ));
         }
         // (host, device, segment) per host-side link end.
         let mut ends: Vec<(String, String, String)> = Vec::new();
@@ -282,7 +293,7 @@ impl LabPlan {
         }
         Ok(LabPlan {
             name,
-            config: repo.join(&file.config),
+            config: file.config.as_ref().map(|c| repo.join(c)),
             ports,
             vms,
         })
@@ -365,7 +376,11 @@ mod tests {
         assert_eq!(p.port("fw1:inside"), Some(1));
         assert_eq!(p.port("fw2:eth2"), Some(5));
         assert_eq!(p.port("fw3:inside"), None);
-        assert!(p.config.ends_with("shared/examples/seed-pair.toml"));
+        assert!(
+            p.config
+                .unwrap()
+                .ends_with("shared/examples/seed-pair.toml")
+        );
     }
 
     #[test]

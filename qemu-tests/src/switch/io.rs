@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::core::{Forward, PortId, PortSpec, Switch};
 
+/// Receive buffer of each switch port socket (the kernel caps it at `rmem_max`).
+const RECV_BUFFER: usize = 4 << 20;
+
 /// Largest frame accepted (jumbo-sized; virtio-net sends at most MTU + header).
 const MAX_FRAME: usize = 65_536;
 
@@ -86,6 +89,11 @@ impl RunningSwitch {
                 source,
             };
             let sock = UdpSocket::bind("127.0.0.1:0").map_err(bind)?;
+            // Bursts (a flood to every port, TCP slow start) must queue, not drop: the
+            // default 208 KiB buffer holds only ~3000 small frames.
+            socket2::SockRef::from(&sock)
+                .set_recv_buffer_size(RECV_BUFFER)
+                .map_err(bind)?;
             sock.set_read_timeout(Some(Duration::from_millis(200)))
                 .map_err(bind)?;
             let vm = reserve_udp_port().map_err(bind)?;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use twinwall_sync::core::Role;
 use twinwall_sync::entry::{Entry, L4, Tuple};
 use twinwall_sync::kernel::{Conntrack, wait_until};
+use twinwall_sync::lab::flows::{Flows, Survival, echo_server, survival};
 use twinwall_sync::lab::pair::{Pair, SYNC, SYNC_PORT};
-use twinwall_sync::lab::traffic::{Flows, Survival, echo_server, survival};
 
 fn entries(n: usize) -> Vec<Entry> {
     (0..n)
@@ -271,14 +271,10 @@ General {{
 
 fn ctd_external(pair: &Pair, conf: &Path) -> u64 {
     let out = pair.fw[1]
-        .exec(&[
+        .run(
             "conntrackd",
-            "-C",
-            &conf.display().to_string(),
-            "-s",
-            "cache",
-        ])
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            ["-C", &conf.display().to_string(), "-s", "cache"],
+        )
         .unwrap_or_default();
     // "cache:external  active objects: N"
     let mut external = false;
@@ -334,7 +330,7 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     let rss_master_mb = rss_mb(procs[0].0.id());
     let t1 = Instant::now();
     pair.fw[1]
-        .exec(&["conntrackd", "-C", &confs[1].display().to_string(), "-c"])
+        .run("conntrackd", ["-C", &confs[1].display().to_string(), "-c"])
         .unwrap();
     let commit_s = t1.elapsed().as_secs_f64();
     let in_kernel = kernel_count(&pair, 1);
@@ -428,7 +424,7 @@ fn flows_conntrackd(flows: usize, dir: &Path) -> Survival {
     pair.cut(0).unwrap();
     let t = Instant::now();
     pair.fw[1]
-        .exec(&["conntrackd", "-C", &confs[1].display().to_string(), "-c"])
+        .run("conntrackd", ["-C", &confs[1].display().to_string(), "-c"])
         .unwrap();
     eprintln!("conntrackd flow failover: commit {:?}", t.elapsed());
     pair.vips_to(1).unwrap();
@@ -466,9 +462,9 @@ fn timed(f: impl FnOnce()) -> (f64, f64, f64) {
 /// pre-built batches so that only the kernel's part is timed, two sockets in parallel).
 /// Wall time moves with the machine's load; the CPU seconds are what the work costs.
 fn raw_commit(n: usize) {
-    let ns = twinwall_sync::lab::Netns::new("rc").unwrap();
+    let ns = twinwall_testkit::Netns::new("rc").unwrap();
     let flush = || {
-        ns.exec(&["conntrack", "-F"]).unwrap();
+        ns.run("conntrack", ["-F"]).unwrap();
     };
     let mut rows = Vec::new();
     let batch = entries(n);
@@ -582,6 +578,10 @@ fn main() {
         Scratch(std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id())));
     let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir).unwrap();
+    if std::env::var("VRRP_ONLY").is_ok() {
+        vrrp_failovers(&bin, flows);
+        return;
+    }
     if std::env::var("RAW_ONLY").is_ok() {
         raw_commit(n);
         return;
@@ -634,6 +634,59 @@ fn main() {
         }
     }
     drop(scratch);
+}
+
+/// Failover with VRRP in the loop on the seed-pair lab: twinwall (ruleset, sync, vrrp)
+/// and keepalived + conntrackd (same ruleset), at 100 ms and 10 ms adverts, same run.
+fn vrrp_failovers(bin: &str, flows: usize) {
+    use twinwall_sync::lab::cluster::{Cluster, Options, Stack};
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed-pair.toml"),
+    )
+    .expect("seed-pair.toml");
+    println!(
+        "VRRP failover of {flows} TCP + {} UDP echo flows (SNATed to the outside VIP), fw1's \
+         links cut",
+        flows / 10
+    );
+    println!(
+        "{:<34} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "", "advert", "survived", "longest", "median", "cut->VIPs", "handshake"
+    );
+    for advert_ms in [100, 10] {
+        for (name, stack) in [
+            ("twinwall sync + vrrp", Stack::Twinwall),
+            ("keepalived + conntrackd", Stack::KeepalivedConntrackd),
+        ] {
+            let opts = Options {
+                stack,
+                advert_ms,
+                log: "warn".into(),
+                ..Options::default()
+            };
+            let r = Cluster::start(Path::new(bin), &config, &opts)
+                .and_then(|c| c.failover(&opts, flows, flows / 10));
+            match r {
+                Ok(f) => println!(
+                    "{name:<34} {:>5}ms {:>4}/{:<4} {:>7.0}ms {:>7.0}ms {:>7.0}ms {:>10}",
+                    advert_ms,
+                    f.survival.survived,
+                    f.survival.flows,
+                    f.survival.longest_gap_ms,
+                    f.survival.median_gap_ms,
+                    f.cut_to_vips.as_secs_f64() * 1e3,
+                    f.takeover
+                        .map(|t| format!(
+                            "{:.0}ms{}",
+                            t.handshake.as_secs_f64() * 1e3,
+                            if t.acked { "" } else { " (no ack)" }
+                        ))
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                Err(e) => println!("{name:<34} {advert_ms:>5}ms failed: {e}"),
+            }
+        }
+    }
 }
 
 fn print_survival(name: &str, s: &Survival) {

@@ -655,6 +655,12 @@ impl RoleSource for VrrpRoleSource {
     fn run(self: Box<Self>, sink: RoleSink) {
         use twinwall_control::{Request, request, subscribe};
         let timeout = Duration::from_secs(2);
+        // Best effort: a VRRP service that restarted meanwhile has no count to lower
+        // (its count does not go below zero); one that is still there must not count us
+        // twice after the re-join below.
+        let leave = || {
+            let _ = request(&self.socket, &Request::new("commit-leave"), timeout);
+        };
         loop {
             let Ok(mut sub) = subscribe(&self.socket, timeout) else {
                 std::thread::sleep(Duration::from_secs(1));
@@ -665,16 +671,17 @@ impl RoleSource for VrrpRoleSource {
                 continue;
             }
             tracing::info!(socket = %self.socket.display(), "joined the VRRP commit handshake");
-            loop {
+            let stopped = loop {
                 let ev = match sub.next_event(Some(Duration::from_secs(1))) {
                     Ok(Some(ev)) => ev,
                     Ok(None) => continue,
-                    Err(_) => break,
+                    Err(_) => break false,
                 };
                 match ev.get("event").and_then(|v| v.as_str()) {
                     Some("becoming_master") => {
-                        let report = sink.set_role(Role::Master);
-                        let Some(report) = report else { return };
+                        let Some(report) = sink.set_role(Role::Master) else {
+                            break true;
+                        };
                         let args = json!({"group": ev["group"], "seq": ev["seq"]});
                         if let Err(e) = request(
                             &self.socket,
@@ -690,12 +697,17 @@ impl RoleSource for VrrpRoleSource {
                         if !to.to_ascii_lowercase().contains("master")
                             && sink.set_role(Role::Backup).is_none()
                         {
-                            return;
+                            break true;
                         }
                     }
                     _ => {}
                 }
+            };
+            leave();
+            if stopped {
+                return;
             }
+            tracing::info!("VRRP event stream lost: leaving and re-joining the commit handshake");
         }
     }
 }
