@@ -225,3 +225,37 @@ async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
     }
     bail!("rolling update ended in state {:?}", roll.state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn node_info_reads_role_version_health_and_sync_from_get_status() {
+        let v = json!({
+            "mgmt": {"node": "fw2", "slots": {"running": "B", "os_versions": {"a": 3, "b": 4}}},
+            "vrrp": {"groups": [{"name": "edge", "state": "backup"}]},
+            "init": {"slot_marked_good": true},
+            "sync": {"connected": true}
+        });
+        assert_eq!(
+            node_info(&v),
+            Some(NodeInfo {
+                name: "fw2".into(),
+                role: "backup".into(),
+                os_version: Some(4),
+                healthy: true,
+                synced: true,
+            })
+        );
+        // a node that answers without vrrp/sync/init yet (booting) is unknown, not healthy
+        let v = json!({"mgmt": {"node": "fw1", "slots": null}});
+        let i = node_info(&v).unwrap();
+        assert_eq!(
+            (i.role.as_str(), i.os_version, i.healthy, i.synced),
+            ("unknown", None, false, false)
+        );
+        assert_eq!(node_info(&json!({})), None);
+    }
+}
