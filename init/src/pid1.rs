@@ -108,6 +108,9 @@ pub fn boot(
     });
     record(r);
     let cmdline = cmdline?;
+    // Seam for other roles of the same image (e.g. the lab's `twinwall.role=lab-host`):
+    // parse the option in `cmdline.rs`, and branch here, after the kernel filesystems are
+    // up, into the role's own module instead of the firewall's phases below.
     for u in &cmdline.unknown {
         tracing::warn!(option = %u, "unknown kernel command line option");
     }
