@@ -19,20 +19,28 @@ bin=$root/target/x86_64-unknown-linux-gnu/release/twinwall
 
 # Prints the figures of one console log.
 report() {
-  local name=$1 log=$2 kinit up rss
-  # Kernel timestamp of "Run /init as init process" (or /sbin/init): kernel alone.
-  kinit=$(grep -a -o '\[ *[0-9.]*\] Run /[a-z/]*init as init process' "$log" | head -n1 |
-    sed 's/^\[ *\([0-9.]*\)\].*/\1/')
-  up=$(grep -a -o 'twinwall: rss_kb=[0-9]* uptime_ms=[0-9]*' "$log" | head -n1 | sed 's/.*uptime_ms=//')
-  rss=$(grep -a -o 'twinwall: rss_kb=[0-9]*' "$log" | head -n1 | sed 's/.*rss_kb=//')
-  [ -n "$up" ] || { echo "$name: no 'services up' in $log"; return; }
-  local kms
-  kms=$(echo "${kinit:-0} * 1000 / 1" | bc)
-  echo "$name: services up at ${up} ms guest uptime (kernel to init ${kms} ms, init to up $((up - kms)) ms), PID 1 VmRSS ${rss} kB"
-  grep -a -o 'phase done phase="[a-z-]*" duration_us=[0-9]*' "$log" |
-    sed 's/phase done phase="\([a-z-]*\)" duration_us=\([0-9]*\)/\1 \2/' |
-    awk -v n="$name" '{printf "  %s phase %-13s %7.1f ms\n", n, $1, $2/1000}'
-  grep -a -o 'slowest: [^"]*' "$log" | sed "s/^/  $name modules /" | cut -c1-160
+  local name=$1 log=$2 up rss anon phases
+  up=$(grep -a -o 'twinwall: rss_kb=[0-9]* uptime_ms=[0-9]*' "$log" | head -n1 | sed 's/.*uptime_ms=//' || true)
+  rss=$(grep -a -o 'twinwall: rss_kb=[0-9]*' "$log" | head -n1 | sed 's/.*rss_kb=//' || true)
+  anon=$(grep -a -o 'anon_kb=[0-9]* file_kb=[0-9]* shmem_kb=[0-9]*' "$log" | head -n1 || true)
+  [ -n "$up" ] || { echo "$name: no 'services up' in $log"; return 0; }
+  # Init's phases up to "services up" (the services phase is the supervisor's start-up).
+  phases=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -a -o 'phase done phase="[a-z-]*" duration_us=[0-9]*' |
+    sed 's/phase done phase="\([a-z-]*\)" duration_us=\([0-9]*\)/\1 \2/' || true)
+  local sum
+  sum=$(echo "$phases" | awk '{s+=$2} END {printf "%d", s/1000}')
+  local svc_start svc_up
+  svc_start=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -a -m1 'service started' | cut -c1-27 || true)
+  svc_up=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -a -m1 ' services up' | cut -c1-27 || true)
+  local svc_ms=0
+  if [ -n "$svc_start" ] && [ -n "$svc_up" ]; then
+    svc_ms=$(( ($(date -d "$svc_up" +%s%N) - $(date -d "$svc_start" +%s%N)) / 1000000 ))
+  fi
+  echo "$name: services up at ${up} ms guest uptime; PID 1 VmRSS ${rss} kB ($anon)"
+  echo "  boot phases before services: ${sum} ms; services start-up (first start to all ready): ${svc_ms} ms;"
+  echo "  so kernel + firmware-less rest (the yardstick no init can save): ~$((up - sum - svc_ms)) ms"
+  echo "$phases" | awk -v n="$name" 'NF==2 {printf "  phase %-13s %7.1f ms\n", $1, $2/1000}'
+  sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -a -o 'slowest: [^"]*' | sed "s/^/  modules /" | cut -c1-160 || true
 }
 
 for i in $(seq "$boots"); do

@@ -159,7 +159,7 @@ config_disk() {
   echo 0 >"$dir/part/installed-version"
   mke2fs -q -t ext4 -L config -d "$dir/part" "$dir/part.ext4" 16M || die "mke2fs failed"
   truncate -s 20M "$out/config.img"
-  sgdisk -q -o -n 1:2048:+16M -c 1:config -t 1:8300 "$out/config.img" >/dev/null || die "sgdisk failed"
+  sgdisk -o -n 1:2048:+16M -c 1:config -t 1:8300 "$out/config.img" >/dev/null || die "sgdisk failed"
   dd if="$dir/part.ext4" of="$out/config.img" bs=1M seek=1 conv=notrunc status=none
 }
 

@@ -17,6 +17,28 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The console without terminal escape sequences (the tracing fields are coloured on a
+/// tty console).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                for n in it.by_ref() {
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Runs scripts/qemu-initramfs.sh MODE; returns (stdout, console) after asserting success.
 /// `None` when QEMU is not installed.
 fn script(mode: &str) -> Option<(String, String)> {
@@ -35,7 +57,8 @@ fn script(mode: &str) -> Option<(String, String)> {
         .expect("run scripts/qemu-initramfs.sh");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let console = std::fs::read_to_string(out_dir.join("console.log")).unwrap_or_default();
+    let raw = std::fs::read(out_dir.join("console.log")).unwrap_or_default();
+    let console = strip_ansi(&String::from_utf8_lossy(&raw));
     let _ = std::fs::remove_dir_all(&out_dir);
     assert!(
         out.status.success(),

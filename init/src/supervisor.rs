@@ -35,6 +35,8 @@ struct Footprint {
     rss_kb: u64,
     anon_kb: u64,
     file_kb: u64,
+    // The binary's pages when it runs from the initramfs (ramfs counts as shmem).
+    shmem_kb: u64,
     uptime_ms: u64,
 }
 
@@ -209,8 +211,8 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 let f = self.footprint();
                 let _ = writeln!(
                     err,
-                    "twinwall: rss_kb={} uptime_ms={} anon_kb={} file_kb={}",
-                    f.rss_kb, f.uptime_ms, f.anon_kb, f.file_kb
+                    "twinwall: rss_kb={} uptime_ms={} anon_kb={} file_kb={} shmem_kb={}",
+                    f.rss_kb, f.uptime_ms, f.anon_kb, f.file_kb, f.shmem_kb
                 );
                 if let Some(action) = self.cfg.shutdown_when_up {
                     return self.shutdown(action);
@@ -224,7 +226,8 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
     }
 
     /// Own resident set (kB, from /proc/self/status: VmRSS and its RssAnon / RssFile
-    /// parts — file pages are the binary's text, anon the heap and stacks) and time since
+    /// parts — file pages are the binary's text (shmem when it runs from the initramfs),
+    /// anon the heap and stacks) and time since
     /// the kernel started (ms, from /proc/uptime); 0 when unreadable.
     fn footprint(&self) -> Footprint {
         let read = |p: &str| {
@@ -250,6 +253,7 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
             rss_kb: kb("VmRSS:"),
             anon_kb: kb("RssAnon:"),
             file_kb: kb("RssFile:"),
+            shmem_kb: kb("RssShmem:"),
             uptime_ms,
         }
     }
