@@ -653,7 +653,7 @@ fn vrrp_failovers(bin: &str, flows: usize) {
         "{:<34} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "", "advert", "survived", "longest", "median", "cut->VIPs", "handshake"
     );
-    for advert_ms in [100, 10] {
+    for (advert_ms, preload) in [(100, 0), (10, 0), (100, 100_000)] {
         for (name, stack) in [
             ("twinwall sync + vrrp", Stack::Twinwall),
             ("keepalived + conntrackd", Stack::KeepalivedConntrackd),
@@ -661,8 +661,14 @@ fn vrrp_failovers(bin: &str, flows: usize) {
             let opts = Options {
                 stack,
                 advert_ms,
+                preload,
                 log: "warn".into(),
                 ..Options::default()
+            };
+            let name = if preload > 0 {
+                format!("{name}, +{}k idle", preload / 1000)
+            } else {
+                name.to_string()
             };
             let r = Cluster::start(Path::new(bin), &config, &opts)
                 .and_then(|c| c.failover(&opts, flows, flows / 10));
