@@ -175,10 +175,18 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let tx0 = status(&socks[0])["tx_bytes"].as_u64().unwrap_or(0);
     let batch = entries(n);
     let t0 = Instant::now();
+    let cpu0 = cpu_times();
     let r = pair.fw[0]
         .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
         .unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_times();
+    eprintln!(
+        "injection with twinwall listening: {inject_s:.3} s wall, injector CPU user {:.3} s, \
+         sys {:.3} s",
+        cpu1.0 - cpu0.0,
+        cpu1.1 - cpu0.1
+    );
     assert_eq!(r.failed, 0, "{r:?}");
     let ok = wait_until(Duration::from_secs(120), || {
         status(&socks[1])["external_entries"].as_u64().unwrap_or(0) >= n as u64
@@ -358,10 +366,18 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     std::thread::sleep(Duration::from_secs(1));
     let batch = entries(n);
     let t0 = Instant::now();
+    let cpu0 = cpu_times();
     pair.fw[0]
         .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
         .unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_times();
+    eprintln!(
+        "injection with conntrackd listening: {inject_s:.3} s wall, injector CPU user {:.3} s, \
+         sys {:.3} s",
+        cpu1.0 - cpu0.0,
+        cpu1.1 - cpu0.1
+    );
     let ok = wait_until(Duration::from_secs(120), || {
         ctd_external(&pair, &confs[1]) >= n as u64
     });
