@@ -10,6 +10,7 @@
 pub mod cmdline;
 pub mod early;
 pub mod health;
+pub mod labhost;
 pub mod logbuf;
 pub mod modules;
 pub mod network;

@@ -1,1 +1,13 @@
-//! placeholder
+//! The QEMU lab: a virtual switch with fault injection that owns every frame between the
+//! VMs, a VM launcher with QMP control, the traffic agent lab hosts run, the lab topology
+//! (data shared with the netns tests), the lab daemon behind `twinwall lab ...`, and the
+//! failover scenarios.
+
+pub mod agent;
+pub mod daemon;
+pub mod lab;
+pub mod qmp;
+pub mod scenario;
+pub mod switch;
+pub mod topology;
+pub mod vm;

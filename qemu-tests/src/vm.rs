@@ -1,0 +1,442 @@
+//! The VM launcher: one QEMU process per lab node, TCG only unless `TWINWALL_LAB_KVM=1`,
+//! the disk opened with `snapshot=on` (QEMU keeps a private qcow2 overlay, so one base
+//! image serves every VM and is never written), the serial console captured to a file,
+//! a QMP socket, every data NIC a `-netdev dgram` endpoint of the lab switch, and an
+//! optional management NIC (`-netdev user,restrict=on`) whose only use is to forward
+//! loopback ports to guest services.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::qmp::{Qmp, QmpError};
+use crate::switch::io::Endpoint;
+
+/// Environment variable that opts in to KVM (it does not work on the project machines).
+pub const KVM_ENV: &str = "TWINWALL_LAB_KVM";
+
+/// The slirp network of management NICs: a documentation range, private to each QEMU
+/// (`restrict=on`: nothing is routed out of it).
+pub const MGMT_NET: &str = "192.0.2.64/26";
+/// The guest's address on the management NIC (what `hostfwd` forwards to).
+pub const MGMT_GUEST: &str = "192.0.2.80";
+/// Prefix length of [`MGMT_NET`].
+pub const MGMT_PREFIX: u8 = 26;
+
+/// Errors of launching or controlling a VM, naming the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The run directory could not be prepared.
+    #[error("vm {vm}: {what} {path}: {source}")]
+    Fs {
+        /// VM name.
+        vm: String,
+        /// What was attempted.
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// QEMU could not be started.
+    #[error("vm {vm}: cannot start qemu-system-x86_64 (scripts/deps.sh installs it): {source}")]
+    Spawn {
+        /// VM name.
+        vm: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// QEMU exited on its own.
+    #[error("vm {vm}: QEMU exited ({status}); see {log}")]
+    Exited {
+        /// VM name.
+        vm: String,
+        /// Exit status.
+        status: String,
+        /// QEMU's stderr log.
+        log: PathBuf,
+    },
+    /// A console marker did not appear.
+    #[error("vm {vm}: console never showed {marker:?} within {secs} s; see {console}")]
+    Timeout {
+        /// VM name.
+        vm: String,
+        /// The marker.
+        marker: String,
+        /// The limit.
+        secs: u64,
+        /// Console file.
+        console: PathBuf,
+    },
+    /// QMP failed.
+    #[error("vm {vm}: {source}")]
+    Qmp {
+        /// VM name.
+        vm: String,
+        /// Cause.
+        source: QmpError,
+    },
+}
+
+/// How the VM boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// Firmware and GRUB from the disk.
+    Disk,
+    /// `-kernel/-initrd/-append` (the kernel and initramfs of the built slot); root and
+    /// config still come from the disk.
+    Direct {
+        /// The kernel.
+        kernel: PathBuf,
+        /// The initramfs.
+        initrd: PathBuf,
+        /// The kernel command line.
+        append: String,
+    },
+}
+
+/// One data NIC: its QEMU id (used by QMP `set_link`), MAC and switch endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// netdev and device id, e.g. `inside`.
+    pub id: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// The switch port it talks to.
+    pub endpoint: Endpoint,
+}
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Lab name, e.g. `fw1`.
+    pub name: String,
+    /// Disk image (raw), opened read-only with a private overlay.
+    pub disk: PathBuf,
+    /// Boot method.
+    pub boot: Boot,
+    /// Data NICs in guest order (`eth0`, `eth1`, ...).
+    pub nics: Vec<Nic>,
+    /// Loopback port forwards (host 127.0.0.1 port, guest port) over a management NIC
+    /// that comes after the data NICs. Empty: no management NIC.
+    pub forwards: Vec<(u16, u16)>,
+    /// Guest memory in MiB.
+    pub memory_mb: u32,
+}
+
+impl VmSpec {
+    /// The QEMU argument list (without the program), given the run directory's files.
+    pub fn qemu_args(&self, qmp: &Path, console: &Path) -> Vec<String> {
+        let kvm = std::env::var(KVM_ENV).is_ok_and(|v| v == "1");
+        let mut a: Vec<String> = [
+            "-name",
+            &self.name,
+            "-accel",
+            if kvm { "kvm" } else { "tcg" },
+            "-m",
+            &self.memory_mb.to_string(),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push("-serial".into());
+        a.push(format!("file:{}", console.display()));
+        a.push("-qmp".into());
+        a.push(format!("unix:{},server=on,wait=off", qmp.display()));
+        a.push("-drive".into());
+        a.push(format!(
+            "file={},format=raw,if=virtio,snapshot=on",
+            self.disk.display()
+        ));
+        if let Boot::Direct {
+            kernel,
+            initrd,
+            append,
+        } = &self.boot
+        {
+            a.extend([
+                "-kernel".into(),
+                kernel.display().to_string(),
+                "-initrd".into(),
+                initrd.display().to_string(),
+                "-append".into(),
+                append.clone(),
+            ]);
+        }
+        // Fixed PCI slots in NIC order, so the guest names them eth0, eth1, ... in the
+        // order of the spec whatever QEMU's default slot allocation does.
+        for (i, nic) in self.nics.iter().enumerate() {
+            a.push("-netdev".into());
+            a.push(format!(
+                "dgram,id={},{}",
+                nic.id,
+                nic.endpoint.qemu_netdev()
+            ));
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-net-pci,netdev={id},id={id},mac={mac},addr={slot:#x}",
+                id = nic.id,
+                mac = mac_string(&nic.mac),
+                slot = 0x10 + i
+            ));
+        }
+        if !self.forwards.is_empty() {
+            let mut user = format!("user,id=mgmt,restrict=on,net={MGMT_NET}");
+            for (host, guest) in &self.forwards {
+                user.push_str(&format!(
+                    ",hostfwd=tcp:127.0.0.1:{host}-{MGMT_GUEST}:{guest}"
+                ));
+            }
+            a.push("-netdev".into());
+            a.push(user);
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-net-pci,netdev=mgmt,id=mgmt,addr={:#x}",
+                0x10 + self.nics.len()
+            ));
+        }
+        a
+    }
+}
+
+/// `52:54:00:..` style text of a MAC.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A free TCP port on 127.0.0.1 for a forward (bound, read, released).
+pub fn reserve_tcp_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A running VM; QEMU is killed on drop.
+#[derive(Debug)]
+pub struct Vm {
+    /// The spec it was started from.
+    pub spec: VmSpec,
+    /// Its files: `console.log`, `qmp.sock`, `qemu.log`.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Vm {
+    /// Starts QEMU for `spec` with its files in `dir`.
+    pub fn launch(spec: VmSpec, dir: &Path) -> Result<Vm, VmError> {
+        let fs = |what, path: &Path| {
+            let vm = spec.name.clone();
+            let path = path.to_path_buf();
+            move |source| VmError::Fs {
+                vm,
+                what,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(fs("create", dir))?;
+        let qmp = dir.join("qmp.sock");
+        let console = dir.join("console.log");
+        let _ = std::fs::remove_file(&qmp);
+        let log = dir.join("qemu.log");
+        let stderr = std::fs::File::create(&log).map_err(fs("create", &log))?;
+        let args = spec.qemu_args(&qmp, &console);
+        tracing::info!(vm = %spec.name, args = %args.join(" "), "starting QEMU");
+        std::fs::write(dir.join("qemu.args"), args.join("\n")).map_err(fs("write", dir))?;
+        let child = Command::new("qemu-system-x86_64")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| VmError::Spawn {
+                vm: spec.name.clone(),
+                source,
+            })?;
+        Ok(Vm {
+            spec,
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        })
+    }
+
+    /// The console file.
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The console so far (lossy UTF-8).
+    pub fn console(&self) -> String {
+        std::fs::read(self.console_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A QMP session.
+    pub fn qmp(&self) -> Result<Qmp, VmError> {
+        Qmp::connect(&self.dir.join("qmp.sock"), Duration::from_secs(10)).map_err(|source| {
+            VmError::Qmp {
+                vm: self.spec.name.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Whether QEMU still runs; an exit is returned as [`VmError::Exited`].
+    pub fn check_running(&mut self) -> Result<(), VmError> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(self.exited("stopped".into()));
+        };
+        match child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(st)) => Err(self.exited(st.to_string())),
+            Err(e) => Err(self.exited(e.to_string())),
+        }
+    }
+
+    fn exited(&self, status: String) -> VmError {
+        VmError::Exited {
+            vm: self.spec.name.clone(),
+            status,
+            log: self.dir.join("qemu.log"),
+        }
+    }
+
+    /// Waits until the console contains `marker` (after byte offset `from`).
+    pub fn wait_console(
+        &mut self,
+        marker: &str,
+        from: usize,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let start = Instant::now();
+        loop {
+            if self
+                .console()
+                .get(from..)
+                .is_some_and(|t| t.contains(marker))
+            {
+                return Ok(());
+            }
+            self.check_running()?;
+            if start.elapsed() >= timeout {
+                return Err(VmError::Timeout {
+                    vm: self.spec.name.clone(),
+                    marker: marker.to_string(),
+                    secs: timeout.as_secs(),
+                    console: self.console_path(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The loopback address forwarded to guest port `guest`, if any.
+    pub fn forwarded(&self, guest: u16) -> Option<SocketAddr> {
+        self.spec
+            .forwards
+            .iter()
+            .find(|(_, g)| *g == guest)
+            .map(|(h, _)| SocketAddr::from(([127, 0, 0, 1], *h)))
+    }
+
+    /// Power cut: QMP `quit`, then reap (kill if QEMU does not exit).
+    pub fn quit(&mut self) -> Result<(), VmError> {
+        if let Ok(mut q) = self.qmp() {
+            let _ = q.quit();
+        }
+        if let Some(mut c) = self.child.take() {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if c.try_wait().ok().flatten().is_some() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    /// Whether the process is gone.
+    pub fn is_stopped(&self) -> bool {
+        self.child.is_none()
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_tcg_with_dgram_nics_in_slot_order_and_restricted_mgmt() {
+        let ep = |p: u16| Endpoint {
+            switch: SocketAddr::from(([127, 0, 0, 1], p)),
+            vm: SocketAddr::from(([127, 0, 0, 1], p + 1)),
+        };
+        let spec = VmSpec {
+            name: "fw1".into(),
+            disk: "/x/fw1.img".into(),
+            boot: Boot::Disk,
+            nics: vec![
+                Nic {
+                    id: "outside".into(),
+                    mac: [0x52, 0x54, 0, 0, 1, 0],
+                    endpoint: ep(4000),
+                },
+                Nic {
+                    id: "inside".into(),
+                    mac: [0x52, 0x54, 0, 0, 1, 1],
+                    endpoint: ep(4010),
+                },
+            ],
+            forwards: vec![(5555, 7001)],
+            memory_mb: 256,
+        };
+        let a = spec.qemu_args(Path::new("/r/qmp.sock"), Path::new("/r/console.log"));
+        let s = a.join(" ");
+        if std::env::var(KVM_ENV).is_err() {
+            assert!(s.contains("-accel tcg"), "{s}");
+        }
+        assert!(s.contains("file=/x/fw1.img,format=raw,if=virtio,snapshot=on"));
+        assert!(s.contains(
+            "dgram,id=outside,local.type=inet,local.host=127.0.0.1,local.port=4001,\
+             remote.type=inet,remote.host=127.0.0.1,remote.port=4000"
+        ));
+        assert!(
+            s.contains("virtio-net-pci,netdev=outside,id=outside,mac=52:54:00:00:01:00,addr=0x10")
+        );
+        assert!(s.contains("netdev=inside,id=inside,mac=52:54:00:00:01:01,addr=0x11"));
+        assert!(s.contains(
+            "user,id=mgmt,restrict=on,net=192.0.2.64/26,hostfwd=tcp:127.0.0.1:5555-192.0.2.80:7001"
+        ));
+        assert!(s.contains("netdev=mgmt,id=mgmt,addr=0x12"));
+        assert!(s.contains("-serial file:/r/console.log"));
+        assert!(s.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
+    }
+}

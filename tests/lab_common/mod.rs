@@ -1,0 +1,72 @@
+//! Shared fixtures of the lab tests: the built image (the `make image` output named by
+//! `TWINWALL_LAB_IMAGE`, or one full build per test process like the image tests do),
+//! unique run directories, and a lab that is shut down on drop.
+#![allow(dead_code)]
+
+#[path = "../image_common/mod.rs"]
+mod image_common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use twinwall_lab::lab::{Lab, LabOptions};
+
+pub use image_common::repo;
+
+/// The directory holding `twinwall.img` and `twinwall-slot.squashfs`.
+pub fn image_dir() -> PathBuf {
+    match std::env::var_os("TWINWALL_LAB_IMAGE") {
+        Some(d) => PathBuf::from(d),
+        None => image_common::built_image(),
+    }
+}
+
+/// A unique run directory under target/lab-test.
+pub fn run_dir(name: &str) -> PathBuf {
+    let d = repo()
+        .join("target/lab-test")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Options for a lab of `topology` (a folder) in `run`.
+pub fn options(topology: &Path, run: &Path) -> LabOptions {
+    LabOptions {
+        repo: repo(),
+        topology: topology.to_path_buf(),
+        image_dir: image_dir(),
+        run_dir: run.to_path_buf(),
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_twinwall")),
+        memory_mb: 384,
+        seed: 1,
+        append: String::new(),
+        only: Vec::new(),
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics with `what` and the lab's
+/// consoles after `timeout` (a failure guard, not a speed target).
+pub fn wait_for<T>(
+    lab: &Mutex<Lab>,
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut(&mut Lab) -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f(&mut lab.lock().unwrap()) {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            let l = lab.lock().unwrap();
+            panic!(
+                "{what} not reached within {timeout:?}; consoles in {}",
+                l.run_dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
