@@ -70,6 +70,7 @@ struct Result {
     rss_backup_mb: f64,
     rss_master_mb: f64,
     wire_bytes_per_entry: f64,
+    resync_s: f64,
 }
 
 struct Proc(Child);
@@ -126,9 +127,7 @@ fn status(sock: &Path) -> serde_json::Value {
 fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let pair = Pair::new("bt").unwrap();
     std::fs::write(dir.join("sync.key"), "ab".repeat(32)).unwrap();
-    let mut procs = Vec::new();
-    let mut socks = Vec::new();
-    for i in 0..2 {
+    let spawn = |i: usize| {
         let view = dir.join(format!("view{i}.json"));
         std::fs::write(&view, view_json(i)).unwrap();
         let run = dir.join(format!("run{i}"));
@@ -151,11 +150,23 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
             .arg(dir.join("sync.key"))
             .args(["--role", if i == 0 { "master" } else { "backup" }])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("tw{i}.log"))).unwrap())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("tw{i}.log")))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
-        procs.push(Proc(child));
-        socks.push(run.join("sync.sock"));
+        (Proc(child), run.join("sync.sock"))
+    };
+    let mut procs = Vec::new();
+    let mut socks = Vec::new();
+    for i in 0..2 {
+        let (p, s) = spawn(i);
+        procs.push(p);
+        socks.push(s);
     }
     assert!(wait_until(Duration::from_secs(10), || socks
         .iter()
@@ -164,10 +175,18 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let tx0 = status(&socks[0])["tx_bytes"].as_u64().unwrap_or(0);
     let batch = entries(n);
     let t0 = Instant::now();
+    let cpu0 = cpu_times();
     let r = pair.fw[0]
         .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
         .unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_times();
+    eprintln!(
+        "injection with twinwall listening: {inject_s:.3} s wall, injector CPU user {:.3} s, \
+         sys {:.3} s",
+        cpu1.0 - cpu0.0,
+        cpu1.1 - cpu0.1
+    );
     assert_eq!(r.failed, 0, "{r:?}");
     let ok = wait_until(Duration::from_secs(120), || {
         status(&socks[1])["external_entries"].as_u64().unwrap_or(0) >= n as u64
@@ -195,6 +214,41 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let tx = st["tx_bytes"].as_u64().unwrap_or(0).saturating_sub(tx0);
     let rss_backup_mb = rss_mb(procs[1].0.id());
     let rss_master_mb = rss_mb(procs[0].0.id());
+    // Our own pipeline without the injection bound: the backup restarts and the master
+    // streams its whole table (a full resync) until the new backup holds it.
+    let cpu = |pid: u32| {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<&str> = s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    };
+    drop(procs.pop());
+    let master_cpu0 = cpu(procs[0].0.id());
+    let t2 = Instant::now();
+    let (p, _) = spawn(1);
+    procs.push(p);
+    let ok = wait_until(Duration::from_secs(120), || {
+        status(&socks[1])["external_entries"].as_u64().unwrap_or(0) >= n as u64
+    });
+    let resync_s = t2.elapsed().as_secs_f64();
+    assert!(
+        ok,
+        "restarted backup never held {n} entries: {}",
+        status(&socks[1])
+    );
+    let resync_cpu = (cpu(procs[0].0.id()) - master_cpu0, cpu(procs[1].0.id()));
+    eprintln!(
+        "full resync of {n} to a restarted backup: {resync_s:.3} s ({:.0} entries/s, including \
+         the backup's start); CPU master {:.2} s, backup {:.2} s",
+        n as f64 / resync_s,
+        resync_cpu.0,
+        resync_cpu.1
+    );
     // takeover: the backup commits its external cache
     let t1 = Instant::now();
     let v = twinwall_control::request(
@@ -218,6 +272,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         rss_backup_mb,
         rss_master_mb,
         wire_bytes_per_entry: tx as f64 / n as f64,
+        resync_s,
     }
 }
 
@@ -311,10 +366,18 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     std::thread::sleep(Duration::from_secs(1));
     let batch = entries(n);
     let t0 = Instant::now();
+    let cpu0 = cpu_times();
     pair.fw[0]
         .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
         .unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_times();
+    eprintln!(
+        "injection with conntrackd listening: {inject_s:.3} s wall, injector CPU user {:.3} s, \
+         sys {:.3} s",
+        cpu1.0 - cpu0.0,
+        cpu1.1 - cpu0.1
+    );
     let ok = wait_until(Duration::from_secs(120), || {
         ctd_external(&pair, &confs[1]) >= n as u64
     });
@@ -342,6 +405,7 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
         rss_backup_mb,
         rss_master_mb,
         wire_bytes_per_entry: f64::NAN,
+        resync_s: f64::NAN,
     }
 }
 
@@ -607,6 +671,11 @@ fn main() {
         n as f64 / tw.sync_s,
         n as f64 / cd.sync_s
     );
+    println!(
+        "{:<44} {:>12.0}",
+        "full resync to a restarted backup, entries/s",
+        n as f64 / tw.resync_s
+    );
     row(
         "commit of the peer cache on takeover, s",
         tw.commit_s,
@@ -653,7 +722,7 @@ fn vrrp_failovers(bin: &str, flows: usize) {
         "{:<34} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "", "advert", "survived", "longest", "median", "cut->VIPs", "handshake"
     );
-    for advert_ms in [100, 10] {
+    for (advert_ms, preload) in [(100, 0), (10, 0), (100, 100_000)] {
         for (name, stack) in [
             ("twinwall sync + vrrp", Stack::Twinwall),
             ("keepalived + conntrackd", Stack::KeepalivedConntrackd),
@@ -661,8 +730,14 @@ fn vrrp_failovers(bin: &str, flows: usize) {
             let opts = Options {
                 stack,
                 advert_ms,
+                preload,
                 log: "warn".into(),
                 ..Options::default()
+            };
+            let name = if preload > 0 {
+                format!("{name}, +{}k idle", preload / 1000)
+            } else {
+                name.to_string()
             };
             let r = Cluster::start(Path::new(bin), &config, &opts)
                 .and_then(|c| c.failover(&opts, flows, flows / 10));

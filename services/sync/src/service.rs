@@ -671,6 +671,24 @@ impl RoleSource for VrrpRoleSource {
                 continue;
             }
             tracing::info!(socket = %self.socket.display(), "joined the VRRP commit handshake");
+            // Events only tell changes: take the state as it is now (subscribed first, so
+            // nothing falls between). A group already master has its VIPs up: commit
+            // without an ack; otherwise we are backup.
+            if let Ok(st) = request(&self.socket, &Request::new("status"), timeout) {
+                let master = st["groups"].as_array().is_some_and(|gs| {
+                    gs.iter().any(|g| {
+                        g["state"]
+                            .as_str()
+                            .is_some_and(|s| s.eq_ignore_ascii_case("master"))
+                    })
+                });
+                let role = if master { Role::Master } else { Role::Backup };
+                tracing::info!(?role, "role from the VRRP service's current state");
+                if sink.set_role(role).is_none() {
+                    leave();
+                    return;
+                }
+            }
             let stopped = loop {
                 let ev = match sub.next_event(Some(Duration::from_secs(1))) {
                     Ok(Some(ev)) => ev,

@@ -55,6 +55,9 @@ pub struct Options {
     pub vrrp_args: Vec<String>,
     /// VRRP advertisement interval in ms (replaces the config's 100).
     pub advert_ms: u32,
+    /// Idle UDP entries put into fw1's kernel before the flows start (they replicate like
+    /// the flows and make the takeover commit large).
+    pub preload: usize,
     /// Log level of the services (`--log`).
     pub log: String,
 }
@@ -66,6 +69,7 @@ impl Default for Options {
             sync: true,
             vrrp_args: Vec::new(),
             advert_ms: 100,
+            preload: 0,
             log: "info".into(),
         }
     }
@@ -172,7 +176,8 @@ impl Cluster {
                 (0..2).all(|i| {
                     c.vrrp_status(i)
                         .is_some_and(|s| s["commit_participants"] == 1)
-                })
+                }) && c.sync_status(0)["role"] == "master"
+                    && c.sync_status(1)["role"] == "backup"
             });
             if !joined {
                 return Err(LabError::Invalid(format!(
@@ -449,6 +454,42 @@ pub fn takeover(sub: &mut Subscription, limit: Duration) -> Option<Takeover> {
     None
 }
 
+/// `n` idle UDP entries from the inside (10.x addresses are nobody's own) to the server.
+fn preload_entries(n: usize) -> Vec<crate::entry::Entry> {
+    use crate::entry::{Entry, L4, Tuple};
+    use std::net::{IpAddr, Ipv4Addr};
+    let server: IpAddr = SERVER.parse().expect("address");
+    (0..n)
+        .map(|i| {
+            let c = IpAddr::V4(Ipv4Addr::new(10, 9, (i / 60000) as u8, 1));
+            let port = 1024 + (i % 60000) as u16;
+            Entry {
+                orig: Tuple {
+                    src: c,
+                    dst: server,
+                    l4: L4::Udp {
+                        sport: port,
+                        dport: 53,
+                    },
+                },
+                reply: Tuple {
+                    src: server,
+                    dst: c,
+                    l4: L4::Udp {
+                        sport: 53,
+                        dport: port,
+                    },
+                },
+                status: 0,
+                timeout: 3600,
+                mark: 0,
+                zone: 0,
+                tcp: None,
+            }
+        })
+        .collect()
+}
+
 /// The result of [`Cluster::failover`].
 #[derive(Debug, Clone)]
 pub struct Failover {
@@ -470,6 +511,17 @@ impl Cluster {
         use std::sync::Arc;
         use std::sync::atomic::AtomicBool;
         let fail = |what: String| LabError::Invalid(format!("{what}\n{}", self.logs()));
+        if opts.preload > 0 {
+            let batch = preload_entries(opts.preload);
+            let r = self
+                .lab
+                .ns(FW[0])
+                .enter(move || crate::kernel::Conntrack::open()?.commit(&batch))?
+                .map_err(|e| fail(format!("preload: {e}")))?;
+            if r.failed > 0 {
+                return Err(fail(format!("preload: {r:?}")));
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
         self.lab
@@ -485,7 +537,7 @@ impl Cluster {
             .enter(move || Flows::start(&targets, Duration::from_millis(100)))?
             .map_err(|e| fail(format!("flows through fw1 did not start: {e}")))?;
         if opts.sync {
-            let want = (tcp + udp) as u64;
+            let want = (tcp + udp + opts.preload) as u64;
             let synced = wait_for(
                 Duration::from_secs(60),
                 Duration::from_millis(100),
