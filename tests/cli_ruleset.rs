@@ -136,6 +136,22 @@ fn bad_input_is_named() {
     assert!(err.contains("bad.toml:") && err.contains("sshh"), "{err}");
     assert!(out.stdout.is_empty());
 
+    // `from` and `to` both `self`: an error naming the file, line and rule.
+    let both = dir.write(
+        "both-self.toml",
+        &seed_text().replace("from = \"admin_hosts\"", "from = \"self\""),
+    );
+    let out = twinwall(&["ruleset", "compile", path(&both), "--node", "lj-fw-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = s(&out.stderr);
+    assert!(
+        err.contains("both-self.toml:")
+            && err
+                .contains("rule `admin-ssh-to-firewall` has `from = \"self\"` and `to = \"self\"`"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+
     let out = twinwall(&["ruleset", "compile", "/nonexistent/x.toml", "--node", "a"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(s(&out.stderr).contains("/nonexistent/x.toml"));
@@ -263,6 +279,20 @@ fn check_and_apply_in_a_netns_and_failed_apply_changes_nothing() {
         applied.contains("comment \"web-from-internet\""),
         "{applied}"
     );
+    // --check (nft -c first) applies the same ruleset.
+    let out = twinwall_in(
+        &ns,
+        &[
+            "ruleset",
+            "apply",
+            path(&seed()),
+            "--node",
+            "lj-fw-1",
+            "--check",
+        ],
+    );
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert_eq!(list(), applied);
 
     // A config that does not validate, and --strict with findings: nothing changes.
     let dir = Scratch::new("apply");

@@ -382,11 +382,16 @@ impl<'a> Space<'a> {
     }
 }
 
-/// The candidate index is a grid over two dimensions: service (buckets of 64 ports or
-/// ICMP types) and destination address (IPv4 /24s, IPv6 /64s).
+/// The candidate index is a grid over two dimensions: service and destination address
+/// (IPv4 /24s, IPv6 /64s). The service dimension has two levels: boxes over a few
+/// ports (or ICMP types) are filed under each exact value, so a generated policy with
+/// many single-port rules to one network does not put them all in one cell; wider
+/// boxes are filed under buckets of 64 values. Exact-value boxes are also summarised
+/// per bucket, which is what a wide query looks at.
 const SVC_SHIFT: u32 = 6;
-/// Boxes spanning more grid cells than this in either dimension go to the always-checked
-/// list (zone-to-zone rules, "any port" rules: few in a real policy).
+/// Boxes spanning more cells than this in a dimension go one level up; past the bucket
+/// level they go to the always-checked list (zone-to-zone rules, "any port" rules: few
+/// in a real policy).
 const WIDE_CELLS: u128 = 16;
 /// Give up (report nothing) when a subtraction fragments into more pieces than this.
 const MAX_PIECES: usize = 4096;
@@ -398,6 +403,12 @@ fn dst_shift(f: Family) -> u32 {
     }
 }
 
+/// Grid levels (the first part of a cell key).
+const EXACT: u8 = 0;
+const BUCKET: u8 = 1;
+/// Exact-value boxes, filed again by bucket for queries over many values.
+const EXACT_BY_BUCKET: u8 = 2;
+
 /// Earlier boxes of one (chain, family), indexed so that a large generated policy does
 /// not cost n² box tests: a rule is only tested against the boxes sharing a grid cell
 /// with it, plus the wide ones.
@@ -405,7 +416,21 @@ struct Index {
     shift: u32,
     boxes: Vec<(usize, Box5)>,
     wide: Vec<usize>,
-    cells: std::collections::HashMap<(u128, u128), Vec<usize>>,
+    cells: std::collections::HashMap<(u8, u128, u128), Vec<usize>>,
+}
+
+/// Where a box sits in the grid: its service values, their buckets and its
+/// destination cells (all inclusive ranges).
+struct Span {
+    svc: (u128, u128),
+    buckets: (u128, u128),
+    dst: (u128, u128),
+}
+
+impl Span {
+    fn exact(&self) -> bool {
+        self.svc.1 - self.svc.0 < WIDE_CELLS
+    }
 }
 
 impl Index {
@@ -418,24 +443,39 @@ impl Index {
         }
     }
 
-    /// The grid cells of a box, or `None` when it is wide.
-    fn span(&self, b: &Box5) -> Option<((u128, u128), (u128, u128))> {
+    /// The grid span of a box, or `None` when it is wide.
+    fn span(&self, b: &Box5) -> Option<Span> {
         let (slo, shi) = b[4].hull();
         let (dlo, dhi) = b[3].hull();
-        let s = (slo >> SVC_SHIFT, shi >> SVC_SHIFT);
-        let d = (dlo >> self.shift, dhi >> self.shift);
-        (s.1 - s.0 < WIDE_CELLS && d.1 - d.0 < WIDE_CELLS).then_some((s, d))
+        let buckets = (slo >> SVC_SHIFT, shi >> SVC_SHIFT);
+        let dst = (dlo >> self.shift, dhi >> self.shift);
+        (buckets.1 - buckets.0 < WIDE_CELLS && dst.1 - dst.0 < WIDE_CELLS).then_some(Span {
+            svc: (slo, shi),
+            buckets,
+            dst,
+        })
     }
 
     fn candidates(&self, b: &Box5) -> Vec<usize> {
-        let Some((s, d)) = self.span(b) else {
+        let Some(sp) = self.span(b) else {
             return (0..self.boxes.len()).collect();
         };
         let mut c: Vec<usize> = self.wide.clone();
-        for i in s.0..=s.1 {
-            for j in d.0..=d.1 {
-                if let Some(v) = self.cells.get(&(i, j)) {
-                    c.extend_from_slice(v);
+        let mut add = |key| {
+            if let Some(v) = self.cells.get(&key) {
+                c.extend_from_slice(v);
+            }
+        };
+        for j in sp.dst.0..=sp.dst.1 {
+            for i in sp.buckets.0..=sp.buckets.1 {
+                add((BUCKET, i, j));
+                if !sp.exact() {
+                    add((EXACT_BY_BUCKET, i, j));
+                }
+            }
+            if sp.exact() {
+                for v in sp.svc.0..=sp.svc.1 {
+                    add((EXACT, v, j));
                 }
             }
         }
@@ -448,10 +488,16 @@ impl Index {
         let slot = self.boxes.len();
         match self.span(&b) {
             None => self.wide.push(slot),
-            Some((s, d)) => {
-                for i in s.0..=s.1 {
-                    for j in d.0..=d.1 {
-                        self.cells.entry((i, j)).or_default().push(slot);
+            Some(sp) => {
+                for j in sp.dst.0..=sp.dst.1 {
+                    if sp.exact() {
+                        for v in sp.svc.0..=sp.svc.1 {
+                            self.cells.entry((EXACT, v, j)).or_default().push(slot);
+                        }
+                    }
+                    for i in sp.buckets.0..=sp.buckets.1 {
+                        let level = if sp.exact() { EXACT_BY_BUCKET } else { BUCKET };
+                        self.cells.entry((level, i, j)).or_default().push(slot);
                     }
                 }
             }
