@@ -2,13 +2,16 @@
 # Ruleset benchmark (run by `make bench` through scripts/bench.sh, or by hand as root).
 # Generates clusters with 1k / 10k / 100k filter rules and one with a 100,000-element
 # address group, then times, in a throwaway network namespace and in the same run:
-#   twinwall   `twinwall ruleset apply` end to end: parse + compile + lint + nft -c + nft -f
-#   tw-nochk   the same with --no-check (nft -f alone, which is atomic as well)
-#   compile    `twinwall ruleset compile` alone (parse + compile + lint, no nft)
+#   twinwall   `twinwall ruleset apply` end to end: parse + compile + lint + nft -f (one
+#              atomic transaction)
+#   tw-check   the same with --check (a separate nft -c pass first)
+#   compile    `twinwall ruleset compile` alone (parse + compile + lint, no nft); the
+#              phases (load+validate, view, lints, emit) follow from bench_compile
 #   nft -f     a plain `nft -f` of the very script twinwall generated (the yardstick)
 #   ipt        `iptables-restore` of the equivalent iptables input (one rule per
 #              address for the group: iptables has no sets without ipset)
-# and prints a table with the ratios twinwall / nft -f and twinwall / iptables-restore.
+# and prints a table with the ratios twinwall / nft -f, compile / nft -f and
+# twinwall / iptables-restore.
 # Targets: 10k rules end to end < 0.4 s, the 100k-element group < 0.5 s.
 # RULESET_BENCH_SIZES="1000 10000" limits the rule counts, RULESET_BENCH_GROUP=0 skips the
 # group case; RULESET_BENCH_RUNS sets the repeats
@@ -16,10 +19,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-ruleset: needs root (network namespace, nftables)" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "bench-ruleset: needs GNU time (package time)" >&2; exit 1; }
 command -v iptables-restore >/dev/null || scripts/deps.sh test
 
 cargo build --quiet --locked --release --bin twinwall
+cargo build --quiet --locked --release -p twinwall-ruleset --example bench_compile
 BIN=$PWD/target/release/twinwall
+PHASES=$PWD/target/release/examples/bench_compile
 SIZES=${RULESET_BENCH_SIZES:-"1000 10000 100000"}
 RUNS=${RULESET_BENCH_RUNS:-3}
 WORK=$(mktemp -d /tmp/tw-bench-ruleset.XXXXXX)
@@ -97,35 +103,41 @@ open(out_ipt, "w").write("\n".join(ipt) + "\n")
 PY
 }
 
-now() { date +%s%N; }
-# best KIND-LABEL CMD...: best wall time of RUNS runs in seconds; the ruleset is flushed
-# before each run so every run starts from the same (empty) state.
+# best CMD...: "WALL CPU" in seconds, each the best of RUNS runs: wall-clock time, and
+# CPU time (user + system of the command and everything it waited for, measured by
+# GNU time), which a loaded machine inflates far less than wall time. The ruleset is
+# flushed before each run so every run starts from the same (empty) state.
 best() {
-  local best=""
+  local bw="" bc="" w u s
   for _ in $(seq "$RUNS"); do
     ip netns exec "$NS" nft flush ruleset
     ip netns exec "$NS" iptables-restore <<<$'*filter\nCOMMIT' 2>/dev/null || true
-    local t0 t1
-    t0=$(now); "$@" >/dev/null; t1=$(now)
-    local s=$(( t1 - t0 ))
-    if [ -z "$best" ] || [ "$s" -lt "$best" ]; then best=$s; fi
+    /usr/bin/time -o "$WORK/time" -f '%e %U %S' "$@" >/dev/null
+    read -r w u s <"$WORK/time"
+    bw=$(awk -v a="$bw" -v b="$w" 'BEGIN { print (a == "" || b < a) ? b : a }')
+    bc=$(awk -v a="$bc" -v b="$u" -v c="$s" 'BEGIN { x = b + c; print (a == "" || x < a) ? x : a }')
   done
-  awk -v ns="$best" 'BEGIN { printf "%.3f", ns / 1e9 }'
+  echo "$bw $bc"
 }
 
-printf '%-14s %9s %9s %9s %9s %9s %8s %8s %8s\n' case twinwall tw-nochk compile "nft -f" ipt-rest tw/nft nochk/nft tw/ipt
+row() { # row LABEL TW TN CC NF IP (each a number)
+  awk -v l="$1" -v a="$2" -v n="$3" -v b="$4" -v c="$5" -v d="$6" \
+    'BEGIN { printf "%-19s %8.3fs %8.3fs %8.3fs %8.3fs %8.3fs %7.2fx %7.2fx %7.2fx\n", l, a, n, b, c, d, a / c, b / c, a / d }'
+}
+printf '%-19s %9s %9s %9s %9s %9s %8s %8s %8s\n' case twinwall tw-check compile "nft -f" ipt-rest tw/nft comp/nft tw/ipt
 run_case() { # run_case LABEL KIND N
   local label=$1 kind=$2 n=$3
   gen "$kind" "$n" "$WORK/$label.toml" "$WORK/$label.ipt"
   "$BIN" ruleset compile "$WORK/$label.toml" --node bench-a >"$WORK/$label.nft" 2>"$WORK/$label.lints"
   local tw tn cc nf ip
-  tw=$(best ip netns exec "$NS" "$BIN" --log warn ruleset apply "$WORK/$label.toml" --node bench-a)
-  tn=$(best ip netns exec "$NS" "$BIN" --log warn ruleset apply "$WORK/$label.toml" --node bench-a --no-check)
-  cc=$(best "$BIN" ruleset compile "$WORK/$label.toml" --node bench-a)
-  nf=$(best ip netns exec "$NS" nft -f "$WORK/$label.nft")
-  ip=$(best sh -c "ip netns exec $NS iptables-restore < $WORK/$label.ipt")
-  awk -v l="$label" -v a="$tw" -v n="$tn" -v b="$cc" -v c="$nf" -v d="$ip" \
-    'BEGIN { printf "%-14s %8.3fs %8.3fs %8.3fs %8.3fs %8.3fs %7.2fx %7.2fx %7.2fx\n", l, a, n, b, c, d, a / c, n / c, a / d }'
+  tw=($(best ip netns exec "$NS" "$BIN" --log warn ruleset apply "$WORK/$label.toml" --node bench-a))
+  tn=($(best ip netns exec "$NS" "$BIN" --log warn ruleset apply "$WORK/$label.toml" --node bench-a --check))
+  cc=($(best "$BIN" ruleset compile "$WORK/$label.toml" --node bench-a))
+  nf=($(best ip netns exec "$NS" nft -f "$WORK/$label.nft"))
+  ip=($(best sh -c "ip netns exec $NS iptables-restore < $WORK/$label.ipt"))
+  row "$label wall" "${tw[0]}" "${tn[0]}" "${cc[0]}" "${nf[0]}" "${ip[0]}"
+  row "$label cpu" "${tw[1]}" "${tn[1]}" "${cc[1]}" "${nf[1]}" "${ip[1]}"
+  echo "                    compile phases: $("$PHASES" "$WORK/$label.toml" bench-a "$RUNS")"
 }
 for n in $SIZES; do
   run_case "rules-$n" rules "$n"

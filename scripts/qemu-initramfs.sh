@@ -3,7 +3,13 @@
 # modules it needs -- and boots it with the pinned Debian cloud kernel under QEMU (TCG),
 # waiting for "twinwall: services up" on the serial console and a clean poweroff.
 #
-# usage: scripts/qemu-initramfs.sh [build|boot|all]      (default: all)
+# usage: scripts/qemu-initramfs.sh [build|boot|all|node|panic]      (default: all)
+#   all    build + boot without a config: fail-closed, no services (services=none)
+#   node   build + boot node TWINWALL_QEMU_NODE (default lj-fw-1) of TWINWALL_QEMU_CONFIG
+#          (default ../shared/examples/seed-pair.toml): a config disk (GPT partition
+#          `config`, ext4: node, trusted key, sync key, signed bundle) and three isolated
+#          virtio NICs (eth0-eth2 by PCI slot); the services really run and health reports
+#   panic  build + boot with twinwall.test_panic=1: PID 1 must log the panic and reboot
 # env:   TWINWALL_BIN        use this static twinwall instead of building one
 #        TWINWALL_KERNEL_CACHE  kernel cache dir (default build/cache/kernel)
 #        TWINWALL_QEMU_OUT   output dir (default build/qemu-init)
@@ -88,6 +94,16 @@ build() {
   # The kernel opens /dev/console for PID 1's stdio before any devtmpfs exists.
   mknod -m 600 "$stage/dev/console" c 5 1 || die "mknod /dev/console failed (needs root)"
   install -m 0755 "$bin" "$stage/init"
+  # nft and its libraries from the host (Debian bookworm: the same nftables the image pins
+  # in rootfs/packages.lock): the ruleset service runs it by name.
+  local nft lib
+  nft=$(command -v nft) || die "nft is missing (package nftables)"
+  mkdir -p "$stage/usr/sbin"
+  install -m 0755 "$nft" "$stage/usr/sbin/nft"
+  for lib in $(ldd "$nft" | grep -o '/[^ ]*'); do
+    mkdir -p "$stage$(dirname "$lib")"
+    cp -L "$lib" "$stage$lib"
+  done
   local list="$stage/lib/modules/twinwall.modules" m rel
   : >"$list"
   while read -r m; do
@@ -129,9 +145,67 @@ boot() {
   echo "measure: pid1_rss_kb=$(echo "$m" | sed 's/.*rss_kb=\([0-9]*\).*/\1/') services_up_ms=$(echo "$m" | sed 's/.*uptime_ms=\([0-9]*\).*/\1/')"
 }
 
+# A raw disk with one GPT partition named `config` (ext4), filled like `twinwall flash`
+# fills the image's: node, trusted/ops.pub, sync.key, bundles/active.bundle.
+config_disk() {
+  local bin=$1 cfg=$2 node=$3 dir=$out/config-disk
+  rm -rf "$dir" && mkdir -p "$dir/part/trusted" "$dir/part/bundles"
+  "$bin" key generate --out "$dir/ops" >/dev/null 2>&1 || die "key generate failed"
+  "$bin" key sync --out "$dir/part/sync.key" >/dev/null 2>&1 || die "key sync failed"
+  "$bin" bundle create --config "$cfg" --key "$dir/ops.key" --out "$dir/part/bundles/active.bundle" \
+    >/dev/null 2>&1 || die "bundle create of $cfg failed"
+  cp "$dir/ops.pub" "$dir/part/trusted/ops.pub"
+  echo "$node" >"$dir/part/node"
+  echo 0 >"$dir/part/installed-version"
+  mke2fs -q -t ext4 -L config -d "$dir/part" "$dir/part.ext4" 16M || die "mke2fs failed"
+  truncate -s 20M "$out/config.img"
+  sgdisk -q -o -n 1:2048:+16M -c 1:config -t 1:8300 "$out/config.img" >/dev/null || die "sgdisk failed"
+  dd if="$dir/part.ext4" of="$out/config.img" bs=1M seek=1 conv=notrunc status=none
+}
+
+boot_node() {
+  [ -f "$out/initramfs.cpio.gz" ] || die "run '$0 build' first"
+  local bin cfg node console="$out/console.log" append rc=0
+  bin=$(static_binary) || exit 1
+  cfg=${TWINWALL_QEMU_CONFIG:-$root/../shared/examples/seed-pair.toml}
+  node=${TWINWALL_QEMU_NODE:-lj-fw-1}
+  config_disk "$bin" "$cfg" "$node"
+  append="console=ttyS0 quiet panic=-1 twinwall.root=initramfs twinwall.peer_absent_after=5"
+  append="$append twinwall.shutdown_when_healthy=poweroff ${TWINWALL_QEMU_APPEND:-}"
+  log "booting node $node of $cfg (accel $accel, timeout ${timeout_s}s); console: $console"
+  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 512 -nographic -no-reboot \
+    -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.gz" -append "$append" \
+    -drive "file=$out/config.img,format=raw,if=virtio" \
+    -netdev hubport,id=n0,hubid=0 -device virtio-net-pci,netdev=n0,addr=0x10,mac=52:54:00:77:00:00,romfile= \
+    -netdev hubport,id=n1,hubid=1 -device virtio-net-pci,netdev=n1,addr=0x11,mac=52:54:00:77:00:01,romfile= \
+    -netdev hubport,id=n2,hubid=2 -device virtio-net-pci,netdev=n2,addr=0x12,mac=52:54:00:77:00:02,romfile= \
+    </dev/null >"$console" 2>&1 || rc=$?
+  grep -q "twinwall: health: healthy" "$console" || { tail -n 60 "$console" >&2; die "no 'twinwall: health: healthy' on the console (qemu exit $rc)"; }
+  [ "$rc" -eq 0 ] || { tail -n 20 "$console" >&2; die "qemu exit $rc: no clean poweroff"; }
+  local m
+  m=$(grep -o 'twinwall: rss_kb=[0-9]* uptime_ms=[0-9]*' "$console" | head -n1)
+  echo "measure: pid1_rss_kb=$(echo "$m" | sed 's/.*rss_kb=\([0-9]*\).*/\1/') services_up_ms=$(echo "$m" | sed 's/.*uptime_ms=\([0-9]*\).*/\1/')"
+}
+
+boot_panic() {
+  [ -f "$out/initramfs.cpio.gz" ] || die "run '$0 build' first"
+  local console="$out/console.log" rc=0
+  log "booting with twinwall.test_panic=1 (accel $accel, timeout ${timeout_s}s); console: $console"
+  # -no-reboot: the guest's reboot ends QEMU (exit 0).
+  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 512 -nographic -no-reboot \
+    -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.gz" \
+    -append "console=ttyS0 quiet panic=-1 twinwall.root=initramfs twinwall.services=none twinwall.test_panic=1" \
+    -net none </dev/null >"$console" 2>&1 || rc=$?
+  grep -q "twinwall: PANIC in init: " "$console" || { tail -n 40 "$console" >&2; die "no panic line on the console (qemu exit $rc)"; }
+  grep -q "reboot: Restarting system" "$console" || { tail -n 20 "$console" >&2; die "the panic did not reboot (qemu exit $rc)"; }
+  if grep -q "Kernel panic" "$console"; then die "the kernel panicked: PID 1 exited"; fi
+}
+
 case "$mode" in
   build) build ;;
   boot) boot ;;
   all) build && boot ;;
-  *) die "usage: $0 [build|boot|all]" ;;
+  node) build && boot_node ;;
+  panic) build && boot_panic ;;
+  *) die "usage: $0 [build|boot|all|node|panic]" ;;
 esac

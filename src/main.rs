@@ -48,6 +48,12 @@ enum Cmd {
     Image(cli::image::ImageCmd),
     /// Write twinwall.img and a node's config partition to a disk or file.
     Flash(cli::flash::FlashArgs),
+    /// The management API service in the foreground.
+    Mgmt(cli::mgmt::MgmtArgs),
+    /// Upload a signed config bundle to a node (and its peer).
+    Push(cli::push::PushArgs),
+    /// A/B OS update of a node (`--cluster`: the pair, rolling).
+    Update(cli::update::UpdateArgs),
     /// The QEMU lab: a firewall pair with fault injection, scenarios, training.
     #[command(subcommand)]
     Lab(cli::lab::LabCmd),
@@ -78,6 +84,9 @@ fn main() -> ExitCode {
         Cmd::Vrrp(a) => cli::vrrp::run(a),
         Cmd::Image(c) => cli::image::run(c),
         Cmd::Flash(a) => cli::flash::run(a),
+        Cmd::Mgmt(a) => cli::mgmt::run(a),
+        Cmd::Push(a) => cli::push::run(a),
+        Cmd::Update(a) => cli::update::run(a),
         Cmd::Lab(c) => cli::lab::run(c),
     };
     cli::exit_code(result)

@@ -1,11 +1,13 @@
-//! Boot tests of the built artifacts under QEMU (TCG): twinwall.img with SeaBIOS and with
-//! OVMF, twinwall.iso with both, and GRUB's fallback from a slot B that cannot boot.
+//! Boot tests of the built artifacts under QEMU (TCG): twinwall.img flashed for node
+//! lj-fw-1 of the seed-pair example (signed bundle, trusted key, sync key), with its three
+//! NICs, booted with SeaBIOS and with OVMF, and twinwall.iso live with both; GRUB's
+//! fallback from a slot B that cannot boot; slot reproducibility.
 //!
-//! Each boot is judged by console markers: GRUB's own echo lines from grub.cfg, the
-//! kernel's banner and command line (slot chosen by GRUB), and the first output of
-//! the static twinwall binary running as the initramfs's /init. Until the init area's
-//! `twinwall init` is on this branch, that first output is clap's usage text for the
-//! `init` argv[0]; afterwards it is init's own banner; either proves /init ran.
+//! Each boot is judged by console markers: GRUB's echo lines from grub.cfg, the kernel's
+//! command line (slot chosen by GRUB), and init's own lines — trust verified, links up
+//! with their MACs, `twinwall: services up`, then the health report (VRRP master, sync
+//! peer absent, the digest of the kernel's ruleset) and the slot marked good. After the
+//! VM is stopped, the grubenv on the ESP must say the booted slot is good.
 
 mod image_common;
 
@@ -22,97 +24,183 @@ use twinwall_image::{BootState, Grubenv, Slot};
 const BOOT: Duration = Duration::from_secs(480);
 
 /// Something only our static binary prints when it runs as /init, after the kernel
-/// started: init's console lines (`twinwall: ...`, e.g. its trust decision or
-/// `twinwall: services up`), or clap's usage text from a binary without `init`.
+/// started.
 fn init_ran(console: &str) -> bool {
     let Some(i) = console.find("Kernel command line:") else {
         return false;
     };
-    let after = &console[i..];
-    after.contains("\ntwinwall: ") || after.contains("Usage: init")
+    console[i..].contains("\ntwinwall: ")
 }
 
-fn boot_disk(fw: Firmware, name: &str) {
-    let out = built_image();
-    let dir = scratch(name);
-    let img = dir.join("twinwall.img");
-    std::fs::copy(out.join("twinwall.img"), &img).unwrap();
-    let mut vm = Vm::boot(fw, Some(&img), None, false, dir.join("console.log"));
-    vm.expect_in_order(
-        &[
-            "twinwall: grub chose slot A",
-            "twinwall slot A (OK=1 TRY=1)",
-            "Linux version 6.1",
-            "Kernel command line: ",
-            "twinwall.slot=a",
-        ],
-        BOOT,
-    );
-    let start = std::time::Instant::now();
-    while !init_ran(&vm.console()) && start.elapsed() < BOOT {
-        std::thread::sleep(Duration::from_millis(300));
+/// The node the boot tests flash and the seed-pair's interface devices in zone order
+/// (outside, inside, sync): eth0, eth1, eth2 = NICs 0, 1, 2.
+const NODE: &str = "lj-fw-1";
+
+/// Flashes the built image for [`NODE`] of the seed-pair example with a freshly signed
+/// config bundle, its trusted key and a generated sync key; returns the image.
+fn flashed_node(dir: &std::path::Path) -> std::path::PathBuf {
+    let key = dir.join("ops");
+    let st = twinwall()
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bundle = dir.join("seed.bundle");
+    let o = twinwall()
+        .args(["bundle", "create", "--config"])
+        .arg(seed_pair())
+        .arg("--key")
+        .arg(key.with_extension("key"))
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = dir.join(format!("{NODE}.img"));
+    let o = twinwall()
+        .arg("flash")
+        .arg(built_image().join("twinwall.img"))
+        .arg(&img)
+        .args(["--node", NODE, "--bundle"])
+        .arg(&bundle)
+        .arg("--trust")
+        .arg(key.with_extension("pub"))
+        .arg("--sync-key")
+        .arg(dir.join("pair.sync.key"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    img
+}
+
+/// The sha256 of `nft -s list ruleset` after `twinwall ruleset apply` of [`NODE`]'s
+/// compiled ruleset in a fresh network namespace on the host (same nftables version as
+/// the image's, rootfs/packages.lock): what the appliance's kernel must hold.
+fn compiled_ruleset_digest(dir: &std::path::Path) -> String {
+    let ns = twinwall_testkit::Netns::new("imgnft").unwrap();
+    let o = ns
+        .command(env!("CARGO_BIN_EXE_twinwall"), ["ruleset", "apply"])
+        .arg(seed_pair())
+        .args(["--node", NODE])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listing = ns.run("nft", ["-s", "list", "ruleset"]).unwrap();
+    assert!(listing.starts_with("table "), "{listing}");
+    let file = dir.join("ruleset.nft");
+    std::fs::write(&file, listing).unwrap();
+    twinwall_image::rootfs::sha256_file(&file).unwrap()
+}
+
+/// The console markers of a full boot of [`NODE`] up to the health report.
+fn full_boot_markers(dir: &std::path::Path, slot_line: &str) -> Vec<String> {
+    let mut m: Vec<String> = vec![
+        "Kernel command line: ".into(),
+        slot_line.into(),
+        "twinwall: config version 1 (active bundle) verified".into(),
+    ];
+    for (zone, dev, nic) in [
+        ("inside", "eth1", 1),
+        ("outside", "eth0", 0),
+        ("sync", "eth2", 2),
+    ] {
+        m.push(format!(
+            "link up zone={zone} device={dev} mac={}",
+            nic_mac(nic)
+        ));
     }
-    assert!(
-        init_ran(&vm.console()),
-        "/init never ran; log {}",
-        vm.log.display()
-    );
+    m.extend([
+        "twinwall: services up".into(),
+        "twinwall: vrrp group edge master (vrid 51 on eth0 master, vrid 52 on eth1 master)".into(),
+        "twinwall: sync peer absent".into(),
+        format!(
+            "twinwall: ruleset in kernel: sha256 {}",
+            compiled_ruleset_digest(dir)
+        ),
+    ]);
+    m
+}
+
+fn boot_node(fw: Firmware, name: &str) {
+    let dir = scratch(name);
+    let img = flashed_node(&dir);
+    let spec = VmSpec {
+        disk: Some(img.clone()),
+        nics: 3,
+        ..VmSpec::default()
+    };
+    let mut markers = vec![
+        "twinwall: grub chose slot A".to_string(),
+        "twinwall slot A (OK=1 TRY=1)".into(),
+    ];
+    markers.extend(full_boot_markers(&dir, "twinwall.slot=a"));
+    markers.push("twinwall: health: healthy; slot a marked good".into());
+    let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
+    let mut vm = Vm::start(fw, &spec, dir.join("console.log"));
+    vm.expect_in_order(&markers, BOOT);
+    let console = vm.console();
     drop(vm);
-    // GRUB saved the boot attempt: A is now pending confirmation by init.
+    assert!(!console.contains("phase failed"), "{console}");
+    // init confirmed the slot GRUB tried: A is good again (OK=1, TRY=0).
     let layout = Layout::plan(Sizes::default());
     let env = Grubenv::parse(&disk::esp(&img, &layout).read(disk::ESP_GRUBENV).unwrap()).unwrap();
     let st = BootState::from_env(&env).unwrap();
-    assert!(st.a.ok, "{st:?}");
+    assert!(st.a.ok && !st.a.tried, "slot A not confirmed: {st:?}");
+    assert_eq!(st.grub_boot().1, Slot::A);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
-fn disk_image_boots_with_seabios() {
-    boot_disk(Firmware::Bios, "bios");
+fn flashed_node_boots_to_services_up_with_seabios() {
+    boot_node(Firmware::Bios, "bios");
 }
 
 #[test]
-fn disk_image_boots_with_ovmf() {
-    boot_disk(Firmware::Uefi, "uefi");
+fn flashed_node_boots_to_services_up_with_ovmf() {
+    boot_node(Firmware::Uefi, "uefi");
 }
 
+/// The ISO boots live from the CD; its config comes from the config partition of the
+/// node's flashed disk (the same layout `twinwall install` lays out). A live boot has no
+/// slot to confirm, so the grubenv is left alone.
 fn boot_iso(fw: Firmware, name: &str) {
     let out = built_image();
     let dir = scratch(name);
-    let mut vm = Vm::boot(
-        fw,
-        None,
-        Some(&out.join("twinwall.iso")),
-        false,
-        dir.join("console.log"),
-    );
-    vm.expect_in_order(
-        &[
-            "twinwall: booting live image",
-            "Linux version 6.1",
-            "twinwall.slot=a twinwall.live=1",
-        ],
-        BOOT,
-    );
-    let start = std::time::Instant::now();
-    while !init_ran(&vm.console()) && start.elapsed() < BOOT {
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    assert!(
-        init_ran(&vm.console()),
-        "/init never ran; log {}",
-        vm.log.display()
+    let img = flashed_node(&dir);
+    let layout = Layout::plan(Sizes::default());
+    let before = disk::esp(&img, &layout).read(disk::ESP_GRUBENV).unwrap();
+    let spec = VmSpec {
+        disk: Some(img.clone()),
+        cdrom: Some(out.join("twinwall.iso")),
+        nics: 3,
+        ..VmSpec::default()
+    };
+    let mut markers = vec!["twinwall: booting live image".to_string()];
+    markers.extend(full_boot_markers(&dir, "twinwall.slot=a twinwall.live=1"));
+    markers.push("twinwall: health: healthy".into());
+    let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
+    let mut vm = Vm::start(fw, &spec, dir.join("console.log"));
+    vm.expect_in_order(&markers, BOOT);
+    let console = vm.console();
+    drop(vm);
+    assert!(init_ran(&console));
+    assert!(!console.contains("marked good"), "{console}");
+    let after = disk::esp(&img, &layout).read(disk::ESP_GRUBENV).unwrap();
+    assert_eq!(
+        before, after,
+        "a live boot must not touch the disk's grubenv"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
-fn iso_boots_live_with_seabios() {
+fn iso_boots_live_to_services_up_with_seabios() {
     boot_iso(Firmware::Bios, "iso-bios");
 }
 
 #[test]
-fn iso_boots_live_with_ovmf() {
+fn iso_boots_live_to_services_up_with_ovmf() {
     boot_iso(Firmware::Uefi, "iso-uefi");
 }
 
@@ -179,74 +267,15 @@ fn grub_falls_back_to_a_when_b_cannot_boot() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The image flashed for node office-a of examples/single-vip.toml with a signed config
-/// bundle: init verifies the bundle from the config partition (the VM has no NICs, so
-/// this stops short of the services being healthy).
-#[test]
-fn flashed_image_verifies_its_config_bundle_at_boot() {
-    let out = built_image();
-    let dir = scratch("flashed");
-    let key = dir.join("ops");
-    let st = twinwall()
-        .args(["key", "generate", "--out"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let bundle = dir.join("office.bundle");
-    let st = twinwall()
-        .args([
-            "bundle",
-            "create",
-            "--config",
-            "examples/single-vip.toml",
-            "--key",
-        ])
-        .arg(key.with_extension("key"))
-        .arg("--out")
-        .arg(&bundle)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let img = dir.join("office-a.img");
-    let o = twinwall()
-        .arg("flash")
-        .arg(out.join("twinwall.img"))
-        .arg(&img)
-        .args(["--node", "office-a", "--bundle"])
-        .arg(&bundle)
-        .arg("--trust")
-        .arg(key.with_extension("pub"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut vm = Vm::boot(
-        Firmware::Bios,
-        Some(&img),
-        None,
-        false,
-        dir.join("console.log"),
-    );
-    vm.expect_in_order(
-        &[
-            "twinwall: grub chose slot A",
-            "Kernel command line: ",
-            "twinwall: config version",
-            "verified",
-        ],
-        BOOT,
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 /// A second full build from the same inputs, in another work directory and at another
-/// time, gives the same slot squashfs (the artifact that goes into slots and bundles).
+/// time, gives bit-identical artifacts: the slot squashfs (what goes into slots and
+/// bundles), twinwall.img and twinwall.iso.
 #[test]
-fn full_slot_image_is_reproducible() {
+fn full_build_is_bit_reproducible() {
     let first = built_image();
     let dir = scratch("rebuild");
     let o = twinwall()
-        .args(["image", "build", "--no-iso", "--out"])
+        .args(["image", "build", "--out"])
         .arg(dir.join("out"))
         .arg("--binary")
         .arg(static_binary())
@@ -256,9 +285,16 @@ fn full_slot_image_is_reproducible() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let sha = twinwall_image::rootfs::sha256_file;
+    for f in ["twinwall-slot.squashfs", "twinwall.img", "twinwall.iso"] {
+        assert_eq!(
+            sha(&first.join(f)).unwrap(),
+            sha(&dir.join("out").join(f)).unwrap(),
+            "{f} differs between two builds"
+        );
+    }
     assert_eq!(
-        sha(&first.join("twinwall-slot.squashfs")).unwrap(),
-        sha(&dir.join("out/twinwall-slot.squashfs")).unwrap()
+        std::fs::read(first.join("SHA256SUMS")).unwrap(),
+        std::fs::read(dir.join("out/SHA256SUMS")).unwrap()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -166,6 +166,8 @@ fn init_supervise_starts_services_in_order_and_reports_ready() {
         &dir.0,
         &[
             &CONFIG_ARGS[..],
+            // mgmt is not in the default set until `twinwall mgmt` exists: name it.
+            &["--services", "ruleset,sync,vrrp,mgmt"],
             &["--service-cmd", &ruleset, "--service-cmd", &sync],
             &["--service-cmd", &vrrp, "--service-cmd", &mgmt],
         ]

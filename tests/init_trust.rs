@@ -147,6 +147,8 @@ fn boot(work: &Path, p: &Partition) -> (Value, Vec<String>, String) {
         .arg(&p.dir)
         .arg("--run-dir")
         .arg(&run)
+        // mgmt is not in the default set until `twinwall mgmt` exists: name it.
+        .args(["--services", "ruleset,sync,vrrp,mgmt"])
         .args(["--service-cmd", &logcmd("ruleset")])
         .args(["--service-cmd", &daemon("sync")])
         .args(["--service-cmd", &daemon("vrrp")])

@@ -2,7 +2,9 @@
 //! dual-stack topologies) with the compiled ruleset applied in the firewall namespace:
 //! what the policy allows passes, everything else is dropped, for TCP, UDP, ICMP and
 //! IPv6; dnat via the VIP reaches the web server; snat makes inside clients appear as the
-//! outside VIP; the per-source rate limit lets a burst through and drops the rest.
+//! outside VIP; the per-source rate limit lets a burst through and drops the rest; the
+//! firewall's own connections pass only where a `from = "self"` rule allows them, while
+//! the cluster plumbing (VRRP adverts, sync, management replies) still leaves.
 //!
 //! TCP/UDP traffic uses testkit's `PeerEcho` listeners (they answer with the peer address
 //! they saw, which shows what NAT did) and probes; ICMP uses `ping`.
@@ -55,6 +57,35 @@ fn example(file: &str, node: &str) -> NodeView {
         .join(file);
     let cfg = twinwall_config::load(&path).unwrap_or_else(|d| panic!("{d}"));
     cfg.node_view(node).unwrap()
+}
+
+/// One node's view of a ruleset fixture (`tests/fixtures/`), through the config parser.
+fn fixture(file: &str, node: &str) -> NodeView {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(file);
+    let cfg = twinwall_config::load(&path).unwrap_or_else(|d| panic!("{d}"));
+    cfg.node_view(node).unwrap()
+}
+
+/// Sends one raw IPv4 packet of `proto` from inside `ns` to a multicast group out of
+/// the interface with address `via`: `Ok` when the stack sent it, the error when the
+/// output chain dropped it (a local drop fails the send with EPERM).
+fn raw_multicast_send(ns: &Netns, proto: i32, group: &str, via: &str) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let group: std::net::Ipv4Addr = group.parse().unwrap();
+    let via: std::net::Ipv4Addr = via.parse().unwrap();
+    ns.enter(move || {
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(proto)))?;
+        s.set_multicast_if_v4(&via)?;
+        s.set_multicast_ttl_v4(255)?;
+        // A VRRPv3 advert's shape (version 3, type 1, VRID 51, priority 200); its
+        // content does not matter to the filter.
+        let advert = [0x31u8, 51, 200, 1, 0, 100, 0, 0, 203, 0, 113, 1];
+        s.send_to(&advert, &SockAddr::from(SocketAddr::new(group.into(), 0)))
+            .map(|_| ())
+    })
+    .unwrap()
 }
 
 /// Builds a topology, gives the firewall the VIPs (it plays VRRP master) and applies the
@@ -235,4 +266,107 @@ fn dual_stack_ipv6_policy_and_rate_limit() {
         answered > 0 && answered < 25,
         "rate limit: {answered} of 40 new flows answered"
     );
+}
+
+#[test]
+fn firewall_own_connections_use_the_output_chain() {
+    if !require_root() {
+        return;
+    }
+    let view = fixture("ruleset-own-traffic.toml", "lj-fw-1");
+    let lab = lab_with_ruleset("seed-pair", "fw1", &view);
+    let (client, server, fw, peer) = (
+        lab.ns("client"),
+        lab.ns("server"),
+        lab.ns("fw1"),
+        lab.ns("fw2"),
+    );
+    let me = Some(ip("203.0.113.2"));
+
+    // fw-dns: DNS (udp and tcp) to the resolver; nothing else to it.
+    let _dns_u = udp_listen(server, "0.0.0.0:53");
+    let _dns_t = tcp_listen(server, "0.0.0.0:53");
+    let _other = tcp_listen(server, "0.0.0.0:8080");
+    assert_eq!(udp(fw, "203.0.113.254:53"), me, "udp dns from the firewall");
+    assert_eq!(
+        tcp(fw, "203.0.113.254:53", None),
+        me,
+        "tcp dns from the firewall"
+    );
+    assert_eq!(
+        tcp(fw, "203.0.113.254:8080", None),
+        None,
+        "tcp/8080 from the firewall"
+    );
+    assert!(
+        !ping(fw, &["203.0.113.254"]),
+        "no rule lets the firewall ping"
+    );
+
+    // fw-ntp: udp/123 out of the outside zone only.
+    let _ntp_out = udp_listen(server, "0.0.0.0:123");
+    let _ntp_in = udp_listen(client, "0.0.0.0:123");
+    assert_eq!(
+        udp(fw, "203.0.113.254:123"),
+        me,
+        "ntp out of the outside zone"
+    );
+    assert_eq!(
+        udp(fw, "198.51.100.10:123"),
+        None,
+        "ntp into the inside zone"
+    );
+
+    // Cluster plumbing with the drop output policy: sync to the peer's sync address
+    // and port only, management replies (established), VRRP adverts on VIP interfaces.
+    let _sync = udp_listen(peer, "192.0.2.2:3780");
+    let _sync_other = udp_listen(peer, "192.0.2.2:3781");
+    let sync_me = Some(ip("192.0.2.1"));
+    assert_eq!(
+        udp_probe(fw, sa("192.0.2.2:3780"), Some(ip("192.0.2.1")), WAIT).unwrap(),
+        sync_me,
+        "sync out"
+    );
+    assert_eq!(
+        udp_probe(fw, sa("192.0.2.2:3781"), Some(ip("192.0.2.1")), WAIT).unwrap(),
+        None,
+        "not the sync port"
+    );
+    let _api = tcp_listen(fw, "0.0.0.0:9780");
+    assert_eq!(
+        tcp(peer, "192.0.2.1:9780", None),
+        Some(ip("192.0.2.2")),
+        "management reply from the firewall"
+    );
+    raw_multicast_send(fw, 112, "224.0.0.18", "203.0.113.2").expect("VRRP advert out of eth0");
+    raw_multicast_send(fw, 112, "224.0.0.18", "198.51.100.2").expect("VRRP advert out of eth1");
+    let err = raw_multicast_send(fw, 113, "224.0.0.18", "203.0.113.2").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EPERM),
+        "another protocol is dropped: {err}"
+    );
+
+    let out = fw
+        .run("nft", ["list", "chain", "inet", "twinwall", "output"])
+        .unwrap();
+    let count = |name: &str| -> u64 {
+        out.lines()
+            .filter(|l| l.contains(&format!("comment \"{name}\"")))
+            .map(|l| {
+                let after = l.split("packets ").nth(1).unwrap();
+                after
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert!(count("fw-dns") >= 2, "{out}");
+    assert!(count("fw-ntp") >= 1, "{out}");
+    assert!(count("cluster:vrrp") >= 2, "{out}");
+    assert!(count("cluster:sync") >= 1, "{out}");
+    assert!(count("default-drop") >= 1, "{out}");
 }

@@ -8,8 +8,8 @@ use serde_json::Value;
 use twinwall_sync::core::Role;
 use twinwall_sync::entry::{Entry, L4, Tuple};
 use twinwall_sync::kernel::{Conntrack, wait_until};
+use twinwall_sync::lab::flows::{Flows, echo_server, survival};
 use twinwall_sync::lab::pair::{Pair, SyncHandle};
-use twinwall_sync::lab::traffic::{Flows, echo_server, survival};
 
 fn start_echo(pair: &Pair) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -35,7 +35,7 @@ fn failover_run(
     sync: Option<&[SyncHandle; 2]>,
     tcp: usize,
     udp: usize,
-) -> twinwall_sync::lab::traffic::Survival {
+) -> twinwall_sync::lab::flows::Survival {
     let stop_echo = start_echo(pair);
     let targets = Pair::targets(tcp, udp);
     let flows = pair
@@ -71,8 +71,7 @@ fn failover_run(
     pair.master = 1;
     if std::env::var("TW_DEBUG").is_ok() {
         for f in &pair.fw {
-            let out = f.exec(&["conntrack", "-L"]).unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let text = f.run("conntrack", ["-L"]).unwrap();
             for port in ["dport=7000", "dport=7001", "dport=7002", "dport=7003"] {
                 let n = text.lines().filter(|l| l.contains(port)).count();
                 if let Some(l) = text.lines().find(|l| l.contains(port)) {
@@ -184,7 +183,7 @@ fn peer_restart_and_sync_link_loss_heal_and_converge() {
     pair.sync_link(false).unwrap();
     inject(&pair, 0, 3000..3500);
     pair.fw[0]
-        .exec(&["conntrack", "-D", "-p", "udp", "--orig-port-src", "1000"])
+        .run("conntrack", ["-D", "-p", "udp", "--orig-port-src", "1000"])
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(sync[1].status()["peer_up"], Value::Bool(false));

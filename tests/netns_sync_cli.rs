@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use twinwall_sync::kernel::wait_until;
-use twinwall_sync::lab::Netns;
+use twinwall_testkit::Netns;
 
 fn view_json() -> String {
     serde_json::json!({
@@ -79,7 +79,7 @@ fn twinwall_with(ns: &Netns, f: &Files, config: &str, node: &str) -> Command {
 #[test]
 fn service_answers_status_and_exits_cleanly_on_sigterm() {
     let ns = Netns::new("cli").unwrap();
-    ns.ip(&["addr", "add", "203.0.113.1/32", "dev", "lo"])
+    ns.ip(["addr", "add", "203.0.113.1/32", "dev", "lo"])
         .unwrap();
     let f = files(&"ab".repeat(32));
     let mut child = twinwall(&ns, &f, "fw1")
@@ -130,7 +130,7 @@ fn service_answers_status_and_exits_cleanly_on_sigterm() {
 #[test]
 fn a_bad_key_or_the_wrong_node_is_a_clear_error() {
     let ns = Netns::new("clibad").unwrap();
-    ns.ip(&["addr", "add", "203.0.113.1/32", "dev", "lo"])
+    ns.ip(["addr", "add", "203.0.113.1/32", "dev", "lo"])
         .unwrap();
     let f = files("not a key\n");
     let out = twinwall(&ns, &f, "fw1").output().unwrap();
@@ -151,8 +151,7 @@ fn a_bad_key_or_the_wrong_node_is_a_clear_error() {
 fn the_cluster_toml_config_is_read_for_the_node() {
     let ns = Netns::new("clitoml").unwrap();
     // examples/single-vip.toml: office-a's sync address
-    ns.ip(&["addr", "add", "192.0.2.5/30", "dev", "lo"])
-        .unwrap();
+    ns.ip(["addr", "add", "192.0.2.5/30", "dev", "lo"]).unwrap();
     let f = files(&"cd".repeat(32));
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/single-vip.toml");
     let mut child = twinwall_with(&ns, &f, config, "office-a")
@@ -191,7 +190,7 @@ fn the_vrrp_commit_handshake_drives_the_role() {
     use std::sync::{Arc, Mutex};
     use twinwall_control::{Response, Server};
     let ns = Netns::new("clivrrp").unwrap();
-    ns.ip(&["addr", "add", "203.0.113.1/32", "dev", "lo"])
+    ns.ip(["addr", "add", "203.0.113.1/32", "dev", "lo"])
         .unwrap();
     let f = files(&"ef".repeat(32));
     // a stand-in for the VRRP service's socket that records what the sync service sends

@@ -143,7 +143,8 @@ pub fn build_disk(spec: &DiskSpec, work: &Path, out: &Path) -> Result<Layout, Di
         layout.get(Role::Esp).size(),
         "TWINWALL",
         ESP_VOLUME_ID,
-    )?;
+    )?
+    .with_epoch(spec.epoch);
     for d in ["/grub", "/EFI", "/EFI/BOOT"] {
         esp.mkdir(d)?;
     }

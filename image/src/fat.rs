@@ -13,6 +13,8 @@ const ENV: &[(&str, &str)] = &[("MTOOLS_SKIP_CHECK", "1"), ("MTOOLS_NO_VFAT", "0
 #[derive(Debug, Clone)]
 pub struct Fat {
     spec: String,
+    /// SOURCE_DATE_EPOCH for the entries mtools creates (mtools reads it as "now").
+    epoch: Option<String>,
 }
 
 impl Fat {
@@ -20,7 +22,23 @@ impl Fat {
     pub fn at(image: &Path, offset: u64) -> Self {
         Self {
             spec: format!("{}@@{offset}", image.display()),
+            epoch: None,
         }
+    }
+
+    /// Directory entries created from now on carry the time `epoch` (SOURCE_DATE_EPOCH)
+    /// instead of the wall clock, so the filesystem is bit-reproducible.
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = Some(epoch.to_string());
+        self
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        let mut e = ENV.to_vec();
+        if let Some(t) = &self.epoch {
+            e.push(("SOURCE_DATE_EPOCH", t.as_str()));
+        }
+        e
     }
 
     /// Makes a new FAT filesystem of `bytes` bytes in the file `path` (created), with a fixed
@@ -51,25 +69,30 @@ impl Fat {
 
     /// Creates a directory (parents must exist).
     pub fn mkdir(&self, dir: &str) -> Result<(), ToolError> {
-        tool::run_env("mmd", ["-i", &self.spec, &format!("::{dir}")], None, ENV).map(|_| ())
-    }
-
-    /// Copies a host file to `dst` in the filesystem (overwriting), keeping its mtime.
-    pub fn copy_in(&self, src: &Path, dst: &str) -> Result<(), ToolError> {
         tool::run_env(
-            "mcopy",
-            [
-                "-o",
-                "-m",
-                "-i",
-                &self.spec,
-                &src.display().to_string(),
-                &format!("::{dst}"),
-            ],
+            "mmd",
+            ["-i", &self.spec, &format!("::{dir}")],
             None,
-            ENV,
+            &self.env(),
         )
         .map(|_| ())
+    }
+
+    /// Copies a host file to `dst` in the filesystem (overwriting). It keeps the host
+    /// file's mtime, except with [`Fat::with_epoch`]: then the entry gets the epoch (the
+    /// build's work files carry the wall clock's time).
+    pub fn copy_in(&self, src: &Path, dst: &str) -> Result<(), ToolError> {
+        let mut args = vec!["-o".to_string()];
+        if self.epoch.is_none() {
+            args.push("-m".into());
+        }
+        args.extend([
+            "-i".into(),
+            self.spec.clone(),
+            src.display().to_string(),
+            format!("::{dst}"),
+        ]);
+        tool::run_env("mcopy", args, None, &self.env()).map(|_| ())
     }
 
     /// Reads a file of the filesystem.

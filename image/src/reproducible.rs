@@ -138,6 +138,29 @@ pub fn squashfs(root: &Path, out: &Path, epoch: u64) -> Result<(), ReproError> {
     Ok(())
 }
 
+/// `epoch` (seconds since 1970, UTC) as xorriso's 16-digit `YYYYMMDDhhmmsscc` (used for
+/// the ISO's volume UUID). Pure; civil-from-days after Howard Hinnant's algorithm, since
+/// one date conversion does not warrant a date crate.
+pub fn iso_date(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let rem = epoch % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// SOURCE_DATE_EPOCH from the environment, else a fixed default (the project's epoch), so
 /// builds are reproducible even when nobody sets it.
 pub fn source_date_epoch() -> u64 {
@@ -149,3 +172,17 @@ pub fn source_date_epoch() -> u64 {
 
 /// 2026-01-01T00:00:00Z.
 pub const DEFAULT_EPOCH: u64 = 1_767_225_600;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates_are_utc_calendar_dates() {
+        assert_eq!(iso_date(0), "1970010100000000");
+        // The project's default epoch, 2026-01-01 00:00:00 UTC.
+        assert_eq!(iso_date(1_767_225_600), "2026010100000000");
+        // A leap day, with a time of day.
+        assert_eq!(iso_date(951_827_696), "2000022912345600");
+    }
+}

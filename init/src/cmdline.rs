@@ -8,6 +8,9 @@
 //! | `twinwall.services=a,b` | override the service set (`none`: no services) |
 //! | `twinwall.shutdown_when_up=poweroff\|reboot` | orderly shutdown once services are up (boot tests) |
 //! | `twinwall.modules=PATH` | module list file (default `/lib/modules/twinwall.modules`) |
+//! | `twinwall.shutdown_when_healthy=poweroff\|reboot` | orderly shutdown once health has reported (boot tests) |
+//! | `twinwall.test_panic=1` | test only: PID 1 panics after the boot phases (must reboot) |
+//! | `twinwall.peer_absent_after=SECONDS` | health: how long sync may go without its peer (default 20) |
 
 use crate::sys::PowerAction;
 
@@ -28,6 +31,12 @@ pub struct Cmdline {
     pub shutdown_when_up: Option<PowerAction>,
     /// `twinwall.modules`.
     pub modules: Option<String>,
+    /// `twinwall.peer_absent_after`, in seconds.
+    pub peer_absent_after: Option<u64>,
+    /// `twinwall.shutdown_when_healthy`.
+    pub shutdown_when_healthy: Option<PowerAction>,
+    /// `twinwall.test_panic=1`.
+    pub test_panic: bool,
     /// Options with the `twinwall.` prefix that init does not know (logged, not fatal:
     /// a typo on the kernel command line must not brick the box).
     pub unknown: Vec<String>,
@@ -60,8 +69,8 @@ impl Cmdline {
                             .collect(),
                     )
                 }
-                "shutdown_when_up" => {
-                    c.shutdown_when_up = match value {
+                "shutdown_when_up" | "shutdown_when_healthy" => {
+                    let action = match value {
                         "poweroff" => Some(PowerAction::Poweroff),
                         "reboot" => Some(PowerAction::Reboot),
                         "halt" => Some(PowerAction::Halt),
@@ -69,9 +78,19 @@ impl Cmdline {
                             c.unknown.push(word.to_string());
                             None
                         }
+                    };
+                    if key == "shutdown_when_up" {
+                        c.shutdown_when_up = action;
+                    } else {
+                        c.shutdown_when_healthy = action;
                     }
                 }
                 "modules" => c.modules = Some(value.to_string()),
+                "test_panic" => c.test_panic = value == "1",
+                "peer_absent_after" => match value.parse() {
+                    Ok(n) => c.peer_absent_after = Some(n),
+                    Err(_) => c.unknown.push(word.to_string()),
+                },
                 _ => c.unknown.push(word.to_string()),
             }
         }

@@ -165,6 +165,21 @@ async fn apply_async(plan: &NetPlan, all_links: bool) -> Result<Vec<NetworkError
         };
         let idx = link.header.index;
         index.insert(device.clone(), idx);
+        // The MAC goes into the log: it shows which NIC got which kernel name (names follow
+        // the PCI probe order; docs/init.md).
+        let mac = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                rtnetlink::packet_route::link::LinkAttribute::Address(m) => Some(
+                    m.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default();
         let req = rtnetlink::LinkUnspec::new_with_index(idx).up().build();
         if let Err(source) = handle.link().set(req).execute().await {
             errors.push(NetworkError::Netlink {
@@ -173,7 +188,7 @@ async fn apply_async(plan: &NetPlan, all_links: bool) -> Result<Vec<NetworkError
                 source,
             });
         } else {
-            tracing::info!(zone = %zone, device = %device, "link up");
+            tracing::info!(zone = %zone, device = %device, mac = %mac, "link up");
         }
     }
     for (device, net) in &plan.addresses {

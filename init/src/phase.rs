@@ -16,6 +16,9 @@ pub enum Phase {
     Modules,
     /// Partitions by GPT label; slot root; config partition.
     Storage,
+    /// After the switch into a slot: the root's own (full) module list — NICs and
+    /// netfilter, which the initramfs does not carry.
+    RootModules,
     /// Node identity and bundle verification (or fail-closed).
     Trust,
     /// Links, addresses, router sysctls.
@@ -28,10 +31,11 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase in boot order.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Early,
         Phase::Modules,
         Phase::Storage,
+        Phase::RootModules,
         Phase::Trust,
         Phase::Network,
         Phase::Services,
@@ -44,6 +48,7 @@ impl Phase {
             Phase::Early => "early",
             Phase::Modules => "modules",
             Phase::Storage => "storage",
+            Phase::RootModules => "root-modules",
             Phase::Trust => "trust",
             Phase::Network => "network",
             Phase::Services => "services",

@@ -124,15 +124,7 @@ pub fn boot(
 
     let list = PathBuf::from(cmdline.modules.as_deref().unwrap_or(modules::DEFAULT_LIST));
     let (r, m) = phase::run(Phase::Modules, || {
-        modules::run(sys, &list).map(|l| {
-            let d = format!(
-                "{} loaded, {} already present, {} not applicable",
-                l.loaded.len(),
-                l.already.len(),
-                l.not_applicable.len()
-            );
-            ((), Outcome::Ok(d))
-        })
+        modules::run(sys, &list).map(|l| ((), Outcome::Ok(l.summary())))
     });
     record(r);
     m?;
@@ -151,6 +143,17 @@ pub fn boot(
     record(r);
     let mounted = mounted?;
     shared.update(|s| s.slot = cmdline.slot.clone().filter(|s| s == "a" || s == "b"));
+
+    // The initramfs carries only what reaches the root; the slot's list has everything
+    // (NICs, netfilter). Already loaded modules count as present.
+    if mounted.switched_root {
+        let root_list = PathBuf::from(modules::DEFAULT_LIST);
+        let (r, m) = phase::run(Phase::RootModules, || {
+            modules::run(sys, &root_list).map(|l| ((), Outcome::Ok(l.summary())))
+        });
+        record(r);
+        m?;
+    }
 
     let config_dir = mounted.config.then(|| PathBuf::from(storage::CONFIG_MOUNT));
     let (r, decision) = phase::run(Phase::Trust, || {
@@ -339,6 +342,17 @@ pub fn finish(sys: &dyn Syscalls, action: PowerAction) -> ! {
     }
 }
 
+/// What PID 1 does when it panics (any thread): says so on the console, syncs and
+/// reboots at once — no service shutdown, since the state that panicked cannot be
+/// trusted to do it. Returns only if reboot(2) failed (then the panic unwinds and the
+/// kernel panics, which with `panic=10` reboots as well).
+pub fn on_panic(sys: &dyn Syscalls, what: &str) {
+    console(&format!("PANIC in init: {what}; rebooting"));
+    sys.sync();
+    let e = sys.reboot(PowerAction::Reboot);
+    console(&format!("reboot after panic failed: {e}"));
+}
+
 /// The machine's PID 1. Never returns.
 pub fn main(
     verifier: Box<dyn BundleVerifier>,
@@ -346,13 +360,21 @@ pub fn main(
     slot_control: Box<dyn SlotControl>,
 ) -> ! {
     let sys = RealSyscalls;
+    // One malloc arena: PID 1's few threads (health, status socket) need no per-thread
+    // arenas, and each would keep its own resident pages.
+    // SAFETY: mallopt only tunes glibc's allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+    // The kernel starts init without PATH; the services run `nft` and friends by name.
+    if std::env::var_os("PATH").is_none() {
+        // SAFETY: PID 1 is still single-threaded here (no thread has been spawned yet),
+        // so nothing can read the environment concurrently.
+        unsafe { std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") };
+    }
     // A panic anywhere in PID 1 would make the kernel panic when we exit: log it, sync,
     // and reboot cleanly instead.
-    std::panic::set_hook(Box::new(|info| {
-        console(&format!("PANIC in init: {info}; rebooting"));
-        nix::unistd::sync();
-        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
-    }));
+    std::panic::set_hook(Box::new(|info| on_panic(&RealSyscalls, &info.to_string())));
     if let Err(e) = supervisor::block_signals() {
         console(&format!("{e}"));
     }
@@ -368,6 +390,10 @@ pub fn main(
             finish(&sys, PowerAction::Reboot);
         }
     };
+    if booted.cmdline.test_panic {
+        // Test-only (`twinwall.test_panic=1`): proves the panic path reboots the machine.
+        panic!("twinwall.test_panic=1 on the kernel command line");
+    }
     let _server = match shared.serve(&opts.run_dir) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -384,24 +410,34 @@ pub fn main(
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
             .collect();
     }
-    let slot = booted
-        .cmdline
-        .slot
-        .as_ref()
-        .filter(|s| *s == "a" || *s == "b");
-    if let (Some(slot), Decision::Verified { .. }) = (slot, &booted.decision) {
+    // Health runs on every verified boot (its report shows on the console); it marks a
+    // slot good only when booted from a disk slot (not live, not the initramfs).
+    if matches!(booted.decision, Decision::Verified { .. }) {
+        let slot = booted
+            .cmdline
+            .slot
+            .clone()
+            .filter(|s| (s == "a" || s == "b") && !booted.cmdline.live && booted.switched_root);
         let policy = HealthPolicy {
             vrrp: booted.specs.iter().any(|s| s.name == "vrrp"),
             sync: booted.specs.iter().any(|s| s.name == "sync"),
-            peer_absent_after: Duration::from_secs(120),
+            peer_absent_after: booted
+                .cmdline
+                .peer_absent_after
+                .map_or(health::DEFAULT_PEER_ABSENT_AFTER, Duration::from_secs),
         };
-        if let Err(e) = health::watch(
-            shared.clone(),
-            opts.run_dir.clone(),
-            policy,
-            slot.clone(),
-            slot_control,
-        ) {
+        let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        let w = health::Watch {
+            slot,
+            control: slot_control,
+            nft,
+            console: true,
+            shutdown: booted.cmdline.shutdown_when_healthy,
+        };
+        if let Err(e) = health::watch(shared.clone(), opts.run_dir.clone(), policy, w) {
             console(&format!("health watcher not started: {e}"));
         }
     }

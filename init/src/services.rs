@@ -1,6 +1,9 @@
 //! The appliance's service set, derived from the trust decision: ruleset first (one-shot,
 //! before forwarding is enabled), then sync, vrrp and mgmt, each a child process of the
 //! same binary. Fail-closed runs only the bootstrap ruleset and management.
+//!
+//! Seam for new services: add the name to [`NORMAL`] (start order), its command line to
+//! [`spec`], and, once the command exists in the binary, to [`DEFAULT`].
 
 use std::path::{Path, PathBuf};
 
@@ -29,8 +32,14 @@ fn p(x: &Path) -> String {
     x.display().to_string()
 }
 
-/// Names of the normal service set, in start order.
+/// Every service init knows, in start order (`twinwall.services=` / `--services` may name
+/// any of them).
 pub const NORMAL: [&str; 4] = ["ruleset", "sync", "vrrp", "mgmt"];
+
+/// The services started when no explicit set is given. `mgmt` is left out until the
+/// `twinwall mgmt` command lands: a command the binary does not have would crash-loop
+/// and keep "services up" from ever being reached.
+pub const DEFAULT: [&str; 3] = ["ruleset", "sync", "vrrp"];
 
 /// The spec of one named service, if the name is known.
 pub fn spec(ctx: &ServiceContext, name: &str) -> Option<ServiceSpec> {
@@ -90,8 +99,8 @@ pub fn spec(ctx: &ServiceContext, name: &str) -> Option<ServiceSpec> {
     })
 }
 
-/// The service set: the normal one (or the fail-closed one), optionally restricted to
-/// `only` (kept in start order). Unknown names in `only` are returned as errors.
+/// The service set: [`DEFAULT`] (or its fail-closed counterpart), or exactly the known
+/// services named in `only` (kept in start order). Unknown names in `only` are errors.
 pub fn service_set(
     ctx: &ServiceContext,
     only: Option<&[String]>,
@@ -108,7 +117,10 @@ pub fn service_set(
     }
     Ok(NORMAL
         .iter()
-        .filter(|n| only.is_none_or(|o| o.iter().any(|x| x == *n)))
+        .filter(|n| match only {
+            Some(o) => o.iter().any(|x| x == *n),
+            None => DEFAULT.contains(n),
+        })
         .filter_map(|n| spec(ctx, n))
         .collect())
 }
@@ -131,6 +143,14 @@ mod tests {
     fn normal_set_starts_ruleset_first_and_passes_the_config() {
         let set = service_set(&ctx(true), None).unwrap();
         let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ruleset", "sync", "vrrp"],
+            "mgmt is not a default yet"
+        );
+        let all: Vec<String> = NORMAL.iter().map(|s| s.to_string()).collect();
+        let set = service_set(&ctx(true), Some(&all)).unwrap();
+        let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["ruleset", "sync", "vrrp", "mgmt"]);
         assert_eq!(set[0].kind, Kind::Oneshot);
         assert_eq!(
@@ -152,6 +172,10 @@ mod tests {
     #[test]
     fn fail_closed_runs_bootstrap_and_management_only() {
         let set = service_set(&ctx(false), None).unwrap();
+        let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ruleset"]);
+        let all: Vec<String> = NORMAL.iter().map(|s| s.to_string()).collect();
+        let set = service_set(&ctx(false), Some(&all)).unwrap();
         let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["ruleset", "mgmt"]);
         assert_eq!(set[0].args, ["ruleset", "bootstrap"]);

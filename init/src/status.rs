@@ -62,6 +62,8 @@ pub struct Status {
     pub slot_marked_good: bool,
     /// What the health phase still waits for before marking the slot good.
     pub health_pending: Vec<String>,
+    /// The health report once healthy (VRRP groups, sync peer, ruleset digest).
+    pub health_report: Vec<String>,
     /// Finished boot phases in order.
     pub phases: Vec<PhaseReport>,
     /// The trust decision (PID 1 only).
@@ -87,6 +89,7 @@ impl Status {
             slot: None,
             slot_marked_good: false,
             health_pending: vec![],
+            health_report: vec![],
             phases: vec![],
             trust: None,
             fail_closed: None,

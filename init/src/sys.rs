@@ -67,6 +67,11 @@ pub trait Syscalls: Send + Sync {
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Writes a whole file, replacing it (used for files under /run).
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Writes a secret: like [`Syscalls::write_file`], but readable by its owner only
+    /// (mode 0600 from the start, not chmod-ed afterwards).
+    fn write_private(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.write_file(path, data)
+    }
     /// Writes a sysctl, `key` in dotted form (`net.ipv4.ip_forward`).
     fn sysctl(&self, key: &str, value: &str) -> io::Result<()>;
     /// `symlink(2)`: creates `link` pointing at `target`.
@@ -144,6 +149,18 @@ impl Syscalls for RealSyscalls {
 
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         std::fs::write(path, data)
+    }
+
+    fn write_private(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(data)
     }
 
     fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {

@@ -195,8 +195,7 @@ pub fn run(
                     reasons.push(format!("cannot write {}: {e}", config_path.display()));
                     break;
                 }
-                let key = dir.join("sync.key");
-                let sync_key = sys.read_file(&key).is_ok().then_some(key);
+                let sync_key = sync_key_for_service(sys, &dir.join("sync.key"), run_dir);
                 return Decision::Verified {
                     node,
                     which,
@@ -212,5 +211,39 @@ pub fn run(
     Decision::FailClosed {
         node: Some(node),
         reasons,
+    }
+}
+
+/// The sync service's copy of the pair's key: the config partition's `sync.key` (the
+/// bundle area's `twinwall-sync-key-v1 <base64>`, as written by `twinwall flash` and
+/// `twinwall key sync`) is checked here and handed to sync as 64 hex characters in
+/// `RUN_DIR/sync.key` (0600, tmpfs), a form every sync key reader accepts. A missing or
+/// malformed key is logged and gives `None` (sync then reports its own error).
+pub fn sync_key_for_service(sys: &dyn Syscalls, key: &Path, run_dir: &Path) -> Option<PathBuf> {
+    let text = sys.read_file(key).ok()?;
+    let what = key.display().to_string();
+    let parsed = std::str::from_utf8(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|t| twinwall_bundle::SyncKey::parse(t, &what).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(k) => {
+            let out = run_dir.join("sync.key");
+            let mut hex = String::with_capacity(65);
+            for b in k.expose() {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            hex.push('\n');
+            match sys.write_private(&out, hex.as_bytes()) {
+                Ok(()) => Some(out),
+                Err(e) => {
+                    tracing::error!(path = %out.display(), error = %e, "cannot write the sync key");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(path = %what, error = %e, "sync key rejected");
+            None
+        }
     }
 }

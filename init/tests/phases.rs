@@ -460,7 +460,8 @@ fn boot_runs_the_phases_in_order_and_reports_fail_closed() {
         Some("no config partition (GPT label `config`) found")
     );
     let names: Vec<_> = booted.specs.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["ruleset", "mgmt"]);
+    // mgmt joins the default set once `twinwall mgmt` exists.
+    assert_eq!(names, ["ruleset"]);
 }
 
 #[test]
@@ -486,4 +487,77 @@ fn boot_stops_at_the_first_failing_phase() {
     assert_eq!(st.phases[1].result, "failed");
     assert!(st.phases[1].detail.contains("twinwall.modules"));
     assert!(sys.calls_of("switch_root").is_empty());
+}
+
+/// The config partition's sync key (`twinwall-sync-key-v1 <base64>`, what flash writes)
+/// reaches the sync service as 64 hex characters under the run directory; a malformed
+/// key is not passed on.
+#[test]
+fn trust_hands_sync_a_checked_copy_of_the_pair_key() {
+    use twinwall_init::trust::sync_key_for_service;
+    let key = twinwall_bundle::SyncKey::generate().unwrap();
+    let want: String = key.expose().iter().map(|b| format!("{b:02x}")).collect();
+    let sys = RecordingSyscalls::new().with_file("/cfg/sync.key", key.encode().as_bytes());
+    let out = sync_key_for_service(&sys, Path::new("/cfg/sync.key"), Path::new("/run/tw"));
+    assert_eq!(out, Some(PathBuf::from("/run/tw/sync.key")));
+    assert_eq!(
+        String::from_utf8(sys.file("/run/tw/sync.key").unwrap()).unwrap(),
+        format!("{want}\n")
+    );
+    let bad = RecordingSyscalls::new().with_file("/cfg/sync.key", "twinwall-sync-key-v1 AAAA");
+    assert_eq!(
+        sync_key_for_service(&bad, Path::new("/cfg/sync.key"), Path::new("/run/tw")),
+        None
+    );
+    assert!(bad.file("/run/tw/sync.key").is_none());
+    let none = RecordingSyscalls::new();
+    assert_eq!(
+        sync_key_for_service(&none, Path::new("/cfg/sync.key"), Path::new("/run/tw")),
+        None
+    );
+}
+
+/// The slot's full list repeats what the initramfs loaded: modules named in
+/// /proc/modules are counted as present without a finit_module (`usb-storage.ko` is
+/// `usb_storage` there).
+#[test]
+fn modules_in_proc_modules_are_skipped_without_a_load() {
+    let sys = module_sys(
+        "kernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/usb/storage/usb-storage.ko\n\
+         /opt/extra/nf_tables.ko\n",
+    )
+    .with_file(
+        "/proc/modules",
+        "virtio_ring 45056 1 virtio_net, Live 0x0\nusb_storage 81920 0 - Live 0x0\n",
+    );
+    let done = modules::run(&sys, Path::new(modules::DEFAULT_LIST)).unwrap();
+    assert_eq!(done.already, ["virtio_ring", "usb_storage"]);
+    assert_eq!(done.loaded, ["nf_tables"]);
+    assert_eq!(sys.calls_of("finit_module").len(), 1);
+    assert!(
+        done.summary()
+            .starts_with("1 loaded, 2 already present, 0 not applicable; slowest: nf_tables ")
+    );
+}
+
+/// A panic in PID 1 is printed, synced and turned into a reboot (never an exit, which
+/// would panic the kernel).
+#[test]
+fn a_panic_in_pid1_syncs_and_reboots() {
+    let sys = RecordingSyscalls::new();
+    pid1::on_panic(&sys, "boom");
+    let kinds: Vec<&str> = sys.calls().iter().map(Call::kind).collect();
+    assert_eq!(kinds, ["sync", "reboot"]);
+    assert!(
+        matches!(
+            sys.calls()[1],
+            Call::Reboot {
+                action: twinwall_init::sys::PowerAction::Reboot
+            }
+        ),
+        "{:?}",
+        sys.calls()
+    );
+    assert!(Cmdline::parse("twinwall.test_panic=1").test_panic);
+    assert!(!Cmdline::parse("twinwall.test_panic=0").test_panic);
 }

@@ -73,7 +73,11 @@ impl SlotControl for GrubenvSlots {
     fn mark_good(&mut self, slot: &str) -> Result<(), String> {
         let esp = std::path::Path::new(twinwall_init::storage::ESP_MOUNT);
         twinwall_image::slot::mark_good_on_esp(esp, slot)
-            .map_err(|e| format!("{}: {e}", esp.display()))
+            .map_err(|e| format!("{}: {e}", esp.display()))?;
+        // The grubenv is renamed into place on vfat: flush the directory entry too, so
+        // the mark survives a power cut (or a test that stops the VM) right after.
+        RealSyscalls.sync();
+        Ok(())
     }
 }
 

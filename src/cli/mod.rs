@@ -8,9 +8,12 @@ pub mod image;
 pub mod init;
 pub mod key;
 pub mod lab;
+pub mod mgmt;
+pub mod push;
 pub mod ruleset;
 pub mod status;
 pub mod sync;
+pub mod update;
 pub mod vrrp;
 
 use std::process::ExitCode;

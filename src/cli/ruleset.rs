@@ -35,7 +35,7 @@ pub enum RulesetCmd {
         #[arg(long)]
         strict: bool,
     },
-    /// Compile, check and apply in one transaction; on failure the old ruleset stays.
+    /// Compile and apply in one transaction (`nft -f`); on failure the old ruleset stays.
     Apply {
         /// The cluster config.
         file: PathBuf,
@@ -45,9 +45,12 @@ pub enum RulesetCmd {
         /// Treat lint warnings as errors.
         #[arg(long)]
         strict: bool,
-        /// Skip the `nft -c` pass: `nft -f` alone is atomic too, and about twice as fast
-        /// for large rulesets.
-        #[arg(long)]
+        /// Run `nft -c` first (a separate verdict; twice the work: `nft -f` alone is
+        /// atomic, so a failing apply changes nothing either way).
+        #[arg(long, conflicts_with = "no_check")]
+        check: bool,
+        /// The default since the check pass was dropped; accepted for old scripts.
+        #[arg(long, hide = true)]
         no_check: bool,
     },
     /// What applying NEW instead of OLD would change, by rule name (exit 0 either way).
@@ -100,12 +103,13 @@ pub fn run(c: RulesetCmd) -> anyhow::Result<()> {
             file,
             node,
             strict,
-            no_check,
+            check,
+            no_check: _,
         } => {
             let script = compiled(&file, &node, strict)?;
             let nft = twinwall_ruleset::Nft::default();
-            if no_check {
-                nft.apply_unchecked(&script.text)
+            if check {
+                nft.check_then_apply(&script.text)
             } else {
                 nft.apply(&script.text)
             }

@@ -1,5 +1,6 @@
 //! `twinwall status`: the local node's status from the control sockets in the run dir
-//! (init, ruleset, vrrp, sync), as text or JSON, optionally with the captured service logs.
+//! (init, ruleset, vrrp, sync), as text or JSON, optionally with the captured service logs;
+//! with `--to HOST` the same from a node's management API.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -23,9 +24,12 @@ pub struct StatusArgs {
     /// Include each service's captured output (from init's ring buffers).
     #[arg(long)]
     logs: bool,
+    /// Ask a node's management API (`HOST[:PORT]`) instead of the local sockets.
+    #[arg(long)]
+    to: Option<String>,
 }
 
-const SERVICES: [&str; 4] = ["init", "ruleset", "vrrp", "sync"];
+const SERVICES: [&str; 5] = ["init", "ruleset", "vrrp", "sync", "mgmt"];
 
 fn ask(args: &StatusArgs, service: &str, cmd: &str) -> Result<Value, String> {
     twinwall_control::request(
@@ -38,6 +42,9 @@ fn ask(args: &StatusArgs, service: &str, cmd: &str) -> Result<Value, String> {
 
 /// Runs `twinwall status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    if let Some(to) = &args.to {
+        return remote(&args, to);
+    }
     let mut all = Map::new();
     let mut errors = Map::new();
     for s in SERVICES {
@@ -91,6 +98,88 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     print!("{}", render(&all, &errors));
     Ok(())
+}
+
+/// `twinwall status --to HOST`: the same record from the node's `GET /status`, plus the
+/// management service's own part (config version, confirmation window, peer and skew).
+fn remote(args: &StatusArgs, to: &str) -> anyhow::Result<()> {
+    let v = super::push::runtime()?.block_on(async {
+        let addr = twinwall_mgmt::client::resolve(to, twinwall_mgmt::DEFAULT_PORT).await?;
+        let a = twinwall_mgmt::client::request(
+            addr,
+            "GET",
+            "/status",
+            twinwall_mgmt::client::empty_body(),
+            Duration::from_secs(10),
+        )
+        .await?;
+        if !a.ok() {
+            return Err(super::push::fail(&format!("{to}: status"), &a));
+        }
+        anyhow::Ok(a.json())
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut all = v.as_object().cloned().unwrap_or_default();
+    let errors = match all.remove("unreachable") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    print!("{}", render(&all, &errors));
+    Ok(())
+}
+
+/// The management service's part: config version, pending confirmation, peer, slots.
+fn render_mgmt(o: &mut String, m: &Value) {
+    let c = &m["config"];
+    let pending = match c["confirm_pending"].as_object() {
+        Some(p) => format!(
+            "  unconfirmed: version {} reverts in {} ms",
+            str_of(&p["version"]),
+            str_of(&p["remaining_ms"])
+        ),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        o,
+        "mgmt      {}  config version {}  reverts {}{pending}",
+        str_of(&m["node"]),
+        str_of(&c["version"]),
+        str_of(&c["reverts"])
+    );
+    let p = &m["peer"];
+    if !p["address"].is_null() {
+        let skew = if p["skew"] == Value::Bool(true) {
+            "  VERSION SKEW"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "  peer    {} reachable {} version {}{skew}{}",
+            str_of(&p["address"]),
+            str_of(&p["reachable"]),
+            str_of(&p["version"]),
+            if p["pending"] == Value::Bool(true) {
+                "  (a push is pending for it)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(s) = m["slots"].as_object() {
+        let _ = writeln!(
+            o,
+            "  slots   running {} next boot {} os versions {}",
+            str_of(&s["running"]),
+            str_of(&s["next_boot"]),
+            s.get("os_versions")
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn str_of(v: &Value) -> String {
@@ -169,6 +258,9 @@ fn render(all: &Map<String, Value>, errors: &Map<String, Value>) -> String {
     }
     if let Some(v) = all.get("sync") {
         let _ = writeln!(o, "sync      {}", compact(v));
+    }
+    if let Some(m) = all.get("mgmt") {
+        render_mgmt(&mut o, m);
     }
     for (name, e) in errors {
         let _ = writeln!(o, "{name:<9} unreachable: {}", str_of(e));

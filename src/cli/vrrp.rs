@@ -22,8 +22,9 @@ pub struct VrrpArgs {
     #[arg(long, default_value = twinwall_control::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// How long a group becoming master waits for a commit participant (the sync
-    /// service) to acknowledge before the VIPs are announced, in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    /// service) to acknowledge before the VIPs are announced, in milliseconds (an ack
+    /// ends the wait at once; the bound covers a commit of 100k entries).
+    #[arg(long, default_value_t = 2000)]
     commit_wait_ms: u64,
 }
 

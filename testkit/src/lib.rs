@@ -6,12 +6,14 @@
 //! [`udp_probe`] clients, [`veth`] pairs between
 //! namespaces, bridges, address/link/route helpers, [`Spawned`] child guards,
 //! [`wait_for`] polling, and [`Topology`] (hosts, bridges and links as data, loadable from
-//! TOML/JSON, built into a [`Lab`]). Everything shells out to `ip` (iproute2): it is the
+//! TOML/JSON, built into a [`Lab`]), and [`flows`] (an echo server and many long-lived
+//! echo flows with per-flow gaps, for failover tests). Everything shells out to `ip` (iproute2): it is the
 //! tool a network engineer reads, and its error messages land verbatim in ours.
 //!
 //! Tests that need root call [`require_root`] first: it panics when not root, unless
 //! `TWINWALL_SKIP_ROOT_TESTS=1`, in which case it returns `false` and the test returns.
 
+pub mod flows;
 mod netns;
 mod probe;
 mod topology;

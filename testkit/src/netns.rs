@@ -245,6 +245,73 @@ impl Netns {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
+    /// Runs `f` on a new thread inside this namespace without waiting for it (long-running
+    /// work such as an in-process service or a traffic generator); the handle yields its
+    /// result.
+    pub fn thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
+        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).map_err(|source| TestkitError::Spawn {
+                cmd: format!("open {path}"),
+                source,
+            })?;
+            // SAFETY: setns on a valid namespace fd only changes this (new, private)
+            // thread's network namespace; no memory is touched.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(TestkitError::Spawn {
+                    cmd: format!("setns {name}"),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            Ok(f())
+        })
+    }
+
+    /// The MAC address of a device in this namespace.
+    pub fn mac(&self, dev: &str) -> Result<String> {
+        let out = self.run("cat", [format!("/sys/class/net/{dev}/address")])?;
+        Ok(out.trim().to_string())
+    }
+
+    /// Loads an nft script inside the namespace (`nft -f -`); a rejected script is an
+    /// error carrying nft's message.
+    pub fn nft(&self, script: &str) -> Result<()> {
+        use std::io::Write;
+        let mut c = self.command("nft", ["-f", "-"]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let line = format!("nft -f - (in {})", self.name);
+        let mut child = c.spawn().map_err(|source| TestkitError::Spawn {
+            cmd: line.clone(),
+            source,
+        })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| TestkitError::Spawn {
+                cmd: line.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(TestkitError::Failed {
+                cmd: line,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
     /// Pids of the processes currently inside the namespace.
     pub fn pids(&self) -> Vec<i32> {
         let mut c = Command::new("ip");

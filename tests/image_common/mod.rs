@@ -123,6 +123,31 @@ pub enum Firmware {
     Uefi,
 }
 
+/// The pair's config fixture (`../shared/examples/seed-pair.toml`).
+pub fn seed_pair() -> PathBuf {
+    repo().join("../shared/examples/seed-pair.toml")
+}
+
+/// What a VM is booted with besides its firmware.
+#[derive(Debug, Clone, Default)]
+pub struct VmSpec {
+    /// A raw disk image on virtio-blk.
+    pub disk: Option<PathBuf>,
+    /// An ISO on an IDE CD-ROM; it is the first boot device when set.
+    pub cdrom: Option<PathBuf>,
+    /// Let the guest reboot (else `-no-reboot`: a reboot ends QEMU).
+    pub reboot: bool,
+    /// virtio-net NICs, one isolated hub port each (no frame leaves QEMU). They sit at
+    /// PCI slots 0x10, 0x11, ... in this order, which is the order the kernel names them
+    /// eth0, eth1, ...; the MACs are 52:54:00:77:00:NN.
+    pub nics: usize,
+}
+
+/// The MAC of NIC `i` of a [`VmSpec`].
+pub fn nic_mac(i: usize) -> String {
+    format!("52:54:00:77:00:{i:02x}")
+}
+
 /// A QEMU VM under TCG whose serial console goes to a pipe; killed on drop.
 pub struct Vm {
     child: Child,
@@ -131,7 +156,7 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Boots a disk image (`-drive`) or an ISO (`cdrom`).
+    /// Boots a disk image (`-drive`) or an ISO (`cdrom`), without NICs.
     pub fn boot(
         fw: Firmware,
         disk: Option<&Path>,
@@ -139,6 +164,17 @@ impl Vm {
         reboot: bool,
         log: PathBuf,
     ) -> Vm {
+        let spec = VmSpec {
+            disk: disk.map(Path::to_path_buf),
+            cdrom: cdrom.map(Path::to_path_buf),
+            reboot,
+            nics: 0,
+        };
+        Vm::start(fw, &spec, log)
+    }
+
+    /// Boots a [`VmSpec`].
+    pub fn start(fw: Firmware, spec: &VmSpec, log: PathBuf) -> Vm {
         let mut c = Command::new("qemu-system-x86_64");
         c.args([
             "-accel",
@@ -152,20 +188,34 @@ impl Vm {
             "stdio",
             "-monitor",
             "none",
-            "-net",
-            "none",
         ]);
         if fw == Firmware::Uefi {
             c.args(["-bios", "/usr/share/ovmf/OVMF.fd"]);
         }
-        if let Some(d) = disk {
+        if let Some(d) = &spec.disk {
             c.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio", d.display()));
+                .arg(format!("file={},format=raw,if=none,id=hd", d.display()));
+            c.args(["-device", "virtio-blk-pci,drive=hd,bootindex=2"]);
         }
-        if let Some(iso) = cdrom {
-            c.arg("-cdrom").arg(iso);
+        if let Some(iso) = &spec.cdrom {
+            c.arg("-drive").arg(format!(
+                "file={},format=raw,if=none,id=cd,media=cdrom,readonly=on",
+                iso.display()
+            ));
+            c.args(["-device", "ide-cd,drive=cd,bootindex=1"]);
         }
-        if !reboot {
+        if spec.nics == 0 {
+            c.args(["-net", "none"]);
+        }
+        for i in 0..spec.nics {
+            c.arg("-netdev").arg(format!("hubport,id=n{i},hubid={i}"));
+            c.arg("-device").arg(format!(
+                "virtio-net-pci,netdev=n{i},mac={},addr=0x{:x},romfile=",
+                nic_mac(i),
+                0x10 + i
+            ));
+        }
+        if !spec.reboot {
             c.arg("-no-reboot");
         }
         let mut child = c

@@ -122,6 +122,7 @@ pub(crate) enum NatDef {
         destination: Vec<IpAddr>,
         service: Option<String>,
         to: IpAddr,
+        to_name: Option<String>,
         to_port: Option<u16>,
     },
 }
@@ -131,4 +132,5 @@ pub(crate) struct ManagementDef {
     pub port: u16,
     pub interfaces: Vec<String>,
     pub allowed_from: Vec<IpNet>,
+    pub allowed_from_names: Vec<String>,
 }

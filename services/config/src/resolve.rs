@@ -167,6 +167,7 @@ pub(crate) fn node_view(model: &Model, me: usize) -> NodeView {
                 destination,
                 service,
                 to,
+                to_name,
                 to_port,
             } => NatRule::Dnat {
                 name: name.clone(),
@@ -176,6 +177,7 @@ pub(crate) fn node_view(model: &Model, me: usize) -> NodeView {
                 services: services(service),
                 service_name: service.clone(),
                 to: *to,
+                to_name: to_name.clone(),
                 to_port: *to_port,
             },
         })
@@ -211,6 +213,7 @@ pub(crate) fn node_view(model: &Model, me: usize) -> NodeView {
             port: model.management.port,
             interfaces: model.management.interfaces.clone(),
             allowed_from: model.management.allowed_from.clone(),
+            allowed_from_names: model.management.allowed_from_names.clone(),
         },
     }
 }

@@ -1133,7 +1133,7 @@ fn check_routes(
     routes
 }
 
-/// A rule endpoint: `any`, `self` (only as `to`), a zone or a network object.
+/// A rule endpoint: `any`, `self`, a zone or a network object.
 fn endpoint(
     sink: &mut Sink<'_>,
     names: &Names,
@@ -1143,15 +1143,7 @@ fn endpoint(
     let s = v.get();
     match s.as_str() {
         "any" => return Some(EndpointDef::Any),
-        "self" if is_to => return Some(EndpointDef::SelfNode),
-        "self" => {
-            sink.error(
-                &v.span(),
-                "`self` is only valid as `to`",
-                "traffic from the firewall itself is always allowed out; match it with `to` on the peer side instead",
-            );
-            return None;
-        }
+        "self" => return Some(EndpointDef::SelfNode),
         _ => {}
     }
     if names.zones.contains(s) {
@@ -1169,8 +1161,7 @@ fn endpoint(
         .chain(["any", "self"]);
     let hint = did_you_mean(s, candidates, || {
         format!(
-            "`{side}` is `any`{}, a zone ({}) or a network object from `[objects.networks]`",
-            if is_to { ", `self`" } else { "" },
+            "`{side}` is `any`, `self`, a zone ({}) or a network object from `[objects.networks]`",
             names.zone_list()
         )
     });
@@ -1300,6 +1291,19 @@ fn check_policy(sink: &mut Sink<'_>, raw: &RawConfig, names: &Names) -> Option<P
                 None
             }
         });
+        if let (Some(EndpointDef::SelfNode), Some(EndpointDef::SelfNode), Some(tv)) =
+            (&from, &to, &r.to)
+        {
+            sink.error(
+                &tv.span(),
+                format!(
+                    "rule `{}` has `from = \"self\"` and `to = \"self\"`",
+                    r.name.as_ref().map(|n| n.get().as_str()).unwrap_or(t)
+                ),
+                "`to = \"self\"` matches traffic to the firewall, `from = \"self\"` its own outgoing connections; its traffic to itself uses loopback, which is always accepted",
+            );
+            ok = false;
+        }
         if let (Some(f), Some(t), Some(tv)) = (&from, &to, &r.to)
             && let (Some(ff), Some(tf)) = (endpoint_families(names, f), endpoint_families(names, t))
             && ff.is_disjoint(&tf)
@@ -1549,6 +1553,11 @@ fn check_nat(sink: &mut Sink<'_>, raw: &RawConfig, names: &Names) -> Vec<NatDef>
                         destination,
                         service: service.flatten(),
                         to,
+                        to_name: r
+                            .to
+                            .as_ref()
+                            .filter(|v| names.networks.contains_key(v.get()))
+                            .map(|v| v.get().clone()),
                         to_port,
                     });
                 }
@@ -1649,6 +1658,7 @@ fn check_management(
         port: DEFAULT_MANAGEMENT_PORT,
         interfaces: Vec::new(),
         allowed_from: Vec::new(),
+        allowed_from_names: Vec::new(),
     };
     if let Some(raw) = &raw.management {
         let raw = raw.get();
@@ -1672,6 +1682,9 @@ fn check_management(
         for a in &raw.allowed_from {
             if let Some(n) = names.networks.get(a.get()) {
                 m.allowed_from.extend(n);
+                if !m.allowed_from_names.contains(a.get()) {
+                    m.allowed_from_names.push(a.get().clone());
+                }
                 continue;
             }
             match parse_network(a.get()) {

@@ -231,7 +231,8 @@ pub enum Action {
 pub enum Endpoint {
     /// `any`.
     Any,
-    /// `self`: the firewall itself (only valid as `to`; the rule goes to the input chain).
+    /// `self`: the firewall itself. As `to` the rule goes to the input chain, as `from`
+    /// (its own outgoing connections) to the output chain; not both in one rule.
     #[serde(rename = "self")]
     SelfNode,
     /// A zone (interface), matched by device.
@@ -329,6 +330,9 @@ pub enum NatRule {
         service_name: Option<String>,
         /// Translated destination address.
         to: IpAddr,
+        /// Name of the network object `to` named, when it named one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_name: Option<String>,
         /// Translated destination port, when it differs from the original.
         to_port: Option<u16>,
     },
@@ -356,4 +360,7 @@ pub struct Management {
     pub interfaces: Vec<String>,
     /// Source prefixes allowed to reach it (empty: the zones' own subnets).
     pub allowed_from: Vec<IpNet>,
+    /// The network objects `allowed_from` named (their prefixes are in `allowed_from`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_from_names: Vec<String>,
 }

@@ -547,14 +547,19 @@ fn duplicate_rule_names() {
 }
 
 #[test]
-fn self_only_as_destination() {
-    expect_only(
-        &with("from = \"inside\"", "from = \"self\""),
-        56,
-        8,
-        "`self` is only valid as `to`",
-    );
+fn self_as_source_or_destination_but_not_both() {
+    // The firewall's own outgoing connections (the output chain).
+    assert!(errors(&with("from = \"inside\"", "from = \"self\"")).is_empty());
     assert!(errors(&with("to = \"outside\"\naction", "to = \"self\"\naction")).is_empty());
+    expect_only(
+        &with(
+            "from = \"inside\"\nto = \"outside\"",
+            "from = \"self\"\nto = \"self\"",
+        ),
+        57,
+        6,
+        "rule `out` has `from = \"self\"` and `to = \"self\"`",
+    );
 }
 
 #[test]

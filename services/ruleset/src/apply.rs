@@ -1,6 +1,10 @@
-//! The IO shell: hands a compiled script to `nft`, checked first (`nft -c -f -`), then
-//! applied (`nft -f -`) as one kernel transaction. nft itself guarantees atomicity: a
-//! script that fails anywhere changes nothing, so the previous ruleset stays in force.
+//! The IO shell: hands a compiled script to `nft -f -`, which runs it as one kernel
+//! transaction. nft itself guarantees atomicity: a script that fails anywhere (syntax,
+//! or a kernel error half-way) changes nothing, so the previous ruleset stays in force.
+//! A separate `nft -c -f -` pass ([`Nft::check`]) is for `ruleset check` and for
+//! `apply --check`: it sends the very same batch to the kernel, which builds all of it
+//! and then aborts, so checking first doubles the apply time and adds no safety
+//! (measured in docs/ruleset.md).
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -69,24 +73,26 @@ impl Nft {
             .map_err(|stderr| ApplyError::Check { stderr })
     }
 
-    /// Checks, then applies a script in one transaction. On any failure the previous
-    /// ruleset stays exactly as it was.
+    /// Applies a script with one `nft -f -`: one kernel transaction. On any failure
+    /// (syntax errors are found before anything is sent; kernel errors roll the whole
+    /// batch back) the previous ruleset stays exactly as it was, as the tests
+    /// `failing_apply_leaves_the_ruleset_byte_identical` and `bare_nft_f_is_atomic_too`
+    /// show.
     pub fn apply(&self, script: &str) -> Result<(), ApplyError> {
-        self.check(script)?;
-        self.run(&["-f", "-"], script)?
-            .map_err(|stderr| ApplyError::Apply { stderr })?;
-        tracing::info!(bytes = script.len(), "ruleset applied");
-        Ok(())
-    }
-
-    /// Applies a script with a single `nft -f -`, without the `nft -c` pass first. nft
-    /// runs a file as one transaction, so a failure still changes nothing (the test
-    /// `bare_nft_f_is_atomic_too` shows it); the check pass only repeats the same work,
-    /// and for large rulesets it doubles the apply time (see docs/ruleset.md).
-    pub fn apply_unchecked(&self, script: &str) -> Result<(), ApplyError> {
         self.run(&["-f", "-"], script)?
             .map_err(|stderr| ApplyError::Apply { stderr })?;
         tracing::info!(bytes = script.len(), checked = false, "ruleset applied");
+        Ok(())
+    }
+
+    /// [`Nft::check`] first, then [`Nft::apply`]: a rejected script is reported as
+    /// [`ApplyError::Check`]. Twice the work of `apply` for the same guarantee; kept
+    /// for operators who want the separate verdict (`ruleset apply --check`).
+    pub fn check_then_apply(&self, script: &str) -> Result<(), ApplyError> {
+        self.check(script)?;
+        self.run(&["-f", "-"], script)?
+            .map_err(|stderr| ApplyError::Apply { stderr })?;
+        tracing::info!(bytes = script.len(), checked = true, "ruleset applied");
         Ok(())
     }
 
@@ -149,7 +155,7 @@ pub fn check(script: &str) -> Result<(), ApplyError> {
     Nft::default().check(script)
 }
 
-/// Checks, then applies a script in one transaction in the current network namespace.
+/// Applies a script in one transaction (`nft -f -`) in the current network namespace.
 /// On any failure the previous ruleset stays exactly as it was.
 pub fn apply(script: &str) -> Result<(), ApplyError> {
     Nft::default().apply(script)

@@ -207,6 +207,7 @@ pub fn units(v: &NodeView) -> Vec<Unit> {
                 services: s,
                 service_name,
                 to,
+                to_name: _,
                 to_port,
             } => unit(
                 "nat",

@@ -226,6 +226,7 @@ pub fn seed_pair(node: &str) -> NodeView {
                 services: web,
                 service_name: Some("web".into()),
                 to: ip("198.51.100.10"),
+                to_name: Some("web_server".into()),
                 to_port: None,
             },
         ],
@@ -233,6 +234,7 @@ pub fn seed_pair(node: &str) -> NodeView {
             port: 9780,
             interfaces: vec!["sync".into()],
             allowed_from: vec![],
+            allowed_from_names: vec![],
         },
     }
 }
@@ -417,6 +419,7 @@ pub fn dual_stack(node: &str) -> NodeView {
             port: 9780,
             interfaces: vec!["sync".into()],
             allowed_from: vec![],
+            allowed_from_names: vec![],
         },
     }
 }

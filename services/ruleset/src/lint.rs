@@ -13,13 +13,12 @@
 //! subtraction.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Serialize;
 use twinwall_config::{Action, Endpoint, Family, NatRule, NodeView, Rule, Service};
 
-use crate::compile::rule_families;
+use crate::compile::{FilterChain, rule_chain, rule_families};
 use crate::icmp::{icmp_type, icmpv6_type};
 
 /// A lint finding.
@@ -92,6 +91,8 @@ fn any_to_any(view: &NodeView, out: &mut Vec<Lint>) {
 }
 
 fn unused_objects(view: &NodeView, out: &mut Vec<Lint>) {
+    // Every place the config lets a rule name an object: policy `from` / `to` /
+    // `service`, snat `from`, dnat `to` / `service`, `[management] allowed_from`.
     let mut nets: BTreeSet<&str> = BTreeSet::new();
     let mut svcs: BTreeSet<&str> = BTreeSet::new();
     for r in &view.policy.rules {
@@ -104,36 +105,27 @@ fn unused_objects(view: &NodeView, out: &mut Vec<Lint>) {
             svcs.insert(s);
         }
     }
-    let mut dnat_targets: Vec<IpAddr> = Vec::new();
     for n in &view.nat {
         match n {
-            NatRule::Snat { from_name, .. } => {
-                if let Some(o) = from_name {
-                    nets.insert(o);
-                }
-            }
+            NatRule::Snat { from_name, .. } => nets.extend(from_name.as_deref()),
             NatRule::Dnat {
-                service_name, to, ..
+                service_name,
+                to_name,
+                ..
             } => {
-                if let Some(s) = service_name {
-                    svcs.insert(s);
-                }
-                dnat_targets.push(*to);
+                svcs.extend(service_name.as_deref());
+                nets.extend(to_name.as_deref());
             }
         }
     }
-    for (name, members) in &view.objects.networks {
-        // The view keeps only the address of a dnat `to`; an object that is exactly that
-        // host counts as used by the dnat rule.
-        let is_dnat_target = members.len() == 1
-            && members[0].prefix_len() == members[0].max_prefix_len()
-            && dnat_targets.contains(&members[0].addr());
-        // Likewise `[management] allowed_from` names objects that the view expands.
-        let is_management_source = !members.is_empty()
-            && members
-                .iter()
-                .all(|m| view.management.allowed_from.contains(m));
-        if !nets.contains(name.as_str()) && !is_dnat_target && !is_management_source {
+    nets.extend(
+        view.management
+            .allowed_from_names
+            .iter()
+            .map(String::as_str),
+    );
+    for name in view.objects.networks.keys() {
+        if !nets.contains(name.as_str()) {
             out.push(Lint {
                 kind: LintKind::UnusedObject,
                 subject: name.clone(),
@@ -470,10 +462,10 @@ impl Index {
 
 fn shadowing(view: &NodeView, out: &mut Vec<Lint>) {
     let space = Space::new(view);
-    // (to-self?, family) -> index of earlier boxes.
-    let mut idx: BTreeMap<(bool, Family), Index> = BTreeMap::new();
+    // (chain, family) -> index of earlier boxes.
+    let mut idx: BTreeMap<(FilterChain, Family), Index> = BTreeMap::new();
     for (i, r) in view.policy.rules.iter().enumerate() {
-        let chain = matches!(r.to, Endpoint::SelfNode);
+        let chain = rule_chain(r);
         let fams: Vec<Family> = rule_families(r)
             .into_iter()
             .flat_map(|f| match f {

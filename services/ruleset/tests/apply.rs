@@ -5,6 +5,12 @@
 use twinwall_ruleset::{ApplyError, BootstrapOptions, Nft, Options, bootstrap, compile, fixtures};
 use twinwall_testkit::{Netns, require_root};
 
+/// Valid up to its last line, where the kernel (not nft's parser) finds overlapping
+/// interval elements: a semantic error at the very end of the transaction.
+const OVERLAP: &str = "add set inet twinwall overlap_v4 { type ipv4_addr; flags interval; }\n\
+    add element inet twinwall overlap_v4 { 10.0.0.0/8 }\n\
+    add element inet twinwall overlap_v4 { 10.1.0.0/16 }\n";
+
 #[test]
 fn failing_apply_leaves_the_ruleset_byte_identical() {
     if !require_root() {
@@ -25,16 +31,17 @@ fn failing_apply_leaves_the_ruleset_byte_identical() {
         other.text
     );
     let err = nft.apply(&broken).unwrap_err();
-    assert!(matches!(err, ApplyError::Check { .. }), "{err}");
+    assert!(matches!(err, ApplyError::Apply { .. }), "{err}");
     assert!(err.to_string().contains("bogus-verdict"), "{err}");
+    assert_eq!(nft.list_ruleset().unwrap(), before);
+    // The same with the separate check pass first: rejected there, nothing applied.
+    let err = nft.check_then_apply(&broken).unwrap_err();
+    assert!(matches!(err, ApplyError::Check { .. }), "{err}");
     assert_eq!(nft.list_ruleset().unwrap(), before);
 
     // A semantic error the kernel reports (overlapping interval elements) after a valid
     // prefix that replaces the table: rolled back as a whole.
-    let overflow = format!(
-        "{}\nadd element inet twinwall lan_v4 {{ 10.0.0.0/8 }}\nadd element inet twinwall lan_v4 {{ 10.1.0.0/16 }}\n",
-        good.text
-    );
+    let overflow = format!("{}\n{OVERLAP}", good.text);
     assert!(nft.apply(&overflow).is_err());
     assert_eq!(nft.list_ruleset().unwrap(), before);
 }
@@ -82,16 +89,13 @@ fn bare_nft_f_is_atomic_too() {
     let ns = Netns::new("bare").unwrap();
     let nft = Nft::in_netns(ns.name());
     let good = compile(&fixtures::seed_pair("lj-fw-1"), &Options::default()).unwrap();
-    nft.apply_unchecked(&good.text).unwrap();
+    nft.apply(&good.text).unwrap();
     let before = nft.list_ruleset().unwrap();
-    // Without the check pass, the kernel sees the delete, the new table and then a
+    // With no check pass, the kernel sees the delete, the new table and then a
     // semantic error at the very end: the whole transaction is rolled back.
     let other = compile(&fixtures::dual_stack("fw-a"), &Options::default()).unwrap();
-    let broken = format!(
-        "{}\nadd element inet twinwall lan_v4 {{ 10.0.0.0/8 }}\nadd element inet twinwall lan_v4 {{ 10.1.0.0/16 }}\n",
-        other.text
-    );
-    let err = nft.apply_unchecked(&broken).unwrap_err();
+    let broken = format!("{}\n{OVERLAP}", other.text);
+    let err = nft.apply(&broken).unwrap_err();
     assert!(matches!(err, ApplyError::Apply { .. }), "{err}");
     assert_eq!(nft.list_ruleset().unwrap(), before);
 }

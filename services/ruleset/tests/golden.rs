@@ -1,5 +1,6 @@
-//! Golden files of every compiled example (`shared/examples/*.toml` and the repository's
-//! `examples/*.toml`, every node), loaded through the config parser; `UPDATE_GOLDEN=1`
+//! Golden files of every compiled example (`shared/examples/*.toml`, the repository's
+//! `examples/*.toml` and the ruleset fixtures `tests/fixtures/ruleset-*.toml`, every
+//! node), loaded through the config parser; `UPDATE_GOLDEN=1`
 //! regenerates them. `nft -c` accepts every one inside a fresh network namespace, and
 //! the lints find nothing on them except what is really there.
 
@@ -29,8 +30,17 @@ fn examples() -> Vec<(String, NodeView)> {
     for (tag, dir) in [
         ("shared", root().join("../shared/examples")),
         ("examples", root().join("examples")),
+        ("fixtures", root().join("tests/fixtures")),
     ] {
         for f in toml_files(&dir) {
+            // tests/fixtures is shared with other areas: only the ruleset's own.
+            if tag == "fixtures"
+                && !f
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("ruleset-"))
+            {
+                continue;
+            }
             let cfg = twinwall_config::load(&f).unwrap_or_else(|d| panic!("{d}"));
             let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
             for node in cfg.node_names() {

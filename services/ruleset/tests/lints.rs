@@ -334,3 +334,111 @@ fn contained_and_duplicate_prefixes_collapse_in_sets() {
         "{text}"
     );
 }
+
+/// A complete config whose objects are each used in exactly one of the places a name
+/// can appear, plus two planted unused ones that only look used by value.
+const EVERY_USE: &str = r#"
+[cluster]
+name = "uses"
+version = 1
+
+[nodes.a]
+priority = 200
+interfaces.outside = { device = "eth0", address = "203.0.113.2/24" }
+interfaces.inside = { device = "eth1", address = "198.51.100.2/24" }
+interfaces.sync = { device = "eth2", address = "192.0.2.1/30" }
+
+[nodes.b]
+priority = 100
+interfaces.outside = { device = "eth0", address = "203.0.113.3/24" }
+interfaces.inside = { device = "eth1", address = "198.51.100.3/24" }
+interfaces.sync = { device = "eth2", address = "192.0.2.2/30" }
+
+[[vrrp.group]]
+name = "edge"
+track = ["outside"]
+
+[[vrrp.group.vip]]
+vrid = 51
+interface = "outside"
+address = "203.0.113.1/24"
+
+[sync]
+interface = "sync"
+
+[management]
+interfaces = ["inside"]
+allowed_from = ["admins", "198.51.100.64/26"]
+
+[objects.networks]
+admins = ["198.51.100.20/32", "198.51.100.21/32"]
+lan = ["198.51.100.0/24"]
+web_host = ["198.51.100.10/32"]
+resolvers = ["198.51.100.53/32"]
+blocked = ["203.0.113.66/32"]
+# Planted: the same host as the dnat target, and the same prefix as a literal
+# allowed_from entry; neither is named anywhere.
+web_alias = ["198.51.100.10/32"]
+mgmt_alias = ["198.51.100.64/26"]
+
+[objects.services]
+web = ["tcp/80", "tcp/443"]
+dns = ["udp/53", "tcp/53"]
+ssh = ["tcp/22"]
+# Planted.
+unused_svc = ["tcp/9999"]
+
+[policy]
+default = "drop"
+
+[[policy.rule]]
+name = "own-dns"
+from = "self"
+to = "resolvers"
+service = "dns"
+action = "accept"
+
+[[policy.rule]]
+name = "ssh-in"
+from = "inside"
+to = "self"
+service = "ssh"
+action = "accept"
+
+[[policy.rule]]
+name = "drop-blocked"
+from = "blocked"
+to = "inside"
+action = "drop"
+
+[[nat.rule]]
+name = "masq"
+type = "snat"
+from = "lan"
+out = "outside"
+to = "vip:outside"
+
+[[nat.rule]]
+name = "publish"
+type = "dnat"
+in = "outside"
+destination = "vip:outside"
+service = "web"
+to = "web_host"
+"#;
+
+#[test]
+fn unused_object_lint_sees_every_use_and_only_names() {
+    let cfg = twinwall_config::parse("every-use.toml", EVERY_USE).unwrap_or_else(|d| panic!("{d}"));
+    let v = cfg.node_view("a").unwrap();
+    let mut unused: Vec<String> = lint(&v)
+        .into_iter()
+        .filter(|l| l.kind == LintKind::UnusedObject)
+        .map(|l| l.subject)
+        .collect();
+    unused.sort();
+    // admins: management allowed_from; lan: snat from; web_host: dnat to; web: dnat
+    // service; resolvers and dns: a `from = "self"` rule; ssh: a `to = "self"` rule;
+    // blocked: a policy `from`.
+    assert_eq!(unused, ["mgmt_alias", "unused_svc", "web_alias"]);
+}

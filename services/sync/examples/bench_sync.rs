@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use twinwall_sync::core::Role;
 use twinwall_sync::entry::{Entry, L4, Tuple};
 use twinwall_sync::kernel::{Conntrack, wait_until};
+use twinwall_sync::lab::flows::{Flows, Survival, echo_server, survival};
 use twinwall_sync::lab::pair::{Pair, SYNC, SYNC_PORT};
-use twinwall_sync::lab::traffic::{Flows, Survival, echo_server, survival};
 
 fn entries(n: usize) -> Vec<Entry> {
     (0..n)
@@ -271,14 +271,10 @@ General {{
 
 fn ctd_external(pair: &Pair, conf: &Path) -> u64 {
     let out = pair.fw[1]
-        .exec(&[
+        .run(
             "conntrackd",
-            "-C",
-            &conf.display().to_string(),
-            "-s",
-            "cache",
-        ])
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            ["-C", &conf.display().to_string(), "-s", "cache"],
+        )
         .unwrap_or_default();
     // "cache:external  active objects: N"
     let mut external = false;
@@ -334,7 +330,7 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     let rss_master_mb = rss_mb(procs[0].0.id());
     let t1 = Instant::now();
     pair.fw[1]
-        .exec(&["conntrackd", "-C", &confs[1].display().to_string(), "-c"])
+        .run("conntrackd", ["-C", &confs[1].display().to_string(), "-c"])
         .unwrap();
     let commit_s = t1.elapsed().as_secs_f64();
     let in_kernel = kernel_count(&pair, 1);
@@ -428,7 +424,7 @@ fn flows_conntrackd(flows: usize, dir: &Path) -> Survival {
     pair.cut(0).unwrap();
     let t = Instant::now();
     pair.fw[1]
-        .exec(&["conntrackd", "-C", &confs[1].display().to_string(), "-c"])
+        .run("conntrackd", ["-C", &confs[1].display().to_string(), "-c"])
         .unwrap();
     eprintln!("conntrackd flow failover: commit {:?}", t.elapsed());
     pair.vips_to(1).unwrap();
@@ -441,38 +437,133 @@ fn flows_conntrackd(flows: usize, dir: &Path) -> Survival {
     survival(&stats, after)
 }
 
-/// The floor: committing N entries into an empty namespace with nobody listening, and with
-/// an event listener that does not read (what a daemon's own event socket costs).
-fn raw_commit(n: usize) -> (f64, f64, f64) {
-    let ns = twinwall_sync::lab::Netns::new("rc").unwrap();
+/// CPU time of this process so far: (user, system) seconds.
+fn cpu_times() -> (f64, f64) {
+    // SAFETY: getrusage only writes the struct we pass; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (t(ru.ru_utime), t(ru.ru_stime))
+}
+
+/// Wall, user CPU and system CPU seconds of `f` (the whole process: nothing else runs).
+fn timed(f: impl FnOnce()) -> (f64, f64, f64) {
+    let (u0, s0) = cpu_times();
+    let t = Instant::now();
+    f();
+    let wall = t.elapsed().as_secs_f64();
+    let (u1, s1) = cpu_times();
+    (wall, u1 - u0, s1 - s0)
+}
+
+/// The floor: committing N entries into an empty namespace, as the service does and as
+/// variants (nobody listening, a listener that does not read, the listener paused,
+/// pre-built batches so that only the kernel's part is timed, two sockets in parallel).
+/// Wall time moves with the machine's load; the CPU seconds are what the work costs.
+fn raw_commit(n: usize) {
+    let ns = twinwall_testkit::Netns::new("rc").unwrap();
+    let flush = || {
+        ns.run("conntrack", ["-F"]).unwrap();
+    };
+    let mut rows = Vec::new();
     let batch = entries(n);
-    let b2 = batch.clone();
-    let quiet = ns
-        .enter(move || Conntrack::open().unwrap().commit(&b2).unwrap())
-        .unwrap();
-    ns.exec(&["conntrack", "-F"]).unwrap();
-    let b3 = batch.clone();
-    let listening = ns
-        .enter(move || {
-            let _ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
-            Conntrack::open().unwrap().commit(&b3).unwrap()
+    let b = batch.clone();
+    rows.push((
+        "service commit (pipelined), nobody listening",
+        ns.enter(move || {
+            timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            })
         })
-        .unwrap();
-    ns.exec(&["conntrack", "-F"]).unwrap();
-    let paused = ns
-        .enter(move || {
+        .unwrap(),
+    ));
+    flush();
+    let b = batch.clone();
+    rows.push((
+        "service commit, a listener that does not read",
+        ns.enter(move || {
+            let _ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            })
+        })
+        .unwrap(),
+    ));
+    flush();
+    let b = batch.clone();
+    rows.push((
+        "service commit, listener paused",
+        ns.enter(move || {
             let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
             ev.pauser().pause();
-            let r = Conntrack::open().unwrap().commit(&batch).unwrap();
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
             ev.pauser().resume().unwrap();
             r
         })
-        .unwrap();
-    (
-        quiet.duration_us as f64 / 1e6,
-        listening.duration_us as f64 / 1e6,
-        paused.duration_us as f64 / 1e6,
-    )
+        .unwrap(),
+    ));
+    flush();
+    let b = batch.clone();
+    rows.push((
+        "kernel only: pre-built batches of 256",
+        ns.enter(move || prebuilt_commit(&b, 256)).unwrap(),
+    ));
+    flush();
+    let b = batch.clone();
+    rows.push((
+        "kernel only: pre-built batches of 2048",
+        ns.enter(move || prebuilt_commit(&b, 2048)).unwrap(),
+    ));
+    flush();
+    // threads inherit the namespace of the thread that creates them
+    rows.push((
+        "two sockets in parallel",
+        ns.enter(move || {
+            timed(|| {
+                std::thread::scope(|sc| {
+                    for h in batch.chunks(n.div_ceil(2)) {
+                        sc.spawn(move || Conntrack::open().unwrap().commit(h).unwrap());
+                    }
+                })
+            })
+        })
+        .unwrap(),
+    ));
+    flush();
+    println!("commit of {n} entries into an empty namespace (the floor)");
+    println!("{:<48} {:>8} {:>8} {:>8}", "", "wall s", "user s", "sys s");
+    for (name, (w, u, s)) in rows {
+        println!("{name:<48} {w:>8.3} {u:>8.3} {s:>8.3}");
+    }
+}
+
+/// The kernel's own cost: every batch built before the clock starts, then only `send`.
+fn prebuilt_commit(batch: &[Entry], per: usize) -> (f64, f64, f64) {
+    use twinwall_sync::ctnetlink::{Builder, NETLINK_NETFILTER};
+    let mut s = netlink_sys::Socket::new(NETLINK_NETFILTER).unwrap();
+    s.bind_auto().unwrap();
+    s.connect(&netlink_sys::SocketAddr::new(0, 0)).unwrap();
+    s.set_rx_buf_sz(8 << 20).unwrap();
+    let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBufForce, &(8 << 20));
+    let bufs: Vec<Vec<u8>> = batch
+        .chunks(per)
+        .enumerate()
+        .map(|(i, c)| {
+            let mut b = Builder::new();
+            for (j, e) in c.iter().enumerate() {
+                b.create(e, (i * per + j) as u32, false);
+            }
+            b.bytes().to_vec()
+        })
+        .collect();
+    timed(|| {
+        for b in &bufs {
+            s.send(b, 0).unwrap();
+        }
+    })
 }
 
 fn main() {
@@ -487,12 +578,12 @@ fn main() {
         Scratch(std::env::temp_dir().join(format!("tw-bench-sync-{}", std::process::id())));
     let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir).unwrap();
+    if std::env::var("VRRP_ONLY").is_ok() {
+        vrrp_failovers(&bin, flows);
+        return;
+    }
     if std::env::var("RAW_ONLY").is_ok() {
-        let (q, l, p) = raw_commit(n);
-        println!(
-            "raw commit of {n}: {q:.3} s quiet, {l:.3} s with an event listener, {p:.3} s with \
-             the listener paused"
-        );
+        raw_commit(n);
         return;
     }
     let tw = bench_twinwall(&bin, n, &dir);
@@ -543,6 +634,59 @@ fn main() {
         }
     }
     drop(scratch);
+}
+
+/// Failover with VRRP in the loop on the seed-pair lab: twinwall (ruleset, sync, vrrp)
+/// and keepalived + conntrackd (same ruleset), at 100 ms and 10 ms adverts, same run.
+fn vrrp_failovers(bin: &str, flows: usize) {
+    use twinwall_sync::lab::cluster::{Cluster, Options, Stack};
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seed-pair.toml"),
+    )
+    .expect("seed-pair.toml");
+    println!(
+        "VRRP failover of {flows} TCP + {} UDP echo flows (SNATed to the outside VIP), fw1's \
+         links cut",
+        flows / 10
+    );
+    println!(
+        "{:<34} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "", "advert", "survived", "longest", "median", "cut->VIPs", "handshake"
+    );
+    for advert_ms in [100, 10] {
+        for (name, stack) in [
+            ("twinwall sync + vrrp", Stack::Twinwall),
+            ("keepalived + conntrackd", Stack::KeepalivedConntrackd),
+        ] {
+            let opts = Options {
+                stack,
+                advert_ms,
+                log: "warn".into(),
+                ..Options::default()
+            };
+            let r = Cluster::start(Path::new(bin), &config, &opts)
+                .and_then(|c| c.failover(&opts, flows, flows / 10));
+            match r {
+                Ok(f) => println!(
+                    "{name:<34} {:>5}ms {:>4}/{:<4} {:>7.0}ms {:>7.0}ms {:>7.0}ms {:>10}",
+                    advert_ms,
+                    f.survival.survived,
+                    f.survival.flows,
+                    f.survival.longest_gap_ms,
+                    f.survival.median_gap_ms,
+                    f.cut_to_vips.as_secs_f64() * 1e3,
+                    f.takeover
+                        .map(|t| format!(
+                            "{:.0}ms{}",
+                            t.handshake.as_secs_f64() * 1e3,
+                            if t.acked { "" } else { " (no ack)" }
+                        ))
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                Err(e) => println!("{name:<34} {advert_ms:>5}ms failed: {e}"),
+            }
+        }
+    }
 }
 
 fn print_survival(name: &str, s: &Survival) {

@@ -8,13 +8,14 @@
 //! (not in its kernel), expiring them by their timeout, and commits them into the kernel
 //! when it becomes master (the shell does the commit, see `service`).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::ctnetlink::EventKind;
 use crate::entry::{Digest, Entry, Filter, Key};
 use crate::kernel::{CommitReport, Event};
+use crate::table::{Keyed, Table};
 use crate::wire::{Body, Fresh, MAX_DATAGRAM, Update};
 
 /// The node's VRRP role as far as sync is concerned.
@@ -197,6 +198,18 @@ struct External {
     generation: u32,
 }
 
+impl Keyed for Internal {
+    fn key(&self) -> Key {
+        self.entry.key()
+    }
+}
+
+impl Keyed for External {
+    fn key(&self) -> Key {
+        self.entry.key()
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Pending {
     Key { key: Key, event_us: u64 },
@@ -217,9 +230,9 @@ pub struct Core {
     tuning: Tuning,
     filter: Filter,
     role: Role,
-    internal: HashMap<Key, Internal>,
+    internal: Table<Internal>,
     internal_digest: Digest,
-    external: HashMap<Key, External>,
+    external: Table<External>,
     external_digest: Digest,
     generation: u32,
     in_resync: bool,
@@ -262,9 +275,9 @@ impl Core {
             tuning,
             filter,
             role,
-            internal: HashMap::new(),
+            internal: Table::new(),
             internal_digest: Digest::default(),
-            external: HashMap::new(),
+            external: Table::new(),
             external_digest: Digest::default(),
             generation: 0,
             in_resync: false,
@@ -423,13 +436,10 @@ impl Core {
                         self.internal_digest.add(&entry);
                     }
                     None => {
-                        self.internal.insert(
-                            key,
-                            Internal {
-                                entry,
-                                peer_deadline_us: 0,
-                            },
-                        );
+                        self.internal.insert(Internal {
+                            entry,
+                            peer_deadline_us: 0,
+                        });
                         self.internal_digest.add(&entry);
                     }
                 }
@@ -470,13 +480,10 @@ impl Core {
                     changed || aging
                 }
                 None => {
-                    self.internal.insert(
-                        key,
-                        Internal {
-                            entry: e,
-                            peer_deadline_us: 0,
-                        },
-                    );
+                    self.internal.insert(Internal {
+                        entry: e,
+                        peer_deadline_us: 0,
+                    });
                     self.internal_digest.add(&e);
                     true
                 }
@@ -485,12 +492,7 @@ impl Core {
                 self.mark_dirty(key, now_us);
             }
         }
-        let gone: Vec<Key> = self
-            .internal
-            .keys()
-            .filter(|k| !seen.contains(k))
-            .copied()
-            .collect();
+        let gone: Vec<Key> = self.internal.keys().filter(|k| !seen.contains(k)).collect();
         for k in gone {
             if let Some(old) = self.internal.remove(&k) {
                 self.internal_digest.remove(&old.entry);
@@ -545,7 +547,7 @@ impl Core {
         self.status.resyncs_sent += 1;
         self.pending.push_back(Pending::Marker(Update::ResyncBegin));
         let now_us = 0;
-        let keys: Vec<Key> = self.internal.keys().copied().collect();
+        let keys: Vec<Key> = self.internal.keys().collect();
         for key in keys {
             self.pending_keys.insert(key);
             self.pending.push_back(Pending::Key {
@@ -613,18 +615,14 @@ impl Core {
     }
 
     fn expire(&mut self, now_us: u64) {
-        let dead: Vec<Key> = self
-            .external
-            .iter()
-            .filter(|(_, x)| x.deadline_us <= now_us)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in dead {
-            if let Some(x) = self.external.remove(&k) {
-                self.external_digest.remove(&x.entry);
-                self.status.expired += 1;
-            }
-        }
+        let (digest, status) = (&mut self.external_digest, &mut self.status);
+        self.external.retain(
+            |x| x.deadline_us > now_us,
+            |x| {
+                digest.remove(&x.entry);
+                status.expired += 1;
+            },
+        );
     }
 
     /// Retransmission on timeout covers tail loss and lost NACKs only (gaps are NACKed):
@@ -769,7 +767,7 @@ impl Core {
                     deadline_us: now_us + u64::from(e.timeout) * 1_000_000,
                     generation: self.generation,
                 };
-                if let Some(old) = self.external.insert(e.key(), x) {
+                if let Some(old) = self.external.insert(x) {
                     self.external_digest.remove(&old.entry);
                 }
                 self.external_digest.add(&e);
@@ -785,17 +783,9 @@ impl Core {
             }
             Update::ResyncEnd => {
                 let g = self.generation;
-                let stale: Vec<Key> = self
-                    .external
-                    .iter()
-                    .filter(|(_, x)| x.generation != g)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for k in stale {
-                    if let Some(old) = self.external.remove(&k) {
-                        self.external_digest.remove(&old.entry);
-                    }
-                }
+                let digest = &mut self.external_digest;
+                self.external
+                    .retain(|x| x.generation == g, |old| digest.remove(&old.entry));
                 self.in_resync = false;
                 self.status.resyncs_received += 1;
                 tracing::info!(

@@ -7,6 +7,8 @@ pub mod core;
 pub mod ctnetlink;
 pub mod entry;
 pub mod kernel;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod service;
+pub mod table;
 pub mod wire;

@@ -350,8 +350,9 @@ impl Service {
                 None => Vec::new(),
             },
             Msg::Role(role, reply) => {
-                let report = self.set_role(role);
-                let _ = reply.send(report);
+                self.set_role(role, move |report| {
+                    let _ = reply.send(report);
+                });
                 Vec::new()
             }
             Msg::Status(reply) => {
@@ -432,9 +433,14 @@ impl Service {
         Ok(report)
     }
 
-    fn set_role(&mut self, role: Role) -> Option<CommitReport> {
+    /// Changes the role. `committed` is called as soon as the external cache is in the
+    /// kernel (or at once when there is nothing to commit): that is what the VRRP handshake
+    /// waits for, so the dump of the new master's table, which takes about as long as the
+    /// commit, happens after the VIPs may move.
+    fn set_role(&mut self, role: Role, committed: impl FnOnce(Option<CommitReport>)) {
         if role == self.core.role() {
-            return None;
+            committed(None);
+            return;
         }
         let mut report = None;
         if role == Role::Master {
@@ -442,14 +448,16 @@ impl Service {
                 Ok(r) => report = Some(r),
                 Err(e) => tracing::error!(error = %e, "commit of the external cache failed"),
             }
+            committed(report);
             self.dump();
+        } else {
+            committed(None);
         }
         let outs = self.core.step(self.now_us(), Input::Role(role));
         self.execute(outs);
         if let Some(c) = &self.control {
             c.publish(&json!({"event": "role", "role": role, "commit": report}));
         }
-        report
     }
 
     /// Dumps the kernel table into the core.
@@ -647,6 +655,12 @@ impl RoleSource for VrrpRoleSource {
     fn run(self: Box<Self>, sink: RoleSink) {
         use twinwall_control::{Request, request, subscribe};
         let timeout = Duration::from_secs(2);
+        // Best effort: a VRRP service that restarted meanwhile has no count to lower
+        // (its count does not go below zero); one that is still there must not count us
+        // twice after the re-join below.
+        let leave = || {
+            let _ = request(&self.socket, &Request::new("commit-leave"), timeout);
+        };
         loop {
             let Ok(mut sub) = subscribe(&self.socket, timeout) else {
                 std::thread::sleep(Duration::from_secs(1));
@@ -657,16 +671,17 @@ impl RoleSource for VrrpRoleSource {
                 continue;
             }
             tracing::info!(socket = %self.socket.display(), "joined the VRRP commit handshake");
-            loop {
+            let stopped = loop {
                 let ev = match sub.next_event(Some(Duration::from_secs(1))) {
                     Ok(Some(ev)) => ev,
                     Ok(None) => continue,
-                    Err(_) => break,
+                    Err(_) => break false,
                 };
                 match ev.get("event").and_then(|v| v.as_str()) {
                     Some("becoming_master") => {
-                        let report = sink.set_role(Role::Master);
-                        let Some(report) = report else { return };
+                        let Some(report) = sink.set_role(Role::Master) else {
+                            break true;
+                        };
                         let args = json!({"group": ev["group"], "seq": ev["seq"]});
                         if let Err(e) = request(
                             &self.socket,
@@ -682,12 +697,17 @@ impl RoleSource for VrrpRoleSource {
                         if !to.to_ascii_lowercase().contains("master")
                             && sink.set_role(Role::Backup).is_none()
                         {
-                            return;
+                            break true;
                         }
                     }
                     _ => {}
                 }
+            };
+            leave();
+            if stopped {
+                return;
             }
+            tracing::info!("VRRP event stream lost: leaving and re-joining the commit handshake");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use twinwall_sync::ctnetlink::EventKind;
 use twinwall_sync::entry::{Entry, L4};
 use twinwall_sync::kernel::{Conntrack, Events, KernelError};
-use twinwall_sync::lab::Netns;
+use twinwall_testkit::Netns;
 
 fn dump(ns: &Netns) -> Vec<Entry> {
     ns.enter(|| Conntrack::open().unwrap().dump().unwrap())
@@ -24,73 +24,79 @@ fn find(v: &[Entry], sport: u16) -> Entry {
 #[test]
 fn dump_decodes_entries_made_by_conntrack_tool() {
     let ns = Netns::new("ctdump").unwrap();
-    ns.exec(&[
+    ns.run(
         "conntrack",
-        "-I",
-        "-p",
-        "tcp",
-        "-s",
-        "192.0.2.10",
-        "-d",
-        "198.51.100.10",
-        "--sport",
-        "40000",
-        "--dport",
-        "80",
-        "--state",
-        "ESTABLISHED",
-        "-t",
-        "3600",
-        "-u",
-        "SEEN_REPLY,ASSURED",
-        "-m",
-        "42",
-    ])
+        [
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            "192.0.2.10",
+            "-d",
+            "198.51.100.10",
+            "--sport",
+            "40000",
+            "--dport",
+            "80",
+            "--state",
+            "ESTABLISHED",
+            "-t",
+            "3600",
+            "-u",
+            "SEEN_REPLY,ASSURED",
+            "-m",
+            "42",
+        ],
+    )
     .unwrap();
     // SNATed: reply goes to 203.0.113.1:50000.
-    ns.exec(&[
+    ns.run(
         "conntrack",
-        "-I",
-        "-p",
-        "udp",
-        "-s",
-        "192.0.2.10",
-        "-d",
-        "198.51.100.10",
-        "--sport",
-        "40001",
-        "--dport",
-        "53",
-        "-t",
-        "100",
-        "-r",
-        "198.51.100.10",
-        "-q",
-        "203.0.113.1",
-        "--reply-port-src",
-        "53",
-        "--reply-port-dst",
-        "50000",
-    ])
+        [
+            "-I",
+            "-p",
+            "udp",
+            "-s",
+            "192.0.2.10",
+            "-d",
+            "198.51.100.10",
+            "--sport",
+            "40001",
+            "--dport",
+            "53",
+            "-t",
+            "100",
+            "-r",
+            "198.51.100.10",
+            "-q",
+            "203.0.113.1",
+            "--reply-port-src",
+            "53",
+            "--reply-port-dst",
+            "50000",
+        ],
+    )
     .unwrap();
-    ns.exec(&[
+    ns.run(
         "conntrack",
-        "-I",
-        "-p",
-        "icmpv6",
-        "-s",
-        "2001:db8::1",
-        "-d",
-        "2001:db8:1::1",
-        "--icmpv6-type",
-        "128",
-        "--icmpv6-code",
-        "0",
-        "--icmpv6-id",
-        "77",
-        "-t",
-        "30",
-    ])
+        [
+            "-I",
+            "-p",
+            "icmpv6",
+            "-s",
+            "2001:db8::1",
+            "-d",
+            "2001:db8:1::1",
+            "--icmpv6-type",
+            "128",
+            "--icmpv6-code",
+            "0",
+            "--icmpv6-id",
+            "77",
+            "-t",
+            "30",
+        ],
+    )
     .unwrap();
     let v = dump(&ns);
     assert_eq!(v.len(), 3, "{v:?}");
@@ -142,54 +148,58 @@ fn dump_decodes_entries_made_by_conntrack_tool() {
 fn committed_entries_are_in_the_kernel_with_nat_and_tcp_state() {
     let src = Netns::new("ctsrc").unwrap();
     let dst = Netns::new("ctdst").unwrap();
-    src.exec(&["modprobe", "nf_nat"]).ok();
-    src.exec(&[
+    src.run("modprobe", ["nf_nat"]).ok();
+    src.run(
         "conntrack",
-        "-I",
-        "-p",
-        "tcp",
-        "-s",
-        "192.0.2.10",
-        "-d",
-        "198.51.100.10",
-        "--sport",
-        "40000",
-        "--dport",
-        "443",
-        "--state",
-        "ESTABLISHED",
-        "-t",
-        "3600",
-        "-u",
-        "SEEN_REPLY,ASSURED",
-        "-r",
-        "198.51.100.10",
-        "-q",
-        "203.0.113.1",
-        "--reply-port-src",
-        "443",
-        "--reply-port-dst",
-        "61000",
-    ])
+        [
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            "192.0.2.10",
+            "-d",
+            "198.51.100.10",
+            "--sport",
+            "40000",
+            "--dport",
+            "443",
+            "--state",
+            "ESTABLISHED",
+            "-t",
+            "3600",
+            "-u",
+            "SEEN_REPLY,ASSURED",
+            "-r",
+            "198.51.100.10",
+            "-q",
+            "203.0.113.1",
+            "--reply-port-src",
+            "443",
+            "--reply-port-dst",
+            "61000",
+        ],
+    )
     .unwrap();
-    src.exec(&[
+    src.run(
         "conntrack",
-        "-I",
-        "-p",
-        "icmp",
-        "-s",
-        "192.0.2.10",
-        "-d",
-        "198.51.100.10",
-        "--icmp-type",
-        "8",
-        "--icmp-code",
-        "0",
-        "--icmp-id",
-        "9",
-        "-t",
-        "30",
-    ])
+        [
+            "-I",
+            "-p",
+            "icmp",
+            "-s",
+            "192.0.2.10",
+            "-d",
+            "198.51.100.10",
+            "--icmp-type",
+            "8",
+            "--icmp-code",
+            "0",
+            "--icmp-id",
+            "9",
+            "-t",
+            "30",
+        ],
+    )
     .unwrap();
     let entries = dump(&src);
     assert_eq!(entries.len(), 2);
@@ -205,7 +215,7 @@ fn committed_entries_are_in_the_kernel_with_nat_and_tcp_state() {
     assert_eq!(t.orig, orig.orig);
     assert_eq!(t.reply, orig.reply, "NAT binding preserved");
     assert_eq!(t.tcp.unwrap().state, 3);
-    let listed = String::from_utf8(dst.exec(&["conntrack", "-L"]).unwrap().stdout).unwrap();
+    let listed = dst.run("conntrack", ["-L"]).unwrap();
     assert!(listed.contains("dport=61000"), "{listed}");
     assert!(listed.contains("ASSURED"), "{listed}");
 }
@@ -231,14 +241,14 @@ fn events_report_new_update_and_destroy() {
     ];
     let mut cmd = vec!["conntrack", "-I"];
     cmd.extend_from_slice(&args);
-    ns.exec(&cmd).unwrap();
+    ns.run(cmd[0], &cmd[1..]).unwrap();
     let mut cmd = vec!["conntrack", "-U"];
     cmd.extend_from_slice(&args[..10]);
     cmd.extend_from_slice(&["-m", "7"]);
-    ns.exec(&cmd).unwrap();
+    ns.run(cmd[0], &cmd[1..]).unwrap();
     let mut cmd = vec!["conntrack", "-D"];
     cmd.extend_from_slice(&args[..10]);
-    ns.exec(&cmd).unwrap();
+    ns.run(cmd[0], &cmd[1..]).unwrap();
     let mut got = Vec::new();
     for _ in 0..20 {
         ev.recv(&mut got).unwrap();

@@ -256,7 +256,7 @@ fn digests_flow_and_a_divergence_raises_the_alarm_then_heals() {
     assert_eq!(c.consistent, Some(true), "{c:?}");
     assert_eq!(c.peer, Some(p.nodes[0].core.internal_digest()));
     // corrupt the backup's cache behind the protocol's back
-    let k = p.nodes[1].core.external.keys().next().copied().unwrap();
+    let k = p.nodes[1].core.external.keys().next().unwrap();
     let x = p.nodes[1].core.external.remove(&k).unwrap();
     p.nodes[1].core.external_digest.remove(&x.entry);
     p.run(450);

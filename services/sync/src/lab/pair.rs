@@ -26,6 +26,7 @@ use crate::core::{Role, Tuning};
 use crate::entry::Filter;
 use crate::service::{RoleChange, Service, ServiceError, Settings, Stopper};
 use crate::wire::SyncKey;
+use twinwall_testkit::veth;
 
 /// The client's address.
 pub const CLIENT: &str = "192.0.2.10";
@@ -140,12 +141,12 @@ impl Pair {
         ];
         let switch = Netns::new(&format!("{tag}w"))?;
         for br in ["brin", "brout"] {
-            switch.ip(&["link", "add", br, "type", "bridge"])?;
-            switch.ip(&["link", "set", br, "up"])?;
+            switch.ip(["link", "add", br, "type", "bridge"])?;
+            switch.ip(["link", "set", br, "up"])?;
         }
         let plug = |ns: &Netns, dev: &str, port: &str, br: &str| -> Result<(), LabError> {
-            super::veth(ns, dev, &switch, port)?;
-            switch.ip(&["link", "set", port, "master", br]).map(drop)
+            veth((ns, dev), (&switch, port))?;
+            switch.ip(["link", "set", port, "master", br]).map(drop)
         };
         plug(&client, "eth0", "cl", "brin")?;
         plug(&server, "eth0", "sv", "brout")?;
@@ -153,21 +154,21 @@ impl Pair {
             plug(f, "in", &format!("f{i}in"), "brin")?;
             plug(f, "out", &format!("f{i}out"), "brout")?;
         }
-        super::veth(&fw[0], "sync", &fw[1], "sync")?;
-        client.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"])?;
-        client.ip(&["route", "add", "default", "via", VIP_IN])?;
-        server.ip(&["addr", "add", "198.51.100.10/24", "dev", "eth0"])?;
-        server.ip(&["route", "add", "192.0.2.0/24", "via", VIP_OUT])?;
+        veth((&fw[0], "sync"), (&fw[1], "sync"))?;
+        client.ip(["addr", "add", "192.0.2.10/24", "dev", "eth0"])?;
+        client.ip(["route", "add", "default", "via", VIP_IN])?;
+        server.ip(["addr", "add", "198.51.100.10/24", "dev", "eth0"])?;
+        server.ip(["route", "add", "192.0.2.0/24", "via", VIP_OUT])?;
         for (i, f) in fw.iter().enumerate() {
-            f.ip(&["addr", "add", &format!("192.0.2.{}/24", i + 1), "dev", "in"])?;
-            f.ip(&[
+            f.ip(["addr", "add", &format!("192.0.2.{}/24", i + 1), "dev", "in"])?;
+            f.ip([
                 "addr",
                 "add",
                 &format!("198.51.100.{}/24", i + 1),
                 "dev",
                 "out",
             ])?;
-            f.ip(&["addr", "add", &format!("{}/30", SYNC[i]), "dev", "sync"])?;
+            f.ip(["addr", "add", &format!("{}/30", SYNC[i]), "dev", "sync"])?;
             f.sysctl("net.ipv4.ip_forward", "1")?;
             f.nft(RULESET)?;
         }
@@ -228,7 +229,7 @@ impl Pair {
     /// Starts a sync service in firewall `i` (in-process, on threads inside its namespace).
     pub fn start_sync(&self, i: usize, settings: Settings) -> Result<SyncHandle, ServiceError> {
         let (tx, rx) = mpsc::channel();
-        let thread = self.fw[i].spawn(move || match Service::start(settings) {
+        let thread = self.fw[i].thread(move || match Service::start(settings) {
             Ok(svc) => {
                 let _ = tx.send(Ok(svc.stopper()));
                 svc.run()
@@ -252,13 +253,13 @@ impl Pair {
     /// gratuitous ARPs of a VRRP takeover do.
     pub fn vips_to(&self, to: usize) -> Result<(), LabError> {
         let from = 1 - to;
-        let _ = self.fw[from].ip(&["addr", "del", "192.0.2.254/24", "dev", "in"]);
-        let _ = self.fw[from].ip(&["addr", "del", "198.51.100.254/24", "dev", "out"]);
-        self.fw[to].ip(&["addr", "add", "192.0.2.254/24", "dev", "in"])?;
-        self.fw[to].ip(&["addr", "add", "198.51.100.254/24", "dev", "out"])?;
+        let _ = self.fw[from].ip(["addr", "del", "192.0.2.254/24", "dev", "in"]);
+        let _ = self.fw[from].ip(["addr", "del", "198.51.100.254/24", "dev", "out"]);
+        self.fw[to].ip(["addr", "add", "192.0.2.254/24", "dev", "in"])?;
+        self.fw[to].ip(["addr", "add", "198.51.100.254/24", "dev", "out"])?;
         let mac_in = self.fw[to].mac("in")?;
         let mac_out = self.fw[to].mac("out")?;
-        self.client.ip(&[
+        self.client.ip([
             "neigh",
             "replace",
             VIP_IN,
@@ -269,7 +270,7 @@ impl Pair {
             "nud",
             "permanent",
         ])?;
-        self.server.ip(&[
+        self.server.ip([
             "neigh",
             "replace",
             VIP_OUT,
@@ -286,9 +287,9 @@ impl Pair {
     /// Cuts firewall `i`'s inside and outside links (the master dies for the hosts).
     pub fn cut(&self, i: usize) -> Result<(), LabError> {
         self.switch
-            .ip(&["link", "set", &format!("f{i}in"), "down"])?;
+            .ip(["link", "set", &format!("f{i}in"), "down"])?;
         self.switch
-            .ip(&["link", "set", &format!("f{i}out"), "down"])?;
+            .ip(["link", "set", &format!("f{i}out"), "down"])?;
         Ok(())
     }
 
@@ -296,15 +297,15 @@ impl Pair {
     pub fn sync_link(&self, up: bool) -> Result<(), LabError> {
         let state = if up { "up" } else { "down" };
         for f in &self.fw {
-            f.ip(&["link", "set", "sync", state])?;
+            f.ip(["link", "set", "sync", state])?;
         }
         Ok(())
     }
 
     /// Echo targets on the server: `tcp` TCP flows (every other one SNATed) and `udp` UDP
     /// flows (every other one SNATed).
-    pub fn targets(tcp: usize, udp: usize) -> Vec<(super::traffic::Proto, SocketAddr)> {
-        use super::traffic::Proto;
+    pub fn targets(tcp: usize, udp: usize) -> Vec<(super::flows::Proto, SocketAddr)> {
+        use super::flows::Proto;
         let server: IpAddr = SERVER.parse().expect("address");
         let mut v = Vec::new();
         for i in 0..tcp {

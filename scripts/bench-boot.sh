@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Boot benchmarks under QEMU TCG (numbers, not tests): kernel start to "twinwall: services
+# up" for the minimal initramfs (budget 3 s) and for the full image flashed as lj-fw-1 of
+# the seed pair with three NICs (budget 8 s), PID 1 RSS at that point (budget 4 MB), and
+# where the time goes: the kernel's own time to reach init (the yardstick in the same
+# run: what no init can save), each boot phase's duration as init logs it, and the
+# slowest module loads.
+#
+# usage: scripts/bench-boot.sh        env: TWINWALL_BENCH_BOOTS (default 1 per variant)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+boots=${TWINWALL_BENCH_BOOTS:-1}
+work=build/bench/boot
+mkdir -p "$work"
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked --target x86_64-unknown-linux-gnu --bin twinwall >/dev/null 2>&1
+bin=$root/target/x86_64-unknown-linux-gnu/release/twinwall
+
+# Prints the figures of one console log.
+report() {
+  local name=$1 log=$2 kinit up rss
+  # Kernel timestamp of "Run /init as init process" (or /sbin/init): kernel alone.
+  kinit=$(grep -a -o '\[ *[0-9.]*\] Run /[a-z/]*init as init process' "$log" | head -n1 |
+    sed 's/^\[ *\([0-9.]*\)\].*/\1/')
+  up=$(grep -a -o 'twinwall: rss_kb=[0-9]* uptime_ms=[0-9]*' "$log" | head -n1 | sed 's/.*uptime_ms=//')
+  rss=$(grep -a -o 'twinwall: rss_kb=[0-9]*' "$log" | head -n1 | sed 's/.*rss_kb=//')
+  [ -n "$up" ] || { echo "$name: no 'services up' in $log"; return; }
+  local kms
+  kms=$(echo "${kinit:-0} * 1000 / 1" | bc)
+  echo "$name: services up at ${up} ms guest uptime (kernel to init ${kms} ms, init to up $((up - kms)) ms), PID 1 VmRSS ${rss} kB"
+  grep -a -o 'phase done phase="[a-z-]*" duration_us=[0-9]*' "$log" |
+    sed 's/phase done phase="\([a-z-]*\)" duration_us=\([0-9]*\)/\1 \2/' |
+    awk -v n="$name" '{printf "  %s phase %-13s %7.1f ms\n", n, $1, $2/1000}'
+  grep -a -o 'slowest: [^"]*' "$log" | sed "s/^/  $name modules /" | cut -c1-160
+}
+
+for i in $(seq "$boots"); do
+  TWINWALL_BIN=$bin TWINWALL_QEMU_OUT=$work/minimal TWINWALL_QEMU_TIMEOUT=400 \
+    scripts/qemu-initramfs.sh all >/dev/null 2>&1 || echo "minimal boot $i failed"
+  report "minimal (fail-closed, services=none) #$i" "$work/minimal/console.log"
+  TWINWALL_BIN=$bin TWINWALL_QEMU_OUT=$work/node TWINWALL_QEMU_TIMEOUT=400 \
+    scripts/qemu-initramfs.sh node >/dev/null 2>&1 || echo "minimal node boot $i failed"
+  report "minimal node lj-fw-1 (services running) #$i" "$work/node/console.log"
+done
+
+# The full image, flashed for lj-fw-1.
+"$bin" image build --out "$work/out" --binary "$bin" --work "$work/image-work" >/dev/null 2>&1
+rm -f "$work/ops.key" "$work/ops.pub" "$work/sync.key"
+"$bin" key generate --out "$work/ops" >/dev/null 2>&1
+"$bin" bundle create --config ../shared/examples/seed-pair.toml --key "$work/ops.key" \
+  --out "$work/seed.bundle" >/dev/null 2>&1
+for i in $(seq "$boots"); do
+  "$bin" flash "$work/out/twinwall.img" "$work/fw1.img" --node lj-fw-1 --bundle "$work/seed.bundle" \
+    --trust "$work/ops.pub" --sync-key "$work/sync.key" >/dev/null 2>&1
+  log=$work/full.console.log
+  nics=()
+  for n in 0 1 2; do
+    nics+=(-netdev "hubport,id=n$n,hubid=$n"
+      -device "virtio-net-pci,netdev=n$n,addr=0x1$n,mac=52:54:00:77:00:0$n,romfile=")
+  done
+  # Stopped once the health report is out (or after the failure guard).
+  timeout 400 qemu-system-x86_64 -accel tcg -m 768 -nographic -display none -serial stdio \
+    -monitor none -no-reboot -drive "file=$work/fw1.img,format=raw,if=virtio" "${nics[@]}" \
+    </dev/null >"$log" 2>&1 &
+  q=$!
+  for _ in $(seq 400); do
+    grep -aq 'twinwall: health: ' "$log" && break
+    kill -0 "$q" 2>/dev/null || break
+    sleep 1
+  done
+  kill "$q" 2>/dev/null || true
+  wait "$q" 2>/dev/null || true
+  report "full image lj-fw-1 (SeaBIOS) #$i" "$log"
+done
+echo "machine: $(nproc) cores shared, load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,288 @@
+//! Applying a verified config live: what must change ([`plan`], pure) and doing it
+//! ([`LiveApplier`]): the ruleset in one nft transaction, the running config file the
+//! services read rewritten atomically, and VRRP / sync restarted only when their own
+//! sections changed, so a policy change never drops mastership.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+use twinwall_config::NodeView;
+use twinwall_control::{Request, socket_path};
+use twinwall_ruleset::{ApplyError as NftError, Nft, Options};
+
+/// Why a config could not be validated or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config does not validate or lacks this node (bundles are validated before, so
+    /// this means a node-specific problem).
+    #[error("config for node {node}: {reason}")]
+    Config {
+        /// This node.
+        node: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The compiler refused the node's policy.
+    #[error("ruleset for node {node}: {source}")]
+    Compile {
+        /// This node.
+        node: String,
+        /// Cause.
+        source: twinwall_ruleset::CompileError,
+    },
+    /// nft refused the script (check or apply); the previous ruleset stays.
+    #[error("ruleset for node {node}: {source}")]
+    Nft {
+        /// This node.
+        node: String,
+        /// Cause.
+        source: NftError,
+    },
+    /// The running config file could not be written.
+    #[error("cannot write the running config: {0}")]
+    RunningConfig(#[from] twinwall_bundle::fsio::FsError),
+}
+
+/// What applying a new view instead of the old one involves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// The nft script changed (it is applied in one transaction).
+    pub ruleset: bool,
+    /// Services to restart because their sections changed (`vrrp`, `sync`).
+    pub restart: Vec<&'static str>,
+}
+
+/// Pure: which parts of the node change. VRRP depends on the priority, the interfaces
+/// (devices and addresses), the peer, the VRRP section and the routes that follow VIPs;
+/// sync on its section and the conntrack ignore list. Anything else (policy, NAT,
+/// objects, management) is the ruleset alone.
+pub fn plan(
+    old: Option<&NodeView>,
+    new: &NodeView,
+    old_script: Option<&str>,
+    new_script: &str,
+) -> Plan {
+    let mut restart = Vec::new();
+    let Some(old) = old else {
+        return Plan {
+            ruleset: true,
+            restart: vec!["vrrp", "sync"],
+        };
+    };
+    let vrrp_changed = old.priority != new.priority
+        || old.interfaces != new.interfaces
+        || old.peer != new.peer
+        || old.vrrp != new.vrrp
+        || old.routes != new.routes;
+    if vrrp_changed {
+        restart.push("vrrp");
+    }
+    if old.sync != new.sync || old.conntrack_ignore != new.conntrack_ignore {
+        restart.push("sync");
+    }
+    Plan {
+        ruleset: old_script != Some(new_script),
+        restart,
+    }
+}
+
+/// A config prepared for this node: its view and compiled ruleset.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The config text.
+    pub text: String,
+    /// This node's view.
+    pub view: NodeView,
+    /// The nft script.
+    pub script: String,
+}
+
+/// Parses a (verified) config and compiles this node's ruleset.
+pub fn prepare(text: &str, node: &str) -> Result<Prepared, ApplyError> {
+    let bad = |reason: String| ApplyError::Config {
+        node: node.to_string(),
+        reason,
+    };
+    let cfg = twinwall_config::parse("cluster.toml", text).map_err(|d| bad(d.to_string()))?;
+    let view = cfg.node_view(node).map_err(|e| bad(e.to_string()))?;
+    let script = twinwall_ruleset::compile(&view, &Options::default())
+        .map_err(|source| ApplyError::Compile {
+            node: node.to_string(),
+            source,
+        })?
+        .text;
+    Ok(Prepared {
+        text: text.to_string(),
+        view,
+        script,
+    })
+}
+
+/// Restarts a supervised service so that it reads the new running config.
+pub trait Restarter: Send + Sync + std::fmt::Debug {
+    /// Restarts `service`; `Ok(false)` when there is nothing to restart (not running).
+    fn restart(&self, service: &str) -> Result<bool, String>;
+}
+
+/// Restarts through init: looks the service's pid up on `init.sock` and sends it SIGTERM;
+/// the supervisor restarts every daemon that exits (250 ms backoff), and the new process
+/// reads the rewritten running config. VRRP sends its priority-0 advert on SIGTERM, so the
+/// peer takes over at once instead of after the master-down interval.
+#[derive(Debug, Clone)]
+pub struct InitRestarter {
+    /// Run directory holding `init.sock`.
+    pub run_dir: PathBuf,
+}
+
+impl Restarter for InitRestarter {
+    fn restart(&self, service: &str) -> Result<bool, String> {
+        let path = socket_path(&self.run_dir, "init");
+        if !path.exists() {
+            return Ok(false);
+        }
+        let status =
+            twinwall_control::request(&path, &Request::new("status"), Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+        let pid = status["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["spec"]["name"] == service)
+            .and_then(|s| s["pid"].as_i64());
+        let Some(pid) = pid.filter(|&p| p > 1) else {
+            return Ok(false);
+        };
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
+            .map_err(|e| format!("cannot signal {service} (pid {pid}): {e}"))?;
+        tracing::info!(service, pid, "service restarted for the new config");
+        Ok(true)
+    }
+}
+
+/// What a live apply did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    /// The plan.
+    pub plan: Plan,
+    /// Services actually restarted.
+    pub restarted: Vec<String>,
+    /// Restarts that could not be done, one line each.
+    pub warnings: Vec<String>,
+}
+
+/// The IO shell of a live apply.
+#[derive(Debug)]
+pub struct LiveApplier {
+    /// How nft is run.
+    pub nft: Nft,
+    /// The running config file the services read (`RUN_DIR/cluster.toml`).
+    pub running_config: PathBuf,
+    /// How services are restarted.
+    pub restarter: Box<dyn Restarter>,
+}
+
+impl LiveApplier {
+    /// Phase 1: `nft -c` of the new script (changes nothing).
+    pub fn validate(&self, p: &Prepared) -> Result<(), ApplyError> {
+        self.nft.check(&p.script).map_err(|source| ApplyError::Nft {
+            node: p.view.node.clone(),
+            source,
+        })
+    }
+
+    /// Phase 2: apply `new` over `old`.
+    pub fn apply(&self, old: Option<&Prepared>, new: &Prepared) -> Result<Applied, ApplyError> {
+        let plan = plan(
+            old.map(|o| &o.view),
+            &new.view,
+            old.map(|o| o.script.as_str()),
+            &new.script,
+        );
+        if plan.ruleset {
+            self.nft
+                .apply(&new.script)
+                .map_err(|source| ApplyError::Nft {
+                    node: new.view.node.clone(),
+                    source,
+                })?;
+        }
+        twinwall_bundle::fsio::write_bytes_atomic(
+            &self.running_config,
+            new.text.as_bytes(),
+            0o644,
+            true,
+        )?;
+        let mut restarted = Vec::new();
+        let mut warnings = Vec::new();
+        for s in &plan.restart {
+            match self.restarter.restart(s) {
+                Ok(true) => restarted.push(s.to_string()),
+                Ok(false) => {}
+                Err(e) => warnings.push(format!("restart {s}: {e}")),
+            }
+        }
+        tracing::info!(version = new.view.version, ruleset = plan.ruleset, restarted = ?restarted, "config applied");
+        Ok(Applied {
+            plan,
+            restarted,
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = include_str!("../tests/fixtures/pair.toml");
+
+    fn view(text: &str) -> Prepared {
+        prepare(text, "fw1").unwrap()
+    }
+
+    #[test]
+    fn a_policy_change_touches_only_the_ruleset() {
+        let old = view(SEED);
+        let new = view(&SEED.replace("tcp/22", "tcp/2222"));
+        let p = plan(Some(&old.view), &new.view, Some(&old.script), &new.script);
+        assert_eq!(
+            p,
+            Plan {
+                ruleset: true,
+                restart: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn vrrp_and_sync_sections_restart_their_services() {
+        let old = view(SEED);
+        let new = view(&SEED.replace("advert_interval_ms = 100", "advert_interval_ms = 200"));
+        let p = plan(Some(&old.view), &new.view, Some(&old.script), &new.script);
+        assert_eq!(p.restart, vec!["vrrp"]);
+        let new = view(&SEED.replace("port = 3780", "port = 3781"));
+        let p = plan(Some(&old.view), &new.view, Some(&old.script), &new.script);
+        assert_eq!(p.restart, vec!["sync"]);
+        assert!(p.ruleset, "the sync port is opened by the ruleset");
+    }
+
+    #[test]
+    fn the_same_config_changes_nothing_and_a_first_apply_everything() {
+        let old = view(SEED);
+        let new = view(&SEED.replace("version = 1", "version = 2"));
+        let p = plan(Some(&old.view), &new.view, Some(&old.script), &new.script);
+        assert!(p.restart.is_empty());
+        let p = plan(None, &new.view, None, &new.script);
+        assert!(p.ruleset);
+        assert_eq!(p.restart, vec!["vrrp", "sync"]);
+    }
+
+    #[test]
+    fn a_config_without_this_node_is_named() {
+        let err = prepare(SEED, "fw-9").unwrap_err().to_string();
+        assert!(err.contains("fw-9"), "{err}");
+    }
+}

@@ -1,0 +1,835 @@
+//! The management service's state and operations on this node: the config in force,
+//! pushes (one node, or both in two phases over the sync link), the confirmation window
+//! and its revert, the peer's version, OS updates. The HTTP layer ([`crate::http`]) only
+//! translates requests into these calls.
+//!
+//! Blocking work (nft, fsync, slot writes, control sockets) runs on tokio's blocking pool;
+//! writes are serialised by one async lock, so a push, a revert and a peer forward never
+//! interleave.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+use twinwall_bundle::{Kind, Policy, VerifiedBundle, verify};
+use twinwall_control::{Request, socket_path};
+
+use crate::apply::{Applied, LiveApplier, Prepared, prepare};
+use crate::client::{self, bytes_body};
+use crate::error::MgmtError;
+use crate::store::{ConfigStore, Which};
+use crate::update::{self, Slots, UpdateReport};
+
+/// Size and rate limits of the API.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest config bundle body (also `/confirm`, `/rollback`).
+    pub max_config_bundle: u64,
+    /// Largest OS update body.
+    pub max_update_bundle: u64,
+    /// Requests per second (token bucket refill, all clients together).
+    pub rate_per_sec: u32,
+    /// Bucket size (burst).
+    pub burst: u32,
+    /// Longest confirmation window a push may ask for.
+    pub max_confirm_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // a 16 MiB cluster.toml plus the 1 MiB manifest cap and framing
+            max_config_bundle: (17 << 20) + 4096,
+            max_update_bundle: 1 << 30,
+            rate_per_sec: 20,
+            burst: 40,
+            max_confirm_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How the service was started.
+#[derive(Debug)]
+pub struct Settings {
+    /// This node (`None`: fail-closed with no node identity).
+    pub node: Option<String>,
+    /// Fail-closed: no verified config runs; only uploads of a new one are possible.
+    pub fail_closed: bool,
+    /// Run directory (control sockets).
+    pub run_dir: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// The peer's management API (over the sync link).
+    pub peer: Option<SocketAddr>,
+    /// The A/B slots, when this node boots from them.
+    pub slots: Option<Slots>,
+    /// Limits.
+    pub limits: Limits,
+    /// How often the peer is polled.
+    pub peer_poll: Duration,
+}
+
+/// A running confirmation window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The version that must be confirmed.
+    pub version: u64,
+    /// When it reverts.
+    pub deadline: Instant,
+}
+
+impl Window {
+    /// Whether the window has run out at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+}
+
+/// What this node knows about its peer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeerState {
+    /// Its management address.
+    pub address: Option<String>,
+    /// Whether the last poll got an answer.
+    pub reachable: bool,
+    /// Its config version, when known.
+    pub version: Option<u64>,
+    /// Its version differs from ours.
+    pub skew: bool,
+    /// A push could not reach it: it gets the bundle when it returns.
+    pub pending: bool,
+    /// The last forwarding error.
+    pub last_error: Option<String>,
+    /// A version the peer refused (not forwarded again).
+    #[serde(skip)]
+    refused: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    current: Option<Prepared>,
+    version: Option<u64>,
+    window: Option<Window>,
+    peer: PeerState,
+    last_update: Option<UpdateReport>,
+    last_apply: Option<Applied>,
+    rejected: BTreeMap<String, u64>,
+    requests: BTreeMap<(String, u16), u64>,
+    reverts: u64,
+    pushes: u64,
+    rate_limited: u64,
+}
+
+/// The management service of one node.
+#[derive(Debug)]
+pub struct Node {
+    /// Settings.
+    pub settings: Settings,
+    store: ConfigStore,
+    applier: LiveApplier,
+    inner: Mutex<Inner>,
+    write: tokio::sync::Mutex<()>,
+    /// Bytes written into a slot so far (progress of the running update).
+    pub update_written: Arc<AtomicU64>,
+    started: Instant,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Options of a push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushOptions {
+    /// Revert unless confirmed within this time.
+    pub confirm_within: Option<Duration>,
+    /// Forward to the peer in two phases.
+    pub forward: bool,
+}
+
+impl Node {
+    /// A node service over its config partition and live applier. Call [`Node::load`]
+    /// before serving.
+    pub fn new(settings: Settings, store: ConfigStore, applier: LiveApplier) -> Node {
+        let peer = PeerState {
+            address: settings.peer.map(|p| p.to_string()),
+            ..PeerState::default()
+        };
+        Node {
+            settings,
+            store,
+            applier,
+            inner: Mutex::new(Inner {
+                peer,
+                ..Inner::default()
+            }),
+            write: tokio::sync::Mutex::new(()),
+            update_written: Arc::default(),
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The config partition.
+    pub fn store(&self) -> &ConfigStore {
+        &self.store
+    }
+
+    fn node_name(&self) -> Result<&str, MgmtError> {
+        self.settings
+            .node
+            .as_deref()
+            .ok_or_else(|| MgmtError::Unavailable("this node has no identity (fail-closed)".into()))
+    }
+
+    /// The config version in force.
+    pub fn version(&self) -> Option<u64> {
+        self.lock().version
+    }
+
+    /// Reads the config in force from the partition (the active bundle, verified) and,
+    /// when an unconfirmed push survived a restart of this service, reverts it.
+    pub fn load(&self, running_config: Option<&std::path::Path>) -> Result<(), MgmtError> {
+        let node = self.settings.node.clone();
+        let active = self.store.read_bundle(Which::Active)?;
+        let mut loaded = None;
+        if let (Some(bytes), Some(node)) = (&active, &node) {
+            match self.verify(bytes, None, Kind::Config) {
+                Ok(v) => {
+                    let text = v.config.clone().unwrap_or_default();
+                    loaded = Some((
+                        v.manifest.version,
+                        prepare(&text, node).map_err(MgmtError::Invalid)?,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "active bundle does not verify; using the running config")
+                }
+            }
+        }
+        if loaded.is_none()
+            && let (Some(path), Some(node)) = (running_config, &node)
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            let p = prepare(&text, node).map_err(MgmtError::Invalid)?;
+            loaded = Some((p.view.version, p));
+        }
+        let mut unconfirmed = None;
+        if let Some((v, p)) = loaded {
+            if self.store.unconfirmed()? == Some(v) {
+                unconfirmed = Some(v);
+            }
+            let mut i = self.lock();
+            i.version = Some(v);
+            i.current = Some(p);
+        }
+        if let Some(v) = unconfirmed {
+            tracing::warn!(version = v, "config {v} was never confirmed; reverting");
+            self.revert_now("unconfirmed after a restart")?;
+        }
+        Ok(())
+    }
+
+    /// Verifies a bundle against the trusted keys of the partition.
+    pub fn verify(
+        &self,
+        bytes: &[u8],
+        installed: Option<u64>,
+        kind: Kind,
+    ) -> Result<VerifiedBundle, MgmtError> {
+        let policy = Policy {
+            trusted: self.store.trusted_keys()?,
+            installed_version: installed,
+            kind: Some(kind),
+            compatible: None,
+            allow_rollback: false,
+        };
+        verify(bytes, &policy).map_err(|e| {
+            let code = e.code().to_string();
+            *self.lock().rejected.entry(code).or_default() += 1;
+            tracing::warn!(reason = %e, code = e.code(), "bundle rejected");
+            MgmtError::Rejected(e)
+        })
+    }
+
+    /// The anti-rollback reference: the version in force, else the partition's floor.
+    fn installed(&self) -> Result<Option<u64>, MgmtError> {
+        match self.version() {
+            Some(v) => Ok(Some(v)),
+            None => Ok(self.store.floor()?),
+        }
+    }
+
+    /// Phase 1: verify, compile for this node and `nft -c`; with `keep`, stage the bundle
+    /// on the partition. Changes nothing in force.
+    pub fn stage(&self, bytes: &[u8], keep: bool) -> Result<(VerifiedBundle, Prepared), MgmtError> {
+        let node = self.node_name()?.to_string();
+        let v = self.verify(bytes, self.installed()?, Kind::Config)?;
+        let text = v.config.clone().unwrap_or_default();
+        let p = prepare(&text, &node).map_err(MgmtError::Invalid)?;
+        self.applier.validate(&p).map_err(MgmtError::Invalid)?;
+        if keep {
+            self.store.stage(bytes)?;
+        }
+        Ok((v, p))
+    }
+
+    /// Phase 2: install as active (previous kept) and apply live; on an apply failure the
+    /// previous bundle is restored and re-applied.
+    pub fn commit(
+        &self,
+        bytes: &[u8],
+        v: &VerifiedBundle,
+        p: Prepared,
+        window: Option<Duration>,
+    ) -> Result<Applied, MgmtError> {
+        let (old, old_version) = {
+            let i = self.lock();
+            (i.current.clone(), i.version)
+        };
+        let version = v.manifest.version;
+        self.store.install(
+            bytes,
+            version,
+            old_version.or(Some(version)),
+            window.is_some(),
+        )?;
+        match self.applier.apply(old.as_ref(), &p) {
+            Ok(applied) => {
+                let mut i = self.lock();
+                i.current = Some(p);
+                i.version = Some(version);
+                i.window = window.map(|w| Window {
+                    version,
+                    deadline: Instant::now() + w,
+                });
+                i.pushes += 1;
+                i.last_apply = Some(applied.clone());
+                Ok(applied)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, version, "apply failed; restoring the previous config");
+                if old.is_some() {
+                    self.store.revert()?;
+                    if let Some(old) = &old
+                        && let Err(e2) = self.applier.apply(Some(&p), old)
+                    {
+                        tracing::error!(error = %e2, "re-applying the previous config failed too");
+                    }
+                }
+                Err(MgmtError::ApplyFailed(e))
+            }
+        }
+    }
+
+    /// Reverts to the previous bundle and applies it (window expiry, rollback request).
+    pub fn revert_now(&self, why: &str) -> Result<u64, MgmtError> {
+        let node = self.node_name()?.to_string();
+        let prev = self
+            .store
+            .read_bundle(Which::Previous)?
+            .ok_or_else(|| MgmtError::Conflict("no previous config bundle to go back to".into()))?;
+        let v = self.verify(&prev, None, Kind::Config)?;
+        let p =
+            prepare(&v.config.clone().unwrap_or_default(), &node).map_err(MgmtError::Invalid)?;
+        self.store.revert()?;
+        let old = self.lock().current.clone();
+        let applied = self
+            .applier
+            .apply(old.as_ref(), &p)
+            .map_err(MgmtError::ApplyFailed)?;
+        let version = v.manifest.version;
+        tracing::warn!(version, why, "reverted to the previous config");
+        let mut i = self.lock();
+        i.current = Some(p);
+        i.version = Some(version);
+        i.window = None;
+        i.reverts += 1;
+        i.last_apply = Some(applied);
+        Ok(version)
+    }
+
+    /// Runs `f` on the blocking pool while holding the write lock.
+    async fn write<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Node) -> Result<R, MgmtError> + Send + 'static,
+    ) -> Result<R, MgmtError> {
+        let _guard = self.write.lock().await;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| MgmtError::Unavailable(format!("worker failed: {e}")))?
+    }
+
+    async fn peer_call(&self, path: &str, bytes: &Bytes) -> Result<client::Answer, String> {
+        let Some(peer) = self.settings.peer else {
+            return Err("no peer".into());
+        };
+        client::request(
+            peer,
+            "POST",
+            path,
+            bytes_body(bytes.clone()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// `POST /config`: the whole push. With `forward`, the peer stages and validates too
+    /// before either node applies (two phases); a peer that does not answer gets the
+    /// bundle when it returns.
+    pub async fn push(
+        self: &Arc<Self>,
+        bytes: Bytes,
+        opts: PushOptions,
+    ) -> Result<Value, MgmtError> {
+        if self.settings.fail_closed {
+            return self.install_fail_closed(bytes).await;
+        }
+        let b = bytes.clone();
+        let (v, p) = self.write(move |n| n.stage(&b, false)).await?;
+        let version = v.manifest.version;
+        let mut peer = json!(null);
+        let mut peer_staged = false;
+        if opts.forward && self.settings.peer.is_some() {
+            match self.peer_call("/config?phase=stage", &bytes).await {
+                Ok(a) if a.ok() => peer_staged = true,
+                Ok(a) => {
+                    return Err(MgmtError::Peer {
+                        peer: self.lock().peer.address.clone().unwrap_or_default(),
+                        status: a.status,
+                        message: a.reason(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer unreachable; it gets the bundle when it returns");
+                    let mut i = self.lock();
+                    i.peer.pending = true;
+                    i.peer.reachable = false;
+                    i.peer.last_error = Some(e.clone());
+                    peer = json!({"state": "pending", "error": e});
+                }
+            }
+        }
+        let b = bytes.clone();
+        let window = opts.confirm_within;
+        let applied = match self.write(move |n| n.commit(&b, &v, p, window)).await {
+            Ok(a) => a,
+            Err(e) => {
+                if peer_staged {
+                    let _ = self.peer_call("/config?phase=abort", &bytes).await;
+                }
+                return Err(e);
+            }
+        };
+        if peer_staged {
+            let q = match window {
+                Some(w) => format!("/config?phase=commit&confirm_within={}", w.as_secs().max(1)),
+                None => "/config?phase=commit".to_string(),
+            };
+            peer = match self.peer_call(&q, &bytes).await {
+                Ok(a) if a.ok() => {
+                    let mut i = self.lock();
+                    i.peer.version = Some(version);
+                    i.peer.pending = false;
+                    i.peer.skew = false;
+                    json!({"state": "applied", "result": a.json()})
+                }
+                Ok(a) => {
+                    self.lock().peer.last_error = Some(a.reason());
+                    json!({"state": "failed", "status": a.status, "error": a.reason()})
+                }
+                Err(e) => {
+                    let mut i = self.lock();
+                    i.peer.pending = true;
+                    i.peer.last_error = Some(e.clone());
+                    json!({"state": "pending", "error": e})
+                }
+            };
+        }
+        Ok(json!({
+            "node": self.settings.node,
+            "version": version,
+            "applied": applied,
+            "confirm_within_s": window.map(|w| w.as_secs()),
+            "peer": peer,
+        }))
+    }
+
+    /// `POST /config?phase=stage`.
+    pub async fn peer_stage(self: &Arc<Self>, bytes: Bytes) -> Result<Value, MgmtError> {
+        let (v, _) = self.write(move |n| n.stage(&bytes, true)).await?;
+        Ok(json!({"node": self.settings.node, "staged": v.manifest.version}))
+    }
+
+    /// `POST /config?phase=commit`: installs the staged bundle (validating again when
+    /// the staged copy is not this bundle) and applies it.
+    pub async fn peer_commit(
+        self: &Arc<Self>,
+        bytes: Bytes,
+        window: Option<Duration>,
+    ) -> Result<Value, MgmtError> {
+        let applied = self
+            .write(move |n| {
+                let (v, p) = n.stage(&bytes, false)?;
+                n.commit(&bytes, &v, p, window)
+            })
+            .await?;
+        Ok(json!({"node": self.settings.node, "version": self.version(), "applied": applied}))
+    }
+
+    /// `POST /config?phase=abort`.
+    pub async fn peer_abort(self: &Arc<Self>) -> Result<Value, MgmtError> {
+        self.write(|n| Ok(n.store.unstage()?)).await?;
+        Ok(json!({"node": self.settings.node, "aborted": true}))
+    }
+
+    async fn install_fail_closed(self: &Arc<Self>, bytes: Bytes) -> Result<Value, MgmtError> {
+        let version = self
+            .write(move |n| {
+                let v = n.verify(&bytes, n.store.floor()?, Kind::Config)?;
+                let version = v.manifest.version;
+                n.store.install(&bytes, version, Some(version), false)?;
+                Ok(version)
+            })
+            .await?;
+        Ok(
+            json!({"node": self.settings.node, "version": version, "installed": true,
+            "reboot_required": true}),
+        )
+    }
+
+    /// `POST /confirm` (body: the bundle being confirmed).
+    pub async fn confirm(
+        self: &Arc<Self>,
+        bytes: Bytes,
+        forward: bool,
+    ) -> Result<Value, MgmtError> {
+        let b = bytes.clone();
+        let version = self
+            .write(move |n| {
+                let v = n.verify(&b, None, Kind::Config)?;
+                let version = v.manifest.version;
+                let window = n.lock().window;
+                match window {
+                    Some(w) if w.version == version => {
+                        n.store.confirm()?;
+                        n.lock().window = None;
+                        tracing::info!(version, "config confirmed");
+                        Ok(version)
+                    }
+                    None if n.version() == Some(version) => Ok(version),
+                    _ => Err(MgmtError::Conflict(format!(
+                        "version {version} is not waiting for confirmation here (running {:?})",
+                        n.version()
+                    ))),
+                }
+            })
+            .await?;
+        let mut peer = json!(null);
+        if forward && self.settings.peer.is_some() {
+            peer = match self.peer_call("/confirm?forward=0", &bytes).await {
+                Ok(a) => json!({"status": a.status, "result": a.json()}),
+                Err(e) => json!({"error": e}),
+            };
+        }
+        Ok(json!({"node": self.settings.node, "confirmed": version, "peer": peer}))
+    }
+
+    /// `POST /rollback` (body: the config bundle in force, as proof): back to the previous
+    /// config; with `os`, boot the other slot next (and reboot when asked).
+    pub async fn rollback(self: &Arc<Self>, bytes: Bytes, os: bool) -> Result<Value, MgmtError> {
+        self.write(move |n| {
+            let v = n.verify(&bytes, None, Kind::Config)?;
+            if n.version() != Some(v.manifest.version) {
+                return Err(MgmtError::Conflict(format!(
+                    "the proof bundle is version {}, the config in force is {:?}",
+                    v.manifest.version,
+                    n.version()
+                )));
+            }
+            if os {
+                let slots = n.settings.slots.as_ref().ok_or_else(|| {
+                    MgmtError::Unavailable("this node has no A/B slots configured".into())
+                })?;
+                let next = update::rollback(slots)?;
+                return Ok(json!({"node": n.settings.node, "next_boot": next}));
+            }
+            let version = n.revert_now("rollback requested")?;
+            Ok(json!({"node": n.settings.node, "version": version}))
+        })
+        .await
+    }
+
+    /// `POST /update`: streams an OS update into the inactive slot.
+    pub async fn update(
+        self: &Arc<Self>,
+        body: impl std::io::Read + Send + 'static,
+    ) -> Result<UpdateReport, MgmtError> {
+        let report = self
+            .write(move |n| {
+                let slots = n.settings.slots.as_ref().ok_or_else(|| {
+                    MgmtError::Unavailable("this node has no A/B slots configured".into())
+                })?;
+                let installed = n.store.os_versions()?.get(slots.running.cmdline()).copied();
+                let policy = Policy {
+                    trusted: n.store.trusted_keys()?,
+                    installed_version: installed,
+                    kind: Some(Kind::OsUpdate),
+                    compatible: None,
+                    allow_rollback: false,
+                };
+                n.update_written.store(0, Ordering::Relaxed);
+                let mut body = body;
+                let r = update::install(
+                    &mut body,
+                    &policy,
+                    slots,
+                    &n.store,
+                    n.update_written.clone(),
+                );
+                if r.is_err() {
+                    // Read the rest of the upload (bounded by the body limit) so that the
+                    // client gets the answer instead of a reset connection.
+                    let _ = std::io::copy(&mut body, &mut std::io::sink());
+                }
+                if let Err(update::UpdateError::Rejected(e)) = &r {
+                    *n.lock().rejected.entry(e.code().to_string()).or_default() += 1;
+                }
+                Ok(r?)
+            })
+            .await?;
+        self.lock().last_update = Some(report.clone());
+        Ok(report)
+    }
+
+    /// Whether a reboot is possible: only when init is PID 1 (never the machine a test
+    /// runs on).
+    pub fn reboot_possible(&self) -> Result<(), MgmtError> {
+        let init = twinwall_control::request(
+            &socket_path(&self.settings.run_dir, "init"),
+            &Request::new("status"),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| MgmtError::Unavailable(format!("cannot reach init: {e}")))?;
+        if init["mode"] != "pid1" {
+            return Err(MgmtError::Unavailable(
+                "init is not PID 1 here (supervise mode)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reboots the node through init (SIGTERM to PID 1 = orderly reboot: VRRP first,
+    /// with its priority-0 advert), after [`Node::reboot_possible`].
+    pub fn reboot(&self) -> Result<(), MgmtError> {
+        self.reboot_possible()?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(1),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(|e| MgmtError::Unavailable(format!("cannot signal init: {e}")))
+    }
+
+    /// One tick of the background work: revert an expired window.
+    pub async fn tick(self: &Arc<Self>) {
+        let expired = self
+            .lock()
+            .window
+            .is_some_and(|w| w.expired(Instant::now()));
+        if expired {
+            let r = self
+                .write(|n| {
+                    // re-check under the write lock: a confirm may have won the race
+                    if n.lock().window.is_some_and(|w| w.expired(Instant::now())) {
+                        n.revert_now("confirmation window expired").map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "revert after the confirmation window failed");
+            }
+        }
+    }
+
+    /// Polls the peer's version; forwards our (confirmed) bundle when the peer is behind.
+    pub async fn poll_peer(self: &Arc<Self>) {
+        let Some(peer) = self.settings.peer else {
+            return;
+        };
+        let answer = client::request(
+            peer,
+            "GET",
+            "/status?local=1",
+            client::empty_body(),
+            Duration::from_secs(3),
+        )
+        .await;
+        let theirs = match answer {
+            Ok(a) if a.ok() => a.json()["mgmt"]["config"]["version"].as_u64(),
+            Ok(a) => {
+                self.lock().peer.last_error = Some(a.reason());
+                None
+            }
+            Err(e) => {
+                let mut i = self.lock();
+                i.peer.reachable = false;
+                i.peer.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        let (ours, window, refused) = {
+            let mut i = self.lock();
+            i.peer.reachable = true;
+            i.peer.version = theirs;
+            i.peer.skew = theirs != i.version;
+            (i.version, i.window, i.peer.refused)
+        };
+        let behind = matches!((theirs, ours), (Some(t), Some(o)) if t < o)
+            || (theirs.is_none() && ours.is_some());
+        if !behind || window.is_some() || refused == ours {
+            if !behind {
+                self.lock().peer.pending = false;
+            }
+            return;
+        }
+        let Ok(Some(bytes)) = self.store.read_bundle(Which::Active) else {
+            return;
+        };
+        tracing::info!(peer = %peer, ours = ?ours, theirs = ?theirs, "peer is behind; forwarding the config in force");
+        let bytes = Bytes::from(bytes);
+        match self.peer_call("/config?forward=0", &bytes).await {
+            Ok(a) if a.ok() => {
+                let mut i = self.lock();
+                i.peer.version = ours;
+                i.peer.skew = false;
+                i.peer.pending = false;
+                i.peer.last_error = None;
+            }
+            Ok(a) => {
+                let mut i = self.lock();
+                i.peer.refused = ours;
+                i.peer.last_error = Some(format!("{}: {}", a.status, a.reason()));
+            }
+            Err(e) => self.lock().peer.last_error = Some(e),
+        }
+    }
+
+    /// Counts a request (metrics).
+    pub fn count_request(&self, endpoint: &str, status: u16) {
+        *self
+            .lock()
+            .requests
+            .entry((endpoint.to_string(), status))
+            .or_default() += 1;
+    }
+
+    /// Counts a rate-limited request.
+    pub fn count_rate_limited(&self) {
+        self.lock().rate_limited += 1;
+    }
+
+    /// This service's own status (also the `status` answer of `mgmt.sock`).
+    pub fn snapshot(&self) -> Value {
+        let i = self.lock();
+        let now = Instant::now();
+        let boot = self.settings.slots.as_ref().map(|s| {
+            let st = twinwall_image::slot::SlotControl::state(
+                &twinwall_image::slot::GrubenvFile::new(&s.grubenv),
+            );
+            json!({
+                "running": s.running,
+                "next_boot": st.as_ref().ok().map(|st| st.grub_boot().1),
+                "state": st.as_ref().ok(),
+                "os_versions": self.store.os_versions().ok(),
+                "error": st.as_ref().err().map(|e| e.to_string()),
+            })
+        });
+        json!({
+            "ready": true,
+            "node": self.settings.node,
+            "fail_closed": self.settings.fail_closed,
+            "listen": self.settings.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "config": {
+                "version": i.version,
+                "cluster": i.current.as_ref().map(|p| p.view.cluster.clone()),
+                "confirm_pending": i.window.map(|w| json!({
+                    "version": w.version,
+                    "remaining_ms": w.deadline.saturating_duration_since(now).as_millis() as u64,
+                })),
+                "last_apply": i.last_apply,
+                "reverts": i.reverts,
+                "pushes": i.pushes,
+            },
+            "peer": i.peer,
+            "slots": boot,
+            "update": {
+                "last": i.last_update,
+                "written_bytes": self.update_written.load(Ordering::Relaxed),
+            },
+            "rejected": i.rejected,
+            "at_unix_ms": unix_ms(),
+        })
+    }
+
+    /// The whole node's status: init, ruleset, vrrp and sync from their control sockets
+    /// (as `twinwall status --json` gathers it) plus this service's own.
+    pub fn node_status(&self) -> Value {
+        let mut all = serde_json::Map::new();
+        let mut unreachable = serde_json::Map::new();
+        for s in ["init", "ruleset", "vrrp", "sync"] {
+            match twinwall_control::request(
+                &socket_path(&self.settings.run_dir, s),
+                &Request::new("status"),
+                Duration::from_secs(2),
+            ) {
+                Ok(v) => {
+                    all.insert(s.into(), v);
+                }
+                Err(e) => {
+                    unreachable.insert(s.into(), Value::String(e.to_string()));
+                }
+            }
+        }
+        all.insert("mgmt".into(), self.snapshot());
+        all.insert("unreachable".into(), Value::Object(unreachable));
+        Value::Object(all)
+    }
+
+    /// Prometheus text exposition of the counters and gauges.
+    pub fn metrics(&self, status: &Value) -> String {
+        crate::metrics::render(&self.metrics_input(), status)
+    }
+
+    fn metrics_input(&self) -> crate::metrics::Input {
+        let i = self.lock();
+        crate::metrics::Input {
+            requests: i.requests.clone(),
+            rejected: i.rejected.clone(),
+            version: i.version,
+            confirm_pending: i.window.is_some(),
+            reverts: i.reverts,
+            pushes: i.pushes,
+            rate_limited: i.rate_limited,
+            peer_reachable: i.peer.reachable,
+            peer_version: i.peer.version,
+            peer_pending: i.peer.pending,
+            update_written: self.update_written.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The `--cluster` rolling OS update as a pure state machine: `step(event) -> actions`.
+//!
+//! Order: the backup first; wait until it runs the new version, is healthy (slot marked
+//! good) and synced, and is backup again; then the master. Rebooting the master is the
+//! graceful handover: its VRRP sends a priority-0 advert on shutdown, the updated backup
+//! takes over at once and commits the synced conntrack state, so flows survive. Any
+//! failure or timeout stops the roll and rolls back every node already switched.
+//!
+//! The driver (the CLI) performs the actions over the management API and feeds the
+//! results back as events; tests replay event sequences without any IO.
+
+use serde::{Deserialize, Serialize};
+
+/// What the driver learned about a node from its `GET /status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name.
+    pub name: String,
+    /// `master`, `backup` or anything else (fault, init, unknown).
+    pub role: String,
+    /// The OS version it runs, when known.
+    pub os_version: Option<u64>,
+    /// Its slot was marked good (init's health checks passed).
+    pub healthy: bool,
+    /// Conntrack sync is connected.
+    pub synced: bool,
+}
+
+/// Where the roll is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    /// Not started.
+    Idle,
+    /// Uploading to `order[node]`.
+    Uploading {
+        /// Index into the order.
+        node: usize,
+    },
+    /// `order[node]` reboots into the new slot; waiting for it to come back healthy.
+    Waiting {
+        /// Index into the order.
+        node: usize,
+        /// Polls so far.
+        polls: u32,
+    },
+    /// Both nodes run the new version.
+    Done,
+    /// Stopped; the listed nodes were told to roll back.
+    Failed {
+        /// Why.
+        reason: String,
+        /// Nodes told to roll back.
+        rolled_back: Vec<String>,
+    },
+}
+
+/// An input to the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Start with both nodes' status.
+    Start {
+        /// Both nodes.
+        nodes: Vec<NodeInfo>,
+    },
+    /// The upload to the current node succeeded (slot written and set to be tried).
+    Uploaded,
+    /// Uploading or rebooting failed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// A status poll of the current node (`None`: it did not answer, e.g. rebooting).
+    Polled {
+        /// The node's status.
+        info: Option<NodeInfo>,
+    },
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// `POST /update` to the node (without reboot).
+    Upload {
+        /// Node.
+        node: String,
+    },
+    /// Ask the node to reboot into the new slot.
+    Reboot {
+        /// Node.
+        node: String,
+    },
+    /// `GET /status` of the node after a pause.
+    Poll {
+        /// Node.
+        node: String,
+    },
+    /// `POST /rollback?what=os` and reboot: back to the previous slot.
+    Rollback {
+        /// Node.
+        node: String,
+    },
+    /// Finished successfully.
+    Finish,
+    /// Finished with a failure.
+    Abort {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The rolling update of a pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rolling {
+    /// The version being installed.
+    pub target: u64,
+    /// Update order (backup first), filled by `Start`.
+    pub order: Vec<String>,
+    /// Polls allowed per node before giving up.
+    pub max_polls: u32,
+    /// Current state.
+    pub state: State,
+}
+
+impl Rolling {
+    /// A roll to OS version `target`.
+    pub fn new(target: u64, max_polls: u32) -> Rolling {
+        Rolling {
+            target,
+            order: Vec::new(),
+            max_polls,
+            state: State::Idle,
+        }
+    }
+
+    fn fail(&mut self, reason: String, upto: usize) -> Vec<Action> {
+        // Nodes before `upto` were switched; the current one may be half-way (its slot
+        // is marked bad or tried once): roll both back, newest first.
+        let nodes: Vec<String> = self.order[..=upto.min(self.order.len() - 1)]
+            .iter()
+            .rev()
+            .cloned()
+            .collect();
+        let mut actions: Vec<Action> = nodes
+            .iter()
+            .map(|n| Action::Rollback { node: n.clone() })
+            .collect();
+        actions.push(Action::Abort {
+            reason: reason.clone(),
+        });
+        self.state = State::Failed {
+            reason,
+            rolled_back: nodes,
+        };
+        actions
+    }
+
+    /// Feeds one event; returns the actions to perform.
+    pub fn step(&mut self, event: Event) -> Vec<Action> {
+        match (self.state.clone(), event) {
+            (State::Idle, Event::Start { nodes }) => {
+                if nodes.len() != 2 {
+                    self.state = State::Failed {
+                        reason: format!("a pair has 2 nodes, status shows {}", nodes.len()),
+                        rolled_back: vec![],
+                    };
+                    return vec![Action::Abort {
+                        reason: "not a pair".into(),
+                    }];
+                }
+                if let Some(n) = nodes.iter().find(|n| !n.healthy) {
+                    let reason = format!("{} is not healthy; not starting", n.name);
+                    self.state = State::Failed {
+                        reason: reason.clone(),
+                        rolled_back: vec![],
+                    };
+                    return vec![Action::Abort { reason }];
+                }
+                let mut order: Vec<&NodeInfo> = nodes.iter().collect();
+                // The backup first; the master last (rebooting it hands over).
+                order.sort_by_key(|n| (n.role == "master", n.name.clone()));
+                self.order = order.iter().map(|n| n.name.clone()).collect();
+                if nodes.iter().all(|n| n.os_version == Some(self.target)) {
+                    self.state = State::Done;
+                    return vec![Action::Finish];
+                }
+                self.state = State::Uploading { node: 0 };
+                vec![Action::Upload {
+                    node: self.order[0].clone(),
+                }]
+            }
+            (State::Uploading { node }, Event::Uploaded) => {
+                self.state = State::Waiting { node, polls: 0 };
+                let n = self.order[node].clone();
+                vec![Action::Reboot { node: n.clone() }, Action::Poll { node: n }]
+            }
+            (State::Uploading { node } | State::Waiting { node, .. }, Event::Failed { reason }) => {
+                let reason = format!("{}: {reason}", self.order[node]);
+                self.fail(reason, node)
+            }
+            (State::Waiting { node, polls }, Event::Polled { info }) => {
+                let name = self.order[node].clone();
+                let ready = info.as_ref().is_some_and(|i| {
+                    i.os_version == Some(self.target)
+                        && i.healthy
+                        && i.synced
+                        && (i.role == "backup" || i.role == "master")
+                });
+                if ready {
+                    if node + 1 < self.order.len() {
+                        self.state = State::Uploading { node: node + 1 };
+                        return vec![Action::Upload {
+                            node: self.order[node + 1].clone(),
+                        }];
+                    }
+                    self.state = State::Done;
+                    return vec![Action::Finish];
+                }
+                if let Some(i) = &info
+                    && i.healthy
+                    && i.os_version.is_some()
+                    && i.os_version != Some(self.target)
+                {
+                    // It came back healthy on the old version: the new slot failed its
+                    // health checks and GRUB fell back.
+                    let reason = format!(
+                        "{name} came back on version {} (the new slot failed and fell back)",
+                        i.os_version.unwrap_or(0)
+                    );
+                    return self.fail(reason, node);
+                }
+                if polls + 1 >= self.max_polls {
+                    return self.fail(format!("{name} did not come back healthy and synced"), node);
+                }
+                self.state = State::Waiting {
+                    node,
+                    polls: polls + 1,
+                };
+                vec![Action::Poll { node: name }]
+            }
+            (state, event) => {
+                tracing::debug!(?state, ?event, "event ignored in this state");
+                vec![]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, role: &str, v: u64, healthy: bool, synced: bool) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            role: role.into(),
+            os_version: Some(v),
+            healthy,
+            synced,
+        }
+    }
+
+    fn start() -> (Rolling, Vec<Action>) {
+        let mut r = Rolling::new(2, 5);
+        let a = r.step(Event::Start {
+            nodes: vec![
+                info("fw1", "master", 1, true, true),
+                info("fw2", "backup", 1, true, true),
+            ],
+        });
+        (r, a)
+    }
+
+    #[test]
+    fn backup_first_then_master_then_done() {
+        let (mut r, a) = start();
+        assert_eq!(r.order, ["fw2", "fw1"]);
+        assert_eq!(a, [Action::Upload { node: "fw2".into() }]);
+        let a = r.step(Event::Uploaded);
+        assert_eq!(
+            a,
+            [
+                Action::Reboot { node: "fw2".into() },
+                Action::Poll { node: "fw2".into() }
+            ]
+        );
+        // rebooting: no answer, then up but not yet synced
+        assert_eq!(
+            r.step(Event::Polled { info: None }),
+            [Action::Poll { node: "fw2".into() }]
+        );
+        assert_eq!(
+            r.step(Event::Polled {
+                info: Some(info("fw2", "backup", 2, true, false))
+            }),
+            [Action::Poll { node: "fw2".into() }]
+        );
+        let a = r.step(Event::Polled {
+            info: Some(info("fw2", "backup", 2, true, true)),
+        });
+        assert_eq!(a, [Action::Upload { node: "fw1".into() }]);
+        r.step(Event::Uploaded);
+        let a = r.step(Event::Polled {
+            info: Some(info("fw1", "backup", 2, true, true)),
+        });
+        assert_eq!(a, [Action::Finish]);
+        assert_eq!(r.state, State::Done);
+    }
+
+    #[test]
+    fn a_fallback_on_the_second_node_rolls_both_back() {
+        let (mut r, _) = start();
+        r.step(Event::Uploaded);
+        r.step(Event::Polled {
+            info: Some(info("fw2", "backup", 2, true, true)),
+        });
+        r.step(Event::Uploaded);
+        let a = r.step(Event::Polled {
+            info: Some(info("fw1", "backup", 1, true, true)),
+        });
+        assert_eq!(
+            a[..2],
+            [
+                Action::Rollback { node: "fw1".into() },
+                Action::Rollback { node: "fw2".into() }
+            ]
+        );
+        assert!(matches!(a[2], Action::Abort { .. }));
+        assert!(matches!(r.state, State::Failed { .. }));
+    }
+
+    #[test]
+    fn an_upload_failure_on_the_first_node_stops_before_the_master() {
+        let (mut r, _) = start();
+        let a = r.step(Event::Failed {
+            reason: "409 not_newer".into(),
+        });
+        assert_eq!(a[0], Action::Rollback { node: "fw2".into() });
+        assert_eq!(a.len(), 2);
+        // nothing further happens
+        assert!(r.step(Event::Uploaded).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_never_comes_back_times_out() {
+        let (mut r, _) = start();
+        r.step(Event::Uploaded);
+        let mut last = vec![];
+        for _ in 0..5 {
+            last = r.step(Event::Polled { info: None });
+        }
+        assert!(
+            matches!(last.last(), Some(Action::Abort { reason }) if reason.contains("did not come back"))
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_pair_is_not_touched_and_an_updated_pair_is_done() {
+        let mut r = Rolling::new(2, 5);
+        let a = r.step(Event::Start {
+            nodes: vec![
+                info("fw1", "master", 1, true, true),
+                info("fw2", "fault", 1, false, false),
+            ],
+        });
+        assert!(matches!(&a[..], [Action::Abort { reason }] if reason.contains("fw2")));
+        let mut r = Rolling::new(2, 5);
+        let a = r.step(Event::Start {
+            nodes: vec![
+                info("fw1", "master", 2, true, true),
+                info("fw2", "backup", 2, true, true),
+            ],
+        });
+        assert_eq!(a, [Action::Finish]);
+    }
+}
