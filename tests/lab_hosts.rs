@@ -79,6 +79,11 @@ fn client_and_server_vms_echo_through_the_switch_and_a_cut_shows_as_a_gap() {
     let after = wait_for(&lab, "flows echoing after the heal", BOOT, |l| {
         l.traffic(false).ok().filter(|t| t.all_flowing(500))
     });
+    eprintln!(
+        "after a 3 s cut: longest gap {} ms, TCP broken {:?}",
+        after.longest_gap_ms(),
+        after.tcp_broken()
+    );
     assert!(
         after.longest_gap_ms() >= 2500,
         "a 3 s cut must show as a gap of about that length: {after:?}"

@@ -411,10 +411,23 @@ fn partition(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     let h = lock(r.lab).heal(None)?;
     let advert = u64::from(lock(r.lab).advert_ms);
     let one = r.wait("one master after the heal", FAILOVER, |r| {
-        let st = r.status();
-        // Masters are judged over a window of 3 adverts, so "one master" is only
-        // reported once the loser has been silent that long: subtract the window.
-        sole_master(&st).map(|_| st.now_ms.saturating_sub(h).saturating_sub(3 * advert + 100))
+        let winner = sole_master(&r.status())?;
+        let loser = if winner == m { &peer } else { &m };
+        // The loser's last master advert after the heal ends the split brain.
+        let lab = lock(r.lab);
+        let core = lab.switch.core();
+        let last = lab
+            .vips
+            .iter()
+            .filter_map(|v| {
+                let port = core.port(&format!("{loser}:{}", v.zone)).ok()?;
+                core.advert(port, v.vrid)
+                    .filter(|a| a.priority > 0)
+                    .map(|a| a.last_ms)
+            })
+            .max()
+            .unwrap_or(h);
+        Some(last.saturating_sub(h))
     });
     r.report.converged_after_heal_ms = one.as_ref().ok().copied();
     r.check(

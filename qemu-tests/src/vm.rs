@@ -181,7 +181,7 @@ impl VmSpec {
             ));
             a.push("-device".into());
             a.push(format!(
-                "virtio-net-pci,netdev={id},id={id},mac={mac},addr={slot:#x}",
+                "virtio-net-pci,netdev={id},id={id},mac={mac},addr={slot:#x},romfile=",
                 id = nic.id,
                 mac = mac_string(&nic.mac),
                 slot = 0x10 + i
@@ -198,7 +198,7 @@ impl VmSpec {
             a.push(user);
             a.push("-device".into());
             a.push(format!(
-                "virtio-net-pci,netdev=mgmt,id=mgmt,addr={:#x}",
+                "virtio-net-pci,netdev=mgmt,id=mgmt,addr={:#x},romfile=",
                 0x10 + self.nics.len()
             ));
         }
@@ -435,7 +435,7 @@ mod tests {
         assert!(s.contains(
             "user,id=mgmt,restrict=on,net=192.0.2.64/26,hostfwd=tcp:127.0.0.1:5555-192.0.2.80:7001"
         ));
-        assert!(s.contains("netdev=mgmt,id=mgmt,addr=0x12"));
+        assert!(s.contains("netdev=mgmt,id=mgmt,addr=0x12,romfile="));
         assert!(s.contains("-serial file:/r/console.log"));
         assert!(s.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
     }

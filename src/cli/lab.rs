@@ -264,8 +264,17 @@ fn request(dir: &Path, cmd: &str, args: Value, timeout: Duration) -> anyhow::Res
     } else {
         Request::with_args(cmd, args)
     };
-    twinwall_control::request(&socket_path(dir, daemon::SOCKET), &req, timeout)
-        .with_context(|| format!("lab {cmd} (is the lab up? `twinwall lab up`)"))
+    match twinwall_control::request(&socket_path(dir, daemon::SOCKET), &req, timeout) {
+        Ok(v) => Ok(v),
+        Err(e @ twinwall_control::ControlError::Connect { .. }) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("lab {cmd}: is the lab up? (`twinwall lab up`)")))
+        }
+        Err(twinwall_control::ControlError::Remote { message, .. }) => {
+            Err(anyhow::anyhow!("lab {cmd}: {message}"))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("lab {cmd}"))),
+    }
 }
 
 const SHORT: Duration = Duration::from_secs(30);
@@ -352,7 +361,7 @@ fn up(a: &UpArgs) -> anyhow::Result<()> {
     }
     let opts = options(a)?;
     if request(&opts.run_dir, "status", Value::Null, Duration::from_secs(2)).is_ok() {
-        return Err(Reported(format!("a lab is already up in {}", opts.run_dir.display())).into());
+        anyhow::bail!("a lab is already up in {}", opts.run_dir.display());
     }
     std::fs::create_dir_all(&opts.run_dir).context("creating the run directory")?;
     let log = opts.run_dir.join("daemon.log");
@@ -396,14 +405,10 @@ fn up(a: &UpArgs) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(5).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(Reported(format!(
-                "lab daemon exited ({status}):\n{}",
-                tail.join("\n")
-            ))
-            .into());
+            anyhow::bail!("lab daemon exited ({status}):\n{}", tail.join("\n"));
         }
         if start.elapsed() > Duration::from_secs(900) {
-            return Err(Reported("the lab daemon did not come up within 15 min".into()).into());
+            anyhow::bail!("the lab daemon did not come up within 15 min");
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -428,7 +433,11 @@ fn print_status(st: &LabStatus, traffic: Option<&ClientStats>) {
     for v in &st.vms {
         let role = match &v.role {
             topology::VmRole::Firewall { node } => format!("firewall {node}"),
-            topology::VmRole::LabHost { agent, .. } => format!("lab host {agent:?}"),
+            topology::VmRole::LabHost { agent, .. } => match agent {
+                Some(topology::AgentKind::Client) => "lab host, client".into(),
+                Some(topology::AgentKind::Server) => "lab host, server".into(),
+                None => "lab host".into(),
+            },
         };
         println!(
             "  {:<8} {:<22} {}",
@@ -540,7 +549,7 @@ fn print_report(r: &Report) {
 fn console(a: &ConsoleArgs) -> anyhow::Result<()> {
     let path = a.dir.run_dir.join(&a.vm).join("console.log");
     let mut f = std::fs::File::open(&path)
-        .map_err(|e| Reported(format!("no console for {} ({}: {e})", a.vm, path.display())))?;
+        .map_err(|e| anyhow::anyhow!("no console for {} ({}: {e})", a.vm, path.display()))?;
     let mut out = std::io::stdout();
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;

@@ -40,7 +40,7 @@ pub fn options(topology: &Path, run: &Path) -> LabOptions {
         image_dir: image_dir(),
         run_dir: run.to_path_buf(),
         exe: PathBuf::from(env!("CARGO_BIN_EXE_twinwall")),
-        memory_mb: 384,
+        memory_mb: 512,
         seed: 1,
         append: String::new(),
         only: Vec::new(),

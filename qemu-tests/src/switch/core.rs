@@ -299,6 +299,11 @@ impl Switch {
         v
     }
 
+    /// The last advert seen from a port for a router.
+    pub fn advert(&self, port: PortId, vrid: u8) -> Option<AdvertSeen> {
+        self.adverts.get(&(port, vrid)).copied()
+    }
+
     /// Who claimed an address last (ARP), and when.
     pub fn claim(&self, address: std::net::Ipv4Addr) -> Option<(String, u64)> {
         self.claims
