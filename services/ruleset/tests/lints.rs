@@ -100,13 +100,37 @@ fn shadowing_is_found_across_single_port_and_range_rules() {
     let dst = || net("web", &["198.51.100.10/32"]);
     let v = view_with(vec![
         rule("p80", out.clone(), dst(), vec![tcp(80, 80)], Action::Accept),
-        rule("r81", out.clone(), dst(), vec![tcp(81, 200)], Action::Accept),
+        rule(
+            "r81",
+            out.clone(),
+            dst(),
+            vec![tcp(81, 200)],
+            Action::Accept,
+        ),
         // A range covered by one single-port rule and one range rule.
-        rule("r80-200", out.clone(), dst(), vec![tcp(80, 200)], Action::Drop),
+        rule(
+            "r80-200",
+            out.clone(),
+            dst(),
+            vec![tcp(80, 200)],
+            Action::Drop,
+        ),
         // A single port inside an earlier range.
-        rule("p150", out.clone(), dst(), vec![tcp(150, 150)], Action::Drop),
+        rule(
+            "p150",
+            out.clone(),
+            dst(),
+            vec![tcp(150, 150)],
+            Action::Drop,
+        ),
         // Not covered: 201 is in no earlier rule.
-        rule("r80-201", out.clone(), dst(), vec![tcp(80, 201)], Action::Drop),
+        rule(
+            "r80-201",
+            out.clone(),
+            dst(),
+            vec![tcp(80, 201)],
+            Action::Drop,
+        ),
     ]);
     assert_eq!(shadowed(&v), ["r80-200", "p150"]);
 }
