@@ -36,10 +36,8 @@ fn p(x: &Path) -> String {
 /// any of them).
 pub const NORMAL: [&str; 4] = ["ruleset", "sync", "vrrp", "mgmt"];
 
-/// The services started when no explicit set is given. `mgmt` is left out until the
-/// `twinwall mgmt` command lands: a command the binary does not have would crash-loop
-/// and keep "services up" from ever being reached.
-pub const DEFAULT: [&str; 3] = ["ruleset", "sync", "vrrp"];
+/// The services started when no explicit set is given: all of them.
+pub const DEFAULT: [&str; 4] = NORMAL;
 
 /// The spec of one named service, if the name is known.
 pub fn spec(ctx: &ServiceContext, name: &str) -> Option<ServiceSpec> {
@@ -143,11 +141,7 @@ mod tests {
     fn normal_set_starts_ruleset_first_and_passes_the_config() {
         let set = service_set(&ctx(true), None).unwrap();
         let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["ruleset", "sync", "vrrp"],
-            "mgmt is not a default yet"
-        );
+        assert_eq!(names, ["ruleset", "sync", "vrrp", "mgmt"]);
         let all: Vec<String> = NORMAL.iter().map(|s| s.to_string()).collect();
         let set = service_set(&ctx(true), Some(&all)).unwrap();
         let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
@@ -173,7 +167,7 @@ mod tests {
     fn fail_closed_runs_bootstrap_and_management_only() {
         let set = service_set(&ctx(false), None).unwrap();
         let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["ruleset"]);
+        assert_eq!(names, ["ruleset", "mgmt"]);
         let all: Vec<String> = NORMAL.iter().map(|s| s.to_string()).collect();
         let set = service_set(&ctx(false), Some(&all)).unwrap();
         let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
