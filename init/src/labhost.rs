@@ -217,8 +217,14 @@ async fn default_route(gw: IpAddr) -> Result<(), NetworkError> {
         device: "-".into(),
         source,
     };
+    // The builder needs the family first: a default route is the /0 of the gateway's.
+    let any: IpAddr = match gw {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
     let msg = rtnetlink::RouteMessageBuilder::<IpAddr>::new()
-        .gateway(gw)
+        .destination_prefix(any, 0)
+        .and_then(|b| b.gateway(gw))
         .map(|b| b.build())
         .map_err(|_| fail(rtnetlink::Error::RequestFailed))?;
     let r = handle
