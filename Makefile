@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 EXAMPLES := $(wildcard ../shared/examples/*.toml) $(wildcard examples/*.toml)
 
-.PHONY: all deps test check-examples bench fuzz image clean
+.PHONY: all deps test check-examples bench fuzz image lab clean
 
 all: check-examples
 
@@ -35,3 +35,8 @@ clean:
 OUT ?= out
 image:
 	scripts/build-image.sh $(OUT) $(IMAGE_FLAGS)
+
+## The main job end to end: the image, then the two-node QEMU lab booted from it
+## (`twinwall lab status / cut / heal / scenario ...` drive it; `twinwall lab down` stops it).
+lab: image
+	$(CARGO) run --quiet --locked -- lab up --image $(OUT)
