@@ -460,8 +460,8 @@ fn boot_runs_the_phases_in_order_and_reports_fail_closed() {
         Some("no config partition (GPT label `config`) found")
     );
     let names: Vec<_> = booted.specs.iter().map(|s| s.name.as_str()).collect();
-    // mgmt joins the default set once `twinwall mgmt` exists.
-    assert_eq!(names, ["ruleset"]);
+    // Fail-closed: the bootstrap ruleset and management, nothing else.
+    assert_eq!(names, ["ruleset", "mgmt"]);
 }
 
 #[test]
