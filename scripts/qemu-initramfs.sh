@@ -35,7 +35,10 @@ die() { log "error: $*"; exit 1; }
 # --- kernel: from the cache, else apt-get download of the pinned package -------------
 kernel_tree() {
   local vmlinuz
-  vmlinuz=$(find "$cache" -path "*/boot/vmlinuz-$release" 2>/dev/null | head -n1)
+  # Tests run this script in parallel: one fills a cold cache while the others wait.
+  exec 9>"$cache/.lock"
+  flock 9
+  vmlinuz=$(find "$cache" -path "*/boot/vmlinuz-$release" -not -path "*.tmp/*" 2>/dev/null | head -n1)
   if [ -z "$vmlinuz" ]; then
     local deb="$cache/${package}_${version}_amd64.deb"
     if [ ! -f "$deb" ]; then
@@ -52,6 +55,7 @@ kernel_tree() {
     dpkg-deb -x "$deb" "$dir.tmp" && rm -rf "$dir" && mv "$dir.tmp" "$dir"
     vmlinuz="$dir/boot/vmlinuz-$release"
   fi
+  flock -u 9
   [ -f "$vmlinuz" ] || die "no vmlinuz-$release in $cache"
   dirname "$(dirname "$vmlinuz")"
 }
