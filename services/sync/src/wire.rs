@@ -131,6 +131,11 @@ pub enum WireError {
 #[derive(Clone)]
 pub struct SyncKey([u8; 32]);
 
+/// The header of the sync key file format written by `twinwall key sync` and `twinwall
+/// flash` (the bundle crate's `keys::SYNC_HEADER`; the sync service does not depend on
+/// the bundle crate).
+const SYNC_KEY_HEADER: &str = "twinwall-sync-key-v1";
+
 impl std::fmt::Debug for SyncKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SyncKey(..)")
@@ -143,11 +148,17 @@ impl SyncKey {
         SyncKey(b)
     }
 
-    /// Parses a key file's content: 64 hex characters, base64 (standard, with or without
-    /// padding) of 32 bytes, or exactly 32 raw bytes. Surrounding whitespace is ignored.
+    /// Parses a key file's content: the key file format of `twinwall key sync` and
+    /// `twinwall flash` (`twinwall-sync-key-v1 <base64>`, see `twinwall_bundle::keys`),
+    /// 64 hex characters, base64 (standard, with or without padding) of 32 bytes, or
+    /// exactly 32 raw bytes. Surrounding whitespace is ignored.
     pub fn parse(content: &[u8], path: &str) -> Result<SyncKey, WireError> {
         use base64::Engine;
-        let text = std::str::from_utf8(content).ok().map(str::trim);
+        let text = std::str::from_utf8(content).ok().map(|t| {
+            let t = t.trim();
+            t.strip_prefix(SYNC_KEY_HEADER)
+                .map_or(t, |rest| rest.trim_start())
+        });
         if let Some(t) = text {
             if t.len() == 64
                 && let Ok(v) = hex::decode(t)
@@ -349,6 +360,7 @@ mod tests {
             format!("{hex}\n").into_bytes(),
             b64.as_bytes().to_vec(),
             b64.trim_end_matches('=').as_bytes().to_vec(),
+            format!("twinwall-sync-key-v1 {b64}\n").into_bytes(),
             raw.to_vec(),
         ] {
             let k = SyncKey::parse(&content, "k").unwrap();
