@@ -11,41 +11,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use twinwall_sync::core::Role;
-use twinwall_sync::entry::{Entry, L4, Tuple};
+use twinwall_sync::entry::Entry;
 use twinwall_sync::kernel::{Conntrack, wait_until};
 use twinwall_sync::lab::flows::{Flows, Survival, echo_server, survival};
 use twinwall_sync::lab::pair::{Pair, SYNC, SYNC_PORT};
+use twinwall_sync::lab::udp_entries;
 
 fn entries(n: usize) -> Vec<Entry> {
-    (0..n)
-        .map(|i| {
-            let c = format!("192.0.2.{}", 10 + i / 60000);
-            let port = 1024 + (i % 60000) as u16;
-            Entry {
-                orig: Tuple {
-                    src: c.parse().unwrap(),
-                    dst: "198.51.100.10".parse().unwrap(),
-                    l4: L4::Udp {
-                        sport: port,
-                        dport: 53,
-                    },
-                },
-                reply: Tuple {
-                    src: "198.51.100.10".parse().unwrap(),
-                    dst: c.parse().unwrap(),
-                    l4: L4::Udp {
-                        sport: 53,
-                        dport: port,
-                    },
-                },
-                status: 0,
-                timeout: 3600,
-                mark: 0,
-                zone: 0,
-                tcp: None,
-            }
-        })
-        .collect()
+    udp_entries(
+        n,
+        |k| format!("192.0.2.{}", 10 + k).parse().unwrap(),
+        "198.51.100.10".parse().unwrap(),
+    )
 }
 
 fn rss_mb(pid: u32) -> f64 {

@@ -456,38 +456,9 @@ pub fn takeover(sub: &mut Subscription, limit: Duration) -> Option<Takeover> {
 
 /// `n` idle UDP entries from the inside (10.x addresses are nobody's own) to the server.
 fn preload_entries(n: usize) -> Vec<crate::entry::Entry> {
-    use crate::entry::{Entry, L4, Tuple};
     use std::net::{IpAddr, Ipv4Addr};
     let server: IpAddr = SERVER.parse().expect("address");
-    (0..n)
-        .map(|i| {
-            let c = IpAddr::V4(Ipv4Addr::new(10, 9, (i / 60000) as u8, 1));
-            let port = 1024 + (i % 60000) as u16;
-            Entry {
-                orig: Tuple {
-                    src: c,
-                    dst: server,
-                    l4: L4::Udp {
-                        sport: port,
-                        dport: 53,
-                    },
-                },
-                reply: Tuple {
-                    src: server,
-                    dst: c,
-                    l4: L4::Udp {
-                        sport: 53,
-                        dport: port,
-                    },
-                },
-                status: 0,
-                timeout: 3600,
-                mark: 0,
-                zone: 0,
-                tcp: None,
-            }
-        })
-        .collect()
+    super::udp_entries(n, |k| IpAddr::V4(Ipv4Addr::new(10, 9, k as u8, 1)), server)
 }
 
 /// The result of [`Cluster::failover`].
