@@ -217,6 +217,30 @@ impl<'a> Run<'a> {
             .map(|o| o.ms)
     }
 
+    /// Records the client's flows ([`Run::finish_traffic`]) and checks that none broke.
+    fn check_no_flow_broken(&mut self, what: &str) -> Result<(), ScenarioError> {
+        self.finish_traffic()?;
+        self.check(
+            what,
+            self.report.flows_broken == 0,
+            format!(
+                "{}/{} broken",
+                self.report.flows_broken, self.report.flows_total
+            ),
+        );
+        Ok(())
+    }
+
+    /// Heals everything, waits for one master and records how long that took.
+    fn heal_and_settle(&mut self) -> Result<(), ScenarioError> {
+        let h = lock(self.lab).heal(None)?;
+        let back = self.settled(SETTLE)?;
+        self.report.converged_after_heal_ms =
+            Some(lock(self.lab).switch.now_ms().saturating_sub(h));
+        self.report.master_after = Some(back);
+        Ok(())
+    }
+
     fn finish_traffic(&mut self) -> Result<(), ScenarioError> {
         let t = self.traffic(true)?;
         self.report.longest_gap_ms = t.longest_gap_ms();
@@ -260,17 +284,9 @@ fn cut_master(r: &mut Run<'_>, segment: &str) -> Result<(), ScenarioError> {
     let _ = r.wait("flows echoing again", FAILOVER, |r| {
         r.traffic(false).ok().filter(|t| t.all_flowing(500))
     });
-    r.finish_traffic()?;
-    r.check(
-        "no established flow was reset",
-        r.report.flows_broken == 0,
-        format!("{}/{} broken", r.report.flows_broken, r.report.flows_total),
-    );
+    r.check_no_flow_broken("no established flow was reset")?;
     r.observe_from(t);
-    let h = lock(r.lab).heal(None)?;
-    let back = r.settled(SETTLE)?;
-    r.report.converged_after_heal_ms = Some(lock(r.lab).switch.now_ms().saturating_sub(h));
-    r.report.master_after = Some(back);
+    r.heal_and_settle()?;
     Ok(())
 }
 
@@ -342,12 +358,7 @@ fn kill_master(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     let _ = r.wait("flows echoing again", FAILOVER, |r| {
         r.traffic(false).ok().filter(|t| t.all_flowing(500))
     });
-    r.finish_traffic()?;
-    r.check(
-        "no established flow was reset",
-        r.report.flows_broken == 0,
-        format!("{}/{} broken", r.report.flows_broken, r.report.flows_total),
-    );
+    r.check_no_flow_broken("no established flow was reset")?;
     r.observe_from(t);
     r.report.master_after = sole_master(&r.status());
     Ok(())
@@ -379,17 +390,9 @@ fn cut_sync(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         moved.is_none(),
         moved.unwrap_or_else(|| format!("{m} kept every VIP")),
     );
-    r.finish_traffic()?;
-    r.check(
-        "no flow was reset",
-        r.report.flows_broken == 0,
-        format!("{}/{} broken", r.report.flows_broken, r.report.flows_total),
-    );
+    r.check_no_flow_broken("no flow was reset")?;
     r.observe_from(t);
-    let h = lock(r.lab).heal(None)?;
-    let back = r.settled(SETTLE)?;
-    r.report.converged_after_heal_ms = Some(lock(r.lab).switch.now_ms().saturating_sub(h));
-    r.report.master_after = Some(back);
+    r.heal_and_settle()?;
     Ok(())
 }
 
@@ -489,10 +492,7 @@ fn one_way(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     );
     r.finish_traffic()?;
     r.observe_from(t);
-    let h = lock(r.lab).heal(None)?;
-    let back = r.settled(SETTLE)?;
-    r.report.converged_after_heal_ms = Some(lock(r.lab).switch.now_ms().saturating_sub(h));
-    r.report.master_after = Some(back);
+    r.heal_and_settle()?;
     Ok(())
 }
 
