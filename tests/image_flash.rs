@@ -5,7 +5,7 @@
 
 mod image_common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -128,6 +128,13 @@ fn flash_to_files_fills_the_config_partition_and_shares_the_sync_key() {
     assert_eq!(&ib[..c.offset() as usize], &ab[..c.offset() as usize]);
     let end = (c.offset() + c.size()) as usize;
     assert_eq!(&ib[end..], &ab[end..]);
+    // A file target is written sparse: the image's empty space stays holes.
+    let allocated = std::fs::metadata(&a).unwrap().blocks() * 512;
+    assert!(
+        allocated < ab.len() as u64 / 2,
+        "{allocated} bytes allocated for a {}-byte image",
+        ab.len()
+    );
 
     // The peer reuses the pair's key.
     let b = dir.join("fw-b.img");

@@ -395,6 +395,14 @@ fn stage_config(opts: &FlashOptions, dir: &Path) -> Result<(Vec<String>, bool), 
 
 const CHUNK: usize = 4 << 20;
 
+/// The granularity of holes in a file target.
+const HOLE: usize = 64 << 10;
+
+/// Whether a chunk is all zeros (pure; the compiler vectorises the fold).
+fn is_zero(b: &[u8]) -> bool {
+    b.chunks(64).all(|c| c.iter().fold(0u8, |a, x| a | x) == 0)
+}
+
 /// Flashes the image; see the module doc.
 pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     if !valid_node(&opts.node) {
@@ -468,10 +476,22 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
             buf[(s - pos) as usize..(e - pos) as usize]
                 .copy_from_slice(&cfg_bytes[(s - c0) as usize..(e - c0) as usize]);
         }
-        out.write_all(&buf[..n]).map_err(io(&opts.target))?;
+        // A file target is written sparse: all-zero chunks become holes (the target was
+        // truncated, so they read back as zeros). A device gets every byte.
+        for block in buf[..n].chunks(HOLE) {
+            if kind == TargetKind::File && is_zero(block) {
+                out.seek(SeekFrom::Current(block.len() as i64))
+                    .map_err(io(&opts.target))?;
+            } else {
+                out.write_all(block).map_err(io(&opts.target))?;
+            }
+        }
         written.update(&buf[..n]);
         pos += n as u64;
         bar.set_position(pos);
+    }
+    if kind == TargetKind::File {
+        out.set_len(image_len).map_err(io(&opts.target))?;
     }
     out.sync_all().map_err(io(&opts.target))?;
     // Drop the cached pages so the read-back comes from the device, not from memory.

@@ -22,14 +22,60 @@ pub fn image_dir() -> PathBuf {
     }
 }
 
-/// A unique run directory under target/lab-test.
-pub fn run_dir(name: &str) -> PathBuf {
+/// A unique run directory under target/lab-test. On drop (after the lab that used it),
+/// the VM disks go always, everything else only if the test passed: a failed run keeps
+/// its consoles, reports and logs to read, and no run keeps half a gigabyte of disks.
+pub struct RunDir(PathBuf);
+
+impl std::ops::Deref for RunDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for RunDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+            return;
+        }
+        remove_disks(&self.0);
+    }
+}
+
+/// Removes every `*.img` and `*.qcow2` under `dir`.
+fn remove_disks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            remove_disks(&p);
+        } else if matches!(
+            p.extension().and_then(|x| x.to_str()),
+            Some("img" | "qcow2")
+        ) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Makes a fresh [`RunDir`] for the test `name`.
+pub fn run_dir(name: &str) -> RunDir {
     let d = repo()
         .join("target/lab-test")
         .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    RunDir(d)
 }
 
 /// Options for a lab of `topology` (a folder) in `run`.
