@@ -25,6 +25,14 @@ fn seed_pair_failover_scenarios() {
         let report = scenario::run_by_name(&lab, name)
             .unwrap_or_else(|e| panic!("{name}: {e}; consoles in {}", run.display()));
         eprintln!("{}", report.summary);
+        for c in &report.checks {
+            eprintln!(
+                "  [{}] {}: {}",
+                if c.ok { "ok" } else { "FAIL" },
+                c.what,
+                c.detail
+            );
+        }
         if !report.ok {
             failed.push(report.summary.clone());
         }
