@@ -860,32 +860,31 @@ impl<'a> Emitter<'a> {
     }
 
     /// An address match as a [`Part`]: its text, and the one set element it is when the
-    /// endpoint has a single prefix of the family.
+    /// endpoint has a single prefix of the family (then the text is written from the
+    /// element: std's `Display` for a prefix was most of this function's time).
     fn addr_part(&self, dir: &str, ep: &Endpoint, f: Option<Family>) -> Part {
-        let text = self.addr_match(dir, ep, f);
-        let single = match (ep, f) {
-            (Endpoint::Network { name, networks }, Some(f)) => {
-                let cached = self
-                    .view
-                    .objects
-                    .networks
-                    .get(name)
-                    .filter(|n| *n == networks)
-                    .and_then(|_| self.prefixes.get(&(name.as_str(), f)));
-                let owned;
-                let p = match cached {
-                    Some(p) => p,
-                    None => {
-                        owned = prefixes_of(networks, f);
-                        &owned
-                    }
-                };
-                match p.as_slice() {
-                    [n] => Some(prefix_elem(n, &format!("{} {dir}", fam_ip(f)))),
-                    _ => None,
-                }
-            }
-            _ => None,
+        let (Endpoint::Network { name, networks }, Some(f)) = (ep, f) else {
+            return Part::default();
+        };
+        let cached = self
+            .prefixes
+            .get(&(name.as_str(), f))
+            .filter(|_| self.view.objects.networks.get(name) == Some(networks));
+        if let Some([n]) = cached.map(Vec::as_slice) {
+            let lhs = format!("{} {dir}", fam_ip(f));
+            let e = prefix_elem(n, &lhs);
+            return Part {
+                text: format!(" {lhs} {}", e.text),
+                single: Some(e),
+            };
+        }
+        let text = self.addr_match(dir, ep, Some(f));
+        let single = match cached {
+            Some(_) => None,
+            None => match prefixes_of(networks, f).as_slice() {
+                [n] => Some(prefix_elem(n, &format!("{} {dir}", fam_ip(f)))),
+                _ => None,
+            },
         };
         Part { text, single }
     }
