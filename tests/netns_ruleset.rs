@@ -457,7 +457,34 @@ fn firewall_own_ipv6_connections_and_merged_rules() {
     assert_eq!(tcp(server, "198.51.100.10:8080", None), srv4, "http-10");
     assert_eq!(tcp(server, "198.51.100.11:8080", None), srv4, "http-11");
     assert_eq!(tcp(server, "198.51.100.10:8081", None), None, "8081");
+
+    // mix-1..4, merged into one rule over a concatenated set of host . port: each host
+    // only on its own port.
+    let _mix1 = tcp_listen(client, "0.0.0.0:9001");
+    let _mix2 = tcp_listen(client, "0.0.0.0:9002");
+    assert_eq!(tcp(server, "198.51.100.10:9001", None), srv4, "mix-1");
+    assert_eq!(tcp(server, "198.51.100.11:9002", None), srv4, "mix-2");
+    assert_eq!(
+        tcp(server, "198.51.100.10:9002", None),
+        None,
+        "host 10 is open on 9001 only"
+    );
     drop(listeners);
+
+    // The three runs really were merged (one nft rule each).
+    let fwd = fw
+        .run("nft", ["list", "chain", "inet", "twinwall", "forward"])
+        .unwrap();
+    for merged in [
+        "client-8001 .. client-8005",
+        "http-10 .. http-13",
+        "mix-1 .. mix-4",
+    ] {
+        assert!(
+            fwd.contains(&format!("comment \"{merged}\"")),
+            "{merged}\n{fwd}"
+        );
+    }
 
     // Every merged rule keeps its own counter (a set element named after it); the
     // lookup is the rule's last match, so an element counts only what its rule took.
@@ -469,6 +496,9 @@ fn firewall_own_ipv6_connections_and_merged_rules() {
     assert!(counter_of(&all, "http-10") >= 1, "{all}");
     assert!(counter_of(&all, "http-11") >= 1, "{all}");
     assert_eq!(counter_of(&all, "http-12"), 0, "{all}");
+    assert!(counter_of(&all, "mix-1") >= 1, "{all}");
+    assert!(counter_of(&all, "mix-2") >= 1, "{all}");
+    assert_eq!(counter_of(&all, "mix-3"), 0, "{all}");
     assert!(counter_of(&all, "fw-dns6") >= 2, "{all}");
     assert!(counter_of(&all, "fw-ping6-out") >= 1, "{all}");
     assert!(counter_of(&all, "default-drop") >= 1, "{all}");

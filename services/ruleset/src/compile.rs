@@ -976,39 +976,40 @@ impl<'a> Emitter<'a> {
         for o in merge::plan(&lines) {
             match o {
                 Out::Single(i) => self.line(&lines[i].text()),
-                Out::Merged { dim, lines: run } => {
+                Out::Merged { dims, lines: run } => {
                     let run: Vec<&Line> = run.iter().map(|&i| &lines[i]).collect();
-                    self.merged_rule(chain, dim, &run);
+                    self.merged_rule(chain, dims, &run);
                 }
             }
         }
         Ok(())
     }
 
-    /// One rule over a set for a run of lines that differ only in match `dim`; the set
-    /// (with one element per rule, its counter and its name) goes before the chains.
-    fn merged_rule(&mut self, chain: FilterChain, dim: usize, run: &[&Line]) {
+    /// One rule over a set for a run of lines that differ only in the matches `dims`
+    /// (one, or an address and the port: a concatenated set); the set (one element per
+    /// rule, with its counter and its name) goes before the chains.
+    fn merged_rule(&mut self, chain: FilterChain, dims: &[usize], run: &[&Line]) {
         let first = run[0];
         let last = run[run.len() - 1];
-        let elem = |l: &Line| l.parts[dim].single.clone().expect("planned with one");
-        let e0 = elem(first);
+        let e0 = run_elems(first, dims);
+        let key: Vec<&str> = e0.iter().map(|e| e.key).collect();
+        let lhs: Vec<&str> = e0.iter().map(|e| e.lhs.as_str()).collect();
+        let (key, lhs) = (key.join(" . "), lhs.join(" . "));
         let name = format!("{}_merged_{}", chain.name(), self.merged);
         self.merged += 1;
-        let interval = run.iter().any(|l| {
-            let e = elem(l);
-            e.hi > e.lo
-        });
+        let interval = run
+            .iter()
+            .any(|l| run_elems(l, dims).iter().any(|e| e.hi > e.lo));
         let ms = &mut self.merged_sets;
         let _ = writeln!(
             ms,
-            "    # {} rules of chain {} that differ only in `{}`, \"{}\" .. \"{}\":\n    # one element per rule, with the rule's own counter and its name as comment",
+            "    # {} rules of chain {} that differ only in `{lhs}`, \"{}\" .. \"{}\":\n    # one element per rule, with the rule's own counter and its name as comment",
             run.len(),
             chain.name(),
-            e0.lhs,
             first.name,
             last.name
         );
-        let _ = writeln!(ms, "    set {name} {{\n        type {}", e0.key);
+        let _ = writeln!(ms, "    set {name} {{\n        type {key}");
         if interval {
             ms.push_str("        flags interval\n");
         } else {
@@ -1017,9 +1018,13 @@ impl<'a> Emitter<'a> {
         // One element a line: the set reads like the rules it replaces.
         ms.push_str("        counter\n        elements = {\n");
         for (k, l) in run.iter().enumerate() {
-            let e = l.parts[dim].single.as_ref().expect("planned with one");
             ms.push_str("            ");
-            ms.push_str(&e.text);
+            for (n, e) in run_elems(l, dims).into_iter().enumerate() {
+                if n > 0 {
+                    ms.push_str(" . ");
+                }
+                ms.push_str(&e.text);
+            }
             ms.push_str(" comment \"");
             ms.push_str(&l.name);
             ms.push_str(if k + 1 < run.len() { "\",\n" } else { "\"\n" });
@@ -1028,12 +1033,12 @@ impl<'a> Emitter<'a> {
 
         let mut m = first.head.clone();
         for (i, p) in first.parts.iter().enumerate() {
-            if i != dim {
+            if !dims.contains(&i) {
                 m.push_str(&p.text);
             }
         }
         // The lookup last: its element counter then counts only packets the rule takes.
-        let _ = write!(m, " {} @{name}", e0.lhs);
+        let _ = write!(m, " {lhs} @{name}");
         m.push_str(&first.tail);
         let range = format!("{} .. {}", first.name, last.name);
         let comment = if range.len() <= 120 {
@@ -1232,6 +1237,13 @@ impl FilterChain {
             FilterChain::Output => "output",
         }
     }
+}
+
+/// The set elements of a merged line: its matches `dims`.
+fn run_elems<'l>(l: &'l Line, dims: &[usize]) -> Vec<&'l Elem> {
+    dims.iter()
+        .map(|&d| l.parts[d].single.as_ref().expect("planned with one"))
+        .collect()
 }
 
 /// A single prefix as a set element matched by `lhs` (`ip daddr`).
