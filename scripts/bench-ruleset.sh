@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ruleset benchmark (run by `make bench` through scripts/bench.sh, or by hand as root).
-# Generates clusters with 1k / 10k / 100k filter rules and one with a 100,000-element
-# address group, then times, in a throwaway network namespace and in the same run:
+# Generates clusters with 1k / 10k / 100k filter rules (runs of rules that the compiler
+# merges into one rule over a set), 10k rules where nothing merges ("mixed", the worst
+# case) and one with a 100,000-element address group, then times, in a throwaway network namespace and in the same run:
 #   twinwall   `twinwall ruleset apply` end to end: parse + compile + lint + nft -f (one
 #              atomic transaction)
 #   tw-check   the same with --check (a separate nft -c pass first)
@@ -13,8 +14,8 @@
 # and prints a table with the ratios twinwall / nft -f, compile / nft -f and
 # twinwall / iptables-restore.
 # Targets: 10k rules end to end < 0.4 s, the 100k-element group < 0.5 s.
-# RULESET_BENCH_SIZES="1000 10000" limits the rule counts, RULESET_BENCH_GROUP=0 skips the
-# group case; RULESET_BENCH_RUNS sets the repeats
+# RULESET_BENCH_SIZES="1000 10000" limits the rule counts, RULESET_BENCH_MIXED=0 skips the
+# mixed case, RULESET_BENCH_GROUP=0 skips the group case; RULESET_BENCH_RUNS sets the repeats
 # (the best run counts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,11 +74,17 @@ t = [head]
 ipt = ["*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
        "-A FORWARD -m conntrack --ctstate INVALID -j DROP"]
-if kind == "rules":
+if kind in ("rules", "mixed"):
     # n distinct (network, service) pairs: 512 /24 networks of 198.18.0.0/15 (the
     # benchmarking range) x enough single-port services; none shadows another.
+    # "rules": each run of 512 rules shares its port (the compiler merges every run into
+    # one rule over a set of networks); "mixed": consecutive rules differ in both the
+    # network and the port (an odd service count, so the pairs stay distinct), so
+    # nothing merges: one nft rule per config rule, the worst case.
     nets = min(512, n)
     svcs = (n + nets - 1) // nets
+    if kind == "mixed":
+        svcs |= 1
     t.append("[objects.networks]")
     for k in range(nets):
         t.append(f'n{k} = ["198.{18 + k // 256}.{k % 256}.0/24"]')
@@ -85,7 +92,7 @@ if kind == "rules":
     for j in range(svcs):
         t.append(f's{j} = ["tcp/{10000 + j}"]')
     for i in range(n):
-        k, j = i % nets, i // nets
+        k, j = (i % nets, i // nets) if kind == "rules" else (i % nets, i % svcs)
         t.append(f'[[policy.rule]]\nname = "r{i}"\nfrom = "outside"\nto = "n{k}"\nservice = "s{j}"\naction = "accept"')
         ipt.append(f"-A FORWARD -i eth0 -d 198.{18 + k // 256}.{k % 256}.0/24 -p tcp --dport {10000 + j} -j ACCEPT")
 else:
@@ -142,6 +149,8 @@ run_case() { # run_case LABEL KIND N
 for n in $SIZES; do
   run_case "rules-$n" rules "$n"
 done
+[ "${RULESET_BENCH_MIXED:-1}" = 0 ] || run_case "mixed-10000" mixed 10000
 [ "${RULESET_BENCH_GROUP:-1}" = 0 ] || run_case "group-100000" group 100000
 echo "targets: rules-10000 twinwall < 0.400 s; group-100000 twinwall < 0.500 s"
+echo "machine: $(nproc) cores; uptime: $(uptime)"
 echo "load average while measuring: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -370,3 +370,136 @@ fn firewall_own_connections_use_the_output_chain() {
     assert!(count("cluster:sync") >= 1, "{out}");
     assert!(count("default-drop") >= 1, "{out}");
 }
+
+/// The packet counter nft lists just before `comment "NAME"`, summed over every rule or
+/// set element of that name in `listing` (`nft list ruleset`).
+fn counter_of(listing: &str, name: &str) -> u64 {
+    let pat = format!("comment \"{name}\"");
+    let mut total = None;
+    let mut rest = listing;
+    while let Some(at) = rest.find(&pat) {
+        let before = &rest[..at];
+        let n: u64 = before
+            .rsplit("packets ")
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no counter before {pat} in\n{listing}"));
+        *total.get_or_insert(0) += n;
+        rest = &rest[at + pat.len()..];
+    }
+    total.unwrap_or_else(|| panic!("no rule or element {name} in\n{listing}"))
+}
+
+#[test]
+fn firewall_own_ipv6_connections_and_merged_rules() {
+    if !require_root() {
+        return;
+    }
+    let view = fixture("ruleset-own-traffic-v6.toml", "fw-a");
+    let lab = lab_with_ruleset("dual-stack", "fw-a", &view);
+    let (client, server, fw) = (lab.ns("client"), lab.ns("server"), lab.ns("fw-a"));
+    // The firewall's outside addresses: its own and the VIP (source address selection
+    // may pick either).
+    let fw6 = [ip("2001:db8:0:1::2"), ip("2001:db8:0:1::1")];
+    let from_fw = |answer: Option<IpAddr>| answer.is_some_and(|a| fw6.contains(&a));
+
+    // fw-dns6: DNS over IPv6 (udp and tcp) from the firewall to the resolver; another
+    // port, and DNS to the resolver's IPv4 address, are dropped by the output chain.
+    let _dns_u = udp_listen(server, "[2001:db8:0:1::fe]:53");
+    let _dns_t = tcp_listen(server, "[2001:db8:0:1::fe]:53");
+    let _other = tcp_listen(server, "[2001:db8:0:1::fe]:8080");
+    let _dns4 = udp_listen(server, "203.0.113.254:53");
+    assert!(from_fw(udp(fw, "[2001:db8:0:1::fe]:53")), "udp6 dns out");
+    assert!(
+        from_fw(tcp(fw, "[2001:db8:0:1::fe]:53", None)),
+        "tcp6 dns out"
+    );
+    assert_eq!(
+        tcp(fw, "[2001:db8:0:1::fe]:8080", None),
+        None,
+        "tcp6/8080 from the firewall"
+    );
+    assert_eq!(udp(fw, "203.0.113.254:53"), None, "the rule is IPv6 only");
+
+    // fw-ping6-out: ICMPv6 echo out of the outside zone only; not into the inside
+    // zone, and no IPv4 ping.
+    assert!(ping(fw, &["-6", "2001:db8:0:1::fe"]), "ping6 out of eth0");
+    assert!(
+        !ping(fw, &["-6", "2001:db8:0:2::10"]),
+        "ping6 into the inside zone"
+    );
+    assert!(!ping(fw, &["203.0.113.254"]), "no IPv4 ping rule");
+
+    // client-8001..8005, merged into one rule over a set of ports: each port passes
+    // (IPv6 only), a port next to them does not.
+    let listeners: Vec<PeerEcho> = (8001..=8006)
+        .map(|p| tcp_listen(client, &format!("[::]:{p}")))
+        .collect();
+    let srv6 = Some(ip("2001:db8:0:1::fe"));
+    for p in [8001, 8002, 8003, 8005] {
+        assert_eq!(
+            tcp(server, &format!("[2001:db8:0:2::10]:{p}"), None),
+            srv6,
+            "tcp6/{p} in"
+        );
+    }
+    assert_eq!(tcp(server, "[2001:db8:0:2::10]:8006", None), None, "8006");
+    assert_eq!(tcp(server, "198.51.100.10:8001", None), None, "IPv4 8001");
+
+    // http-10..13, merged into one rule over a set of IPv4 hosts.
+    client
+        .add_addr("eth0", "198.51.100.11/24".parse().unwrap())
+        .unwrap();
+    let _http = tcp_listen(client, "0.0.0.0:8080");
+    let _http_other = tcp_listen(client, "0.0.0.0:8081");
+    let srv4 = Some(ip("203.0.113.254"));
+    assert_eq!(tcp(server, "198.51.100.10:8080", None), srv4, "http-10");
+    assert_eq!(tcp(server, "198.51.100.11:8080", None), srv4, "http-11");
+    assert_eq!(tcp(server, "198.51.100.10:8081", None), None, "8081");
+
+    // mix-1..4, merged into one rule over a concatenated set of host . port: each host
+    // only on its own port.
+    let _mix1 = tcp_listen(client, "0.0.0.0:9001");
+    let _mix2 = tcp_listen(client, "0.0.0.0:9002");
+    assert_eq!(tcp(server, "198.51.100.10:9001", None), srv4, "mix-1");
+    assert_eq!(tcp(server, "198.51.100.11:9002", None), srv4, "mix-2");
+    assert_eq!(
+        tcp(server, "198.51.100.10:9002", None),
+        None,
+        "host 10 is open on 9001 only"
+    );
+    drop(listeners);
+
+    // The three runs really were merged (one nft rule each).
+    let fwd = fw
+        .run("nft", ["list", "chain", "inet", "twinwall", "forward"])
+        .unwrap();
+    for merged in [
+        "client-8001 .. client-8005",
+        "http-10 .. http-13",
+        "mix-1 .. mix-4",
+    ] {
+        assert!(
+            fwd.contains(&format!("comment \"{merged}\"")),
+            "{merged}\n{fwd}"
+        );
+    }
+
+    // Every merged rule keeps its own counter (a set element named after it); the
+    // lookup is the rule's last match, so an element counts only what its rule took.
+    let all = fw.run("nft", ["list", "ruleset"]).unwrap();
+    for name in ["client-8001", "client-8002", "client-8003", "client-8005"] {
+        assert!(counter_of(&all, name) >= 1, "{name}\n{all}");
+    }
+    assert_eq!(counter_of(&all, "client-8004"), 0, "{all}");
+    assert!(counter_of(&all, "http-10") >= 1, "{all}");
+    assert!(counter_of(&all, "http-11") >= 1, "{all}");
+    assert_eq!(counter_of(&all, "http-12"), 0, "{all}");
+    assert!(counter_of(&all, "mix-1") >= 1, "{all}");
+    assert!(counter_of(&all, "mix-2") >= 1, "{all}");
+    assert_eq!(counter_of(&all, "mix-3"), 0, "{all}");
+    assert!(counter_of(&all, "fw-dns6") >= 2, "{all}");
+    assert!(counter_of(&all, "fw-ping6-out") >= 1, "{all}");
+    assert!(counter_of(&all, "default-drop") >= 1, "{all}");
+}

@@ -21,7 +21,7 @@
 //! the table exists, so the delete cannot fail, and nft runs the whole file as one
 //! transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -33,6 +33,7 @@ use twinwall_config::{
 
 use crate::icmp::{icmp_type, icmpv6_type};
 use crate::lint::{Lint, lint};
+use crate::merge::{self, Elem, Line, Out, Part};
 
 /// The nftables table the compiler owns (family `inet`).
 pub const TABLE: &str = "twinwall";
@@ -110,8 +111,15 @@ pub fn compile(view: &NodeView, opts: &Options) -> Result<Script, CompileError> 
     let mut e = Emitter::new(view);
     e.header();
     e.sets()?;
+    // The chains go into their own buffer: the sets of merged rules are found while
+    // writing them and must be defined before the chains use them.
+    let head = std::mem::take(&mut e.out);
     e.filter_chains()?;
     e.nat_chains()?;
+    let chains = std::mem::replace(&mut e.out, head);
+    let merged = std::mem::take(&mut e.merged_sets);
+    e.out.push_str(&merged);
+    e.out.push_str(&chains);
     e.out.push_str("}\n");
     tracing::debug!(node = %view.node, rules = e.rules, "compiled");
     Ok(Script {
@@ -351,6 +359,7 @@ fn per_proto_ports(services: &[Service]) -> Vec<SvcMatch> {
             out.push(SvcMatch {
                 text: format!(" {proto} dport {}", set_literal(ports)),
                 family: None,
+                single: None,
             });
         }
     }
@@ -362,6 +371,8 @@ fn per_proto_ports(services: &[Service]) -> Vec<SvcMatch> {
 struct SvcMatch {
     text: String,
     family: Option<Family>,
+    /// The match as one set element, when it is one TCP/UDP port (range).
+    single: Option<Elem>,
 }
 
 struct Emitter<'a> {
@@ -373,6 +384,10 @@ struct Emitter<'a> {
     rules: usize,
     /// Rate-limit set names by (rule index, family).
     rl_sets: BTreeMap<(usize, Family), String>,
+    /// Definitions of the sets of merged rules, written while emitting the chains.
+    merged_sets: String,
+    /// How many merged sets there are so far (their names count up).
+    merged: usize,
 }
 
 impl<'a> Emitter<'a> {
@@ -389,6 +404,8 @@ impl<'a> Emitter<'a> {
             out: String::with_capacity(256 + 160 * view.policy.rules.len()),
             rules: 0,
             rl_sets: BTreeMap::new(),
+            merged_sets: String::new(),
+            merged: 0,
         }
     }
 
@@ -759,6 +776,7 @@ impl<'a> Emitter<'a> {
             return Ok(vec![SvcMatch {
                 text: String::new(),
                 family: None,
+                single: None,
             }]);
         }
         let mut out = Vec::new();
@@ -773,15 +791,21 @@ impl<'a> Emitter<'a> {
                         .get(*n)
                         .is_some_and(|s| s == services)
             });
+            let mut single = None;
             let text = match named {
                 Some(n) => format!(" meta l4proto . th dport @{n}_svc"),
                 None if l4.len() == 1 => {
                     let (p, port) = l4[0].split_once(" . ").unwrap_or(("tcp", "0"));
+                    single = single_port(services);
                     format!(" {p} dport {port}")
                 }
                 None => format!(" meta l4proto . th dport {{ {} }}", l4.join(", ")),
             };
-            out.push(SvcMatch { text, family: None });
+            out.push(SvcMatch {
+                text,
+                family: None,
+                single,
+            });
         }
         for (proto, fam, is_v6) in [
             ("icmp", Family::Ipv4, false),
@@ -822,50 +846,109 @@ impl<'a> Emitter<'a> {
                 out.push(SvcMatch {
                     text: format!(" meta l4proto {l4name}"),
                     family: Some(fam),
+                    single: None,
                 });
             } else if !types.is_empty() {
                 out.push(SvcMatch {
                     text: format!(" {proto} type {}", set_literal(types)),
                     family: Some(fam),
+                    single: None,
                 });
             }
         }
         Ok(out)
     }
 
+    /// An address match as a [`Part`]: its text, and the one set element it is when the
+    /// endpoint has a single prefix of the family (then the text is written from the
+    /// element: std's `Display` for a prefix was most of this function's time).
+    fn addr_part(&self, dir: &str, ep: &Endpoint, f: Option<Family>) -> Part {
+        let (Endpoint::Network { name, networks }, Some(f)) = (ep, f) else {
+            return Part::default();
+        };
+        let cached = self
+            .prefixes
+            .get(&(name.as_str(), f))
+            .filter(|_| self.view.objects.networks.get(name) == Some(networks));
+        if let Some([n]) = cached.map(Vec::as_slice) {
+            let lhs = format!("{} {dir}", fam_ip(f));
+            let e = prefix_elem(n, &lhs);
+            return Part {
+                text: format!(" {lhs} {}", e.text),
+                single: Some(e),
+            };
+        }
+        let text = self.addr_match(dir, ep, Some(f));
+        let single = match cached {
+            Some(_) => None,
+            None => match prefixes_of(networks, f).as_slice() {
+                [n] => Some(prefix_elem(n, &format!("{} {dir}", fam_ip(f)))),
+                _ => None,
+            },
+        };
+        Part { text, single }
+    }
+
+    /// The policy rules of one chain, in config order; runs of rules that differ in one
+    /// single-element match become one rule over a set (see `merge.rs`).
     fn policy_rules(&mut self, chain: FilterChain) -> Result<(), CompileError> {
         let v = self.view;
+        let mut lines: Vec<Line> = Vec::new();
+        // The service matches of each service object, computed once: thousands of rules
+        // share a few services.
+        let mut by_service: HashMap<&str, Vec<SvcMatch>> = HashMap::new();
+        let mut own: Vec<SvcMatch>;
         for (i, r) in v.policy.rules.iter().enumerate() {
             if rule_chain(r) != chain {
                 continue;
             }
-            let svcs = self.svc_matches(&r.name, r.service_name.as_deref(), &r.services)?;
-            let mut lines = Vec::new();
+            let object = r
+                .service_name
+                .as_deref()
+                .filter(|n| v.objects.services.get(*n) == Some(&r.services));
+            let svcs: &[SvcMatch] = match object {
+                Some(n) => {
+                    if !by_service.contains_key(n) {
+                        let m = self.svc_matches(&r.name, Some(n), &r.services)?;
+                        by_service.insert(n, m);
+                    }
+                    &by_service[n]
+                }
+                None => {
+                    own = self.svc_matches(&r.name, r.service_name.as_deref(), &r.services)?;
+                    &own
+                }
+            };
             for f in rule_families(r) {
-                for s in &svcs {
+                for s in svcs {
                     if let (Some(a), Some(b)) = (f, s.family)
                         && a != b
                     {
                         continue;
                     }
-                    let mut m = String::new();
+                    let mut head = String::new();
                     if let Endpoint::Zone { device, .. } = &r.from {
-                        let _ = write!(m, " iifname \"{device}\"");
+                        let _ = write!(head, " iifname \"{device}\"");
                     }
                     if let Endpoint::Zone { device, .. } = &r.to {
-                        let _ = write!(m, " oifname \"{device}\"");
+                        let _ = write!(head, " oifname \"{device}\"");
                     }
                     let addr_implied = matches!(r.from, Endpoint::Network { .. })
                         || matches!(r.to, Endpoint::Network { .. });
+                    let mut family = None;
                     if let Some(f) = f
                         && !addr_implied
                         && s.family.is_none()
                     {
-                        let _ = write!(m, " {}", fam_nfproto(f));
+                        let _ = write!(head, " {}", fam_nfproto(f));
+                        family = Some(f);
                     }
-                    m.push_str(&self.addr_match("saddr", &r.from, f));
-                    m.push_str(&self.addr_match("daddr", &r.to, f));
-                    m.push_str(&s.text);
+                    let saddr = self.addr_part("saddr", &r.from, f);
+                    let daddr = self.addr_part("daddr", &r.to, f);
+                    if !saddr.text.is_empty() || !daddr.text.is_empty() {
+                        family = f;
+                    }
+                    let mut tail = String::new();
                     if let (Some(rl), Some(f)) = (r.rate_limit, f)
                         && let Some(set) = self.rl_sets.get(&(i, f))
                     {
@@ -876,30 +959,119 @@ impl<'a> Emitter<'a> {
                             RateUnit::Day => "day",
                         };
                         let _ = write!(
-                            m,
+                            tail,
                             " update @{set} {{ {} saddr limit rate {}/{per} }}",
                             fam_ip(f),
                             rl.count
                         );
                     }
-                    m.push_str(" counter");
+                    tail.push_str(" counter");
                     if r.log {
-                        let _ = write!(m, " log prefix \"tw:{} \"", r.name);
+                        let _ = write!(tail, " log prefix \"tw:{} \"", r.name);
                     }
                     let verdict = match r.action {
                         Action::Accept => "accept",
                         Action::Drop => "drop",
                         Action::Reject => "reject",
                     };
-                    let _ = write!(m, " {verdict} comment \"{}\"", r.name);
-                    lines.push(m);
+                    let _ = write!(tail, " {verdict}");
+                    lines.push(Line {
+                        head,
+                        parts: [
+                            saddr,
+                            daddr,
+                            Part {
+                                text: s.text.clone(),
+                                single: s.single.clone(),
+                            },
+                        ],
+                        tail,
+                        name: r.name.clone(),
+                        family,
+                        mergeable: !r.log && r.rate_limit.is_none(),
+                    });
                 }
             }
-            for l in lines {
-                self.line(l.trim_start());
+        }
+        for o in merge::plan(&lines) {
+            match o {
+                Out::Single(i) => self.line(&lines[i].text()),
+                Out::Merged { dims, lines: run } => {
+                    let run: Vec<&Line> = run.iter().map(|&i| &lines[i]).collect();
+                    self.merged_rule(chain, dims, &run);
+                }
             }
         }
         Ok(())
+    }
+
+    /// One rule over a set for a run of lines that differ only in the matches `dims`
+    /// (one, or an address and the port: a concatenated set); the set (one element per
+    /// rule, with its counter and its name) goes before the chains.
+    fn merged_rule(&mut self, chain: FilterChain, dims: &[usize], run: &[&Line]) {
+        let first = run[0];
+        let last = run[run.len() - 1];
+        let e0 = run_elems(first, dims);
+        let key: Vec<&str> = e0.iter().map(|e| e.key).collect();
+        let lhs: Vec<&str> = e0.iter().map(|e| e.lhs.as_str()).collect();
+        let (key, lhs) = (key.join(" . "), lhs.join(" . "));
+        let name = format!("{}_merged_{}", chain.name(), self.merged);
+        self.merged += 1;
+        let interval = run
+            .iter()
+            .any(|l| run_elems(l, dims).iter().any(|e| e.hi > e.lo));
+        let ms = &mut self.merged_sets;
+        let _ = writeln!(
+            ms,
+            "    # {} rules of chain {} that differ only in `{lhs}`, \"{}\" .. \"{}\":\n    # one element per rule, with the rule's own counter and its name as comment",
+            run.len(),
+            chain.name(),
+            first.name,
+            last.name
+        );
+        let _ = writeln!(ms, "    set {name} {{\n        type {key}");
+        if interval {
+            ms.push_str("        flags interval\n");
+        } else {
+            let _ = writeln!(ms, "        size {}", run.len());
+        }
+        // One element a line: the set reads like the rules it replaces.
+        ms.push_str("        counter\n        elements = {\n");
+        for (k, l) in run.iter().enumerate() {
+            ms.push_str("            ");
+            for (n, e) in run_elems(l, dims).into_iter().enumerate() {
+                if n > 0 {
+                    ms.push_str(" . ");
+                }
+                ms.push_str(&e.text);
+            }
+            ms.push_str(" comment \"");
+            ms.push_str(&l.name);
+            ms.push_str(if k + 1 < run.len() { "\",\n" } else { "\"\n" });
+        }
+        ms.push_str("        }\n    }\n\n");
+
+        let mut m = first.head.clone();
+        for (i, p) in first.parts.iter().enumerate() {
+            if !dims.contains(&i) {
+                m.push_str(&p.text);
+            }
+        }
+        // The lookup last: its element counter then counts only packets the rule takes.
+        let _ = write!(m, " {lhs} @{name}");
+        m.push_str(&first.tail);
+        let range = format!("{} .. {}", first.name, last.name);
+        let comment = if range.len() <= 120 {
+            range
+        } else {
+            format!("{} +{}", first.name, run.len() - 1)
+        };
+        let _ = write!(m, " comment \"{comment}\"");
+        self.note(&format!(
+            "{} rules merged into one lookup in set {name} (their counters are its elements')",
+            run.len()
+        ));
+        self.line(m.trim_start());
     }
 
     fn dnat_parts(
@@ -953,6 +1125,7 @@ impl<'a> Emitter<'a> {
                     vec![SvcMatch {
                         text: format!(" meta l4proto {} th dport {p}", set_literal(protos)),
                         family: None,
+                        single: None,
                     }]
                 }
                 None => self.dnat_parts(name, services, service_name.as_deref(), *to)?,
@@ -1075,6 +1248,74 @@ impl<'a> Emitter<'a> {
     }
 }
 
+impl FilterChain {
+    /// The nft chain's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FilterChain::Input => "input",
+            FilterChain::Forward => "forward",
+            FilterChain::Output => "output",
+        }
+    }
+}
+
+/// The set elements of a merged line: its matches `dims`.
+fn run_elems<'l>(l: &'l Line, dims: &[usize]) -> Vec<&'l Elem> {
+    dims.iter()
+        .map(|&d| l.parts[d].single.as_ref().expect("planned with one"))
+        .collect()
+}
+
+/// A single prefix as a set element matched by `lhs` (`ip daddr`).
+fn prefix_elem(n: &IpNet, lhs: &str) -> Elem {
+    let (key, lo, hi) = match n {
+        IpNet::V4(n) => (
+            "ipv4_addr",
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        ),
+        IpNet::V6(n) => (
+            "ipv6_addr",
+            u128::from(n.network()),
+            u128::from(n.broadcast()),
+        ),
+    };
+    let mut text = String::with_capacity(20);
+    push_addr(&mut text, n.addr());
+    if n.prefix_len() != n.max_prefix_len() {
+        let _ = write!(text, "/{}", n.prefix_len());
+    }
+    Elem {
+        key,
+        lhs: lhs.to_owned(),
+        text,
+        lo,
+        hi,
+    }
+}
+
+/// The one TCP/UDP port (range) of a service list whose L4 part is a single element.
+fn single_port(services: &[Service]) -> Option<Elem> {
+    services.iter().find_map(|s| {
+        let (proto, from, to) = match s {
+            Service::Tcp { from, to } => ("tcp", *from, *to),
+            Service::Udp { from, to } => ("udp", *from, *to),
+            _ => return None,
+        };
+        Some(Elem {
+            key: "inet_service",
+            lhs: format!("{proto} dport"),
+            text: if from == to {
+                from.to_string()
+            } else {
+                format!("{from}-{to}")
+            },
+            lo: from.into(),
+            hi: to.into(),
+        })
+    })
+}
+
 /// The filter chain a policy rule belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum FilterChain {
@@ -1099,21 +1340,31 @@ pub(crate) fn rule_chain(r: &Rule) -> FilterChain {
 /// The address families a rule applies to: `None` for "both, no address match";
 /// rate-limited rules are always split per family (the per-source set is per family).
 pub(crate) fn rule_families(r: &Rule) -> Vec<Option<Family>> {
-    let fams = |ep: &Endpoint| -> Option<BTreeSet<Family>> {
+    // Families as bits (IPv4 1, IPv6 2): this runs for every rule in the compiler and
+    // in the lints, and sets of families allocated for each took a tenth of the emit.
+    let bits = |ep: &Endpoint| -> Option<u8> {
         match ep {
-            Endpoint::Network { networks, .. } => Some(networks.iter().map(net_family).collect()),
+            Endpoint::Network { networks, .. } => Some(networks.iter().fold(0, |b, n| {
+                b | match net_family(n) {
+                    Family::Ipv4 => 1,
+                    Family::Ipv6 => 2,
+                }
+            })),
             _ => None,
         }
     };
-    let both: BTreeSet<Family> = [Family::Ipv4, Family::Ipv6].into();
-    let set = match (fams(&r.from), fams(&r.to)) {
+    let set = match (bits(&r.from), bits(&r.to)) {
         (None, None) if r.rate_limit.is_none() => return vec![None],
-        (None, None) => both,
+        (None, None) => 3,
         (Some(a), None) => a,
         (None, Some(b)) => b,
-        (Some(a), Some(b)) => a.intersection(&b).copied().collect(),
+        (Some(a), Some(b)) => a & b,
     };
-    set.into_iter().map(Some).collect()
+    [(1, Family::Ipv4), (2, Family::Ipv6)]
+        .into_iter()
+        .filter(|(bit, _)| set & bit != 0)
+        .map(|(_, f)| Some(f))
+        .collect()
 }
 
 #[cfg(test)]

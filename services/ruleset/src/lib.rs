@@ -12,6 +12,7 @@ pub mod diff;
 pub mod fixtures;
 pub mod icmp;
 pub mod lint;
+mod merge;
 
 pub use apply::{ApplyError, Nft, apply, check};
 pub use bootstrap::{BootstrapOptions, bootstrap};
