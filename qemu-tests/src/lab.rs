@@ -1023,14 +1023,22 @@ mod tests {
             .filter(|l| l.contains("dport 9780"))
             .collect();
         let input: Vec<&&str> = rules.iter().filter(|l| l.contains("iifname")).collect();
-        assert_eq!(input.len(), 1, "{rules:?}");
-        assert!(input[0].contains("\"eth3\""), "{}", input[0]);
-        assert!(input[0].contains("192.0.2.64/26"), "{}", input[0]);
+        // One rule per zone, each with that zone's own subnet only.
+        assert_eq!(input.len(), 2, "{rules:?}");
+        let mgmt = input.iter().find(|l| l.contains("\"eth3\"")).unwrap();
+        assert!(mgmt.contains("192.0.2.64/26"), "{mgmt}");
         assert!(
-            !input[0].contains("eth0") && !input[0].contains("eth1"),
-            "{}",
-            input[0]
+            !mgmt.contains("eth2") && !mgmt.contains("192.0.2.0/30"),
+            "{mgmt}"
         );
+        let sync = input.iter().find(|l| l.contains("\"eth2\"")).unwrap();
+        assert!(
+            !sync.contains("eth3") && !sync.contains("192.0.2.64/26"),
+            "{sync}"
+        );
+        for l in &input {
+            assert!(!l.contains("eth0") && !l.contains("eth1"), "{l}");
+        }
     }
 
     #[test]

@@ -693,7 +693,8 @@ impl<'a> Emitter<'a> {
     }
 
     /// The management API (TCP), on its zones (the sync link always), from the allowed
-    /// prefixes or, when none are given, from the zones' own subnets.
+    /// prefixes on every one of them or, when none are given, from each zone's own subnets
+    /// on that zone only (a zone's subnet must not open the port on another zone's device).
     fn management(&mut self) {
         let v = self.view;
         let m = &v.management;
@@ -703,34 +704,41 @@ impl<'a> Emitter<'a> {
         {
             zones.push(&s.interface);
         }
-        let devices: Vec<&str> = zones
-            .iter()
-            .filter_map(|z| v.interfaces.get(*z).map(|i| i.device.as_str()))
-            .collect();
-        if devices.is_empty() {
+        let ifaces: Vec<_> = zones.iter().filter_map(|z| v.interfaces.get(*z)).collect();
+        if ifaces.is_empty() {
             return;
         }
-        let allowed: Vec<IpNet> = if m.allowed_from.is_empty() {
-            zones
+        // (devices, allowed sources) pairs: one for all zones, or one per zone.
+        let groups: Vec<(Vec<&str>, Vec<IpNet>)> = if m.allowed_from.is_empty() {
+            ifaces
                 .iter()
-                .filter_map(|z| v.interfaces.get(*z))
-                .flat_map(|i| i.addresses.iter().map(|a| a.trunc()))
+                .map(|i| {
+                    (
+                        vec![i.device.as_str()],
+                        i.addresses.iter().map(|a| a.trunc()).collect(),
+                    )
+                })
                 .collect()
         } else {
-            m.allowed_from.clone()
+            vec![(
+                ifaces.iter().map(|i| i.device.as_str()).collect(),
+                m.allowed_from.clone(),
+            )]
         };
-        for f in [Family::Ipv4, Family::Ipv6] {
-            let p = prefixes_of(&allowed, f);
-            if p.is_empty() {
-                continue;
+        for (devices, allowed) in groups {
+            for f in [Family::Ipv4, Family::Ipv6] {
+                let p = prefixes_of(&allowed, f);
+                if p.is_empty() {
+                    continue;
+                }
+                self.line(&format!(
+                    "iifname {} {} saddr {} tcp dport {} counter accept comment \"cluster:management\"",
+                    quoted_set(devices.iter().copied()),
+                    fam_ip(f),
+                    prefix_literal(&p),
+                    m.port
+                ));
             }
-            self.line(&format!(
-                "iifname {} {} saddr {} tcp dport {} counter accept comment \"cluster:management\"",
-                quoted_set(devices.iter().copied()),
-                fam_ip(f),
-                prefix_literal(&p),
-                m.port
-            ));
         }
     }
 
