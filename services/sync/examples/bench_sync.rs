@@ -547,6 +547,68 @@ fn raw_commit(n: usize) {
         .unwrap(),
     ));
     flush();
+    // The order the external cache yields (hash order), as the service commits it.
+    let mut shuffled = batch.clone();
+    let order = std::collections::hash_map::RandomState::new();
+    shuffled.sort_by_cached_key(|e| std::hash::BuildHasher::hash_one(&order, e));
+    let b = shuffled.clone();
+    rows.push((
+        "service commit, listener paused, hash order",
+        ns.enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap(),
+    ));
+    flush();
+    // What the service does: the commit thread under SCHED_FIFO (RtBoost).
+    let b = shuffled.clone();
+    rows.push((
+        "same, SCHED_FIFO (what the service does)",
+        ns.enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let boost = twinwall_sync::service::RtBoost::raise(
+                twinwall_sync::service::DEFAULT_COMMIT_RT_PRIORITY,
+            );
+            assert!(boost.active(), "SCHED_FIFO refused");
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
+            drop(boost);
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap(),
+    ));
+    flush();
+    // The takeover of the benchmark: the old master's namespace holds the same entries.
+    let other = twinwall_testkit::Netns::new("ro").unwrap();
+    let b = batch.clone();
+    other
+        .enter(move || Conntrack::open().unwrap().commit(&b).unwrap())
+        .unwrap();
+    let b = shuffled.clone();
+    rows.push((
+        "same, another namespace holds the same N",
+        ns.enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap(),
+    ));
+    flush();
+    drop(other);
     let b = batch.clone();
     rows.push((
         "kernel only: pre-built batches of 256",
