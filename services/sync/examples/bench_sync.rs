@@ -35,6 +35,36 @@ fn rss_mb(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn proc_cpu(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+/// Context switches (voluntary + involuntary) of a process and its threads so far.
+fn proc_switches(pid: u32) -> u64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 fn kernel_count(pair: &Pair, i: usize) -> usize {
     pair.kernel_entries(i)
 }
@@ -151,6 +181,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     std::thread::sleep(Duration::from_millis(300));
     let tx0 = status(&socks[0])["tx_bytes"].as_u64().unwrap_or(0);
     let batch = entries(n);
+    let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let t0 = Instant::now();
     let cpu0 = cpu_times();
     let r = pair.fw[0]
@@ -170,6 +201,15 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     });
     let sync_s = t0.elapsed().as_secs_f64();
     assert!(ok, "backup never held {n} entries: {}", status(&socks[1]));
+    let daemons1 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
+    eprintln!(
+        "replication of {n}: CPU master {:.3} s, backup {:.3} s; context switches master {}, \
+         backup {}",
+        daemons1[0].0 - daemons0[0].0,
+        daemons1[1].0 - daemons0[1].0,
+        daemons1[0].1 - daemons0[0].1,
+        daemons1[1].1 - daemons0[1].1
+    );
     std::thread::sleep(Duration::from_millis(500));
     let st = status(&socks[0]);
     if st.is_null() {
@@ -193,17 +233,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let rss_master_mb = rss_mb(procs[0].0.id());
     // Our own pipeline without the injection bound: the backup restarts and the master
     // streams its whole table (a full resync) until the new backup holds it.
-    let cpu = |pid: u32| {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let f: Vec<&str> = s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
-    };
+    let cpu = proc_cpu;
     drop(procs.pop());
     let master_cpu0 = cpu(procs[0].0.id());
     let t2 = Instant::now();
@@ -226,7 +256,16 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         resync_cpu.0,
         resync_cpu.1
     );
-    // takeover: the backup commits its external cache
+    // takeover: the backup commits its external cache (PERF=FILE: profiled by perf)
+    let perf = std::env::var("PERF").ok().map(|out| {
+        let p = Command::new("perf")
+            .args(["record", "-q", "-g", "-o", &out, "--tid"])
+            .arg(procs[1].0.id().to_string())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2000));
+        p
+    });
     let t1 = Instant::now();
     let v = twinwall_control::request(
         &socks[1],
@@ -237,6 +276,12 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let commit_wall = t1.elapsed().as_secs_f64();
     let commit_s = v["commit"]["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
     eprintln!("twinwall commit: {v} (request wall {commit_wall:.3} s)");
+    if let Some(p) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = Proc(p);
+    }
     let in_kernel = kernel_count(&pair, 1);
     assert!(
         in_kernel >= n,
@@ -504,6 +549,9 @@ fn timed(f: impl FnOnce()) -> (f64, f64, f64) {
 /// Wall time moves with the machine's load; the CPU seconds are what the work costs.
 fn raw_commit(n: usize) {
     let ns = twinwall_testkit::Netns::new("rc").unwrap();
+    // as the service sets it: every entry carries the event extension
+    ns.enter(|| twinwall_sync::kernel::ensure_event_extension().unwrap())
+        .unwrap();
     let flush = || {
         ns.run("conntrack", ["-F"]).unwrap();
     };
@@ -587,6 +635,37 @@ fn raw_commit(n: usize) {
         .unwrap(),
     ));
     flush();
+    // The old master listens for events in its own namespace.
+    let other = twinwall_testkit::Netns::new("rl").unwrap();
+    let (ltx, lrx) = std::sync::mpsc::channel::<()>();
+    let (rtx, rrx) = std::sync::mpsc::channel::<()>();
+    let _listener = other.thread(move || {
+        let _ev = twinwall_sync::kernel::Events::subscribe(1 << 20).unwrap();
+        let _ = rtx.send(());
+        let _ = lrx.recv();
+    });
+    let _ = rrx.recv();
+    let b = shuffled.clone();
+    rows.push((
+        "same, SCHED_FIFO, a listener in another namespace",
+        ns.enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let boost = twinwall_sync::service::RtBoost::raise(
+                twinwall_sync::service::DEFAULT_COMMIT_RT_PRIORITY,
+            );
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
+            drop(boost);
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap(),
+    ));
+    let _ = ltx.send(());
+    flush();
+    drop(other);
     // The takeover of the benchmark: the old master's namespace holds the same entries.
     let other = twinwall_testkit::Netns::new("ro").unwrap();
     let b = batch.clone();

@@ -322,6 +322,27 @@ impl Conntrack {
     }
 }
 
+/// The per-namespace switch of conntrack events (0 off, 1 always, 2 only while a socket
+/// of the namespace listens: the kernel default).
+pub const EVENTS_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_events";
+
+/// Makes every new entry carry the event extension (`nf_conntrack_events = 1`), so that
+/// entries created while no socket of the namespace listens still report their later
+/// updates and their destruction. Under the default (2, "autodetect"), entries committed
+/// while our event delivery is paused (a takeover) never reported anything again: the
+/// new master did not hear about the flows it took over until its next dump (the netns
+/// test `entries_committed_while_paused_still_report_events` caught it). Returns the
+/// previous value.
+pub fn ensure_event_extension() -> Result<u8, KernelError> {
+    let op = "nf_conntrack_events";
+    let old = std::fs::read_to_string(EVENTS_SYSCTL).map_err(io_err(op))?;
+    let old: u8 = old.trim().parse().unwrap_or(2);
+    if old != 1 {
+        std::fs::write(EVENTS_SYSCTL, "1\n").map_err(io_err(op))?;
+    }
+    Ok(old)
+}
+
 /// One kernel event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {

@@ -205,6 +205,7 @@ pub struct Service {
     threads: Vec<std::thread::JoinHandle<()>>,
     last_dump: Option<Instant>,
     pause: EventPause,
+    pause_commits: bool,
 }
 
 impl Drop for Service {
@@ -226,6 +227,26 @@ impl Service {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let conntrack = Conntrack::open()?;
+        // Pausing event delivery during a commit is only safe when the committed entries
+        // still get the event extension; otherwise commit with delivery on.
+        let pause_commits = match crate::kernel::ensure_event_extension() {
+            Ok(1) => true,
+            Ok(old) => {
+                tracing::info!(
+                    old,
+                    "nf_conntrack_events set to 1: every entry reports its changes"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot enable conntrack events for every entry: commits run with event \
+                     delivery on (slower)"
+                );
+                false
+            }
+        };
         let events = Events::subscribe(settings.event_rcvbuf)?;
         let event_rcvbuf = events.rcvbuf();
         let pause = events.pauser();
@@ -273,6 +294,7 @@ impl Service {
             threads,
             last_dump: None,
             pause,
+            pause_commits,
             settings,
         };
         svc.control = Some(Server::bind(
@@ -422,9 +444,15 @@ impl Service {
     pub fn commit_external_cache(&mut self) -> Result<CommitReport, KernelError> {
         let boost = RtBoost::raise(self.settings.commit_rt_priority);
         let entries = self.core.external_entries(self.now_us());
-        self.pause.pause();
+        if self.pause_commits {
+            self.pause.pause();
+        }
         let report = self.conntrack.commit(&entries);
-        let resumed = self.pause.resume();
+        let resumed = if self.pause_commits {
+            self.pause.resume()
+        } else {
+            Ok(())
+        };
         drop(boost);
         let report = report?;
         resumed?;

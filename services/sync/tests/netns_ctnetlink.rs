@@ -406,3 +406,64 @@ fn tuple_udp(src: &str, sport: u16, dst: &str, dport: u16) -> twinwall_sync::ent
         l4: L4::Udp { sport, dport },
     }
 }
+
+/// Entries committed while event delivery is paused (what a takeover does) still report
+/// their later changes and their end once delivery resumes: the new master must hear
+/// about the flows it took over.
+#[test]
+fn entries_committed_while_paused_still_report_events() {
+    let ns = Netns::new("ctpause").unwrap();
+    let mut ev = ns
+        .enter(|| {
+            twinwall_sync::kernel::ensure_event_extension().unwrap();
+            Events::subscribe(1 << 20).unwrap()
+        })
+        .unwrap();
+    let entry = Entry {
+        orig: tuple_udp("192.0.2.10", 5001, "198.51.100.10", 53),
+        reply: tuple_udp("198.51.100.10", 53, "192.0.2.10", 5001),
+        status: 0,
+        timeout: 100,
+        mark: 0,
+        zone: 0,
+        tcp: None,
+    };
+    ev.pauser().pause();
+    let r = ns
+        .enter(move || Conntrack::open().unwrap().commit(&[entry]).unwrap())
+        .unwrap();
+    assert_eq!(r.failed, 0, "{r:?}");
+    ev.pauser().resume().unwrap();
+    let base = [
+        "-p",
+        "udp",
+        "-s",
+        "192.0.2.10",
+        "-d",
+        "198.51.100.10",
+        "--sport",
+        "5001",
+        "--dport",
+        "53",
+    ];
+    let mut cmd = vec!["conntrack", "-U"];
+    cmd.extend_from_slice(&base);
+    cmd.extend_from_slice(&["-m", "9"]);
+    ns.run(cmd[0], &cmd[1..]).unwrap();
+    let mut cmd = vec!["conntrack", "-D"];
+    cmd.extend_from_slice(&base);
+    ns.run(cmd[0], &cmd[1..]).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        ev.recv(&mut got).unwrap();
+        if got.len() >= 2 {
+            break;
+        }
+    }
+    let kinds: Vec<_> = got.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![EventKind::Update, EventKind::Destroy],
+        "{got:?}"
+    );
+}
