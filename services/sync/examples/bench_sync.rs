@@ -181,6 +181,16 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     std::thread::sleep(Duration::from_millis(300));
     let tx0 = status(&socks[0])["tx_bytes"].as_u64().unwrap_or(0);
     let batch = entries(n);
+    // PERF_REPL=FILE: the master profiled by perf during the replication
+    let perf_repl = std::env::var("PERF_REPL").ok().map(|out| {
+        let p = Command::new("perf")
+            .args(["record", "-q", "-g", "-o", &out, "-p"])
+            .arg(procs[0].0.id().to_string())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2000));
+        p
+    });
     let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let t0 = Instant::now();
     let cpu0 = cpu_times();
@@ -202,6 +212,12 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let sync_s = t0.elapsed().as_secs_f64();
     assert!(ok, "backup never held {n} entries: {}", status(&socks[1]));
     let daemons1 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
+    if let Some(p) = perf_repl {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = Proc(p);
+    }
     eprintln!(
         "replication of {n}: CPU master {:.3} s, backup {:.3} s; context switches master {}, \
          backup {}",
