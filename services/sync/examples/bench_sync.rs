@@ -78,6 +78,8 @@ struct Result {
     rss_master_mb: f64,
     wire_bytes_per_entry: f64,
     resync_s: f64,
+    /// CPU seconds of the master and the backup daemon while replicating the injection.
+    repl_cpu: (f64, f64),
 }
 
 struct Proc(Child);
@@ -212,6 +214,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let sync_s = t0.elapsed().as_secs_f64();
     assert!(ok, "backup never held {n} entries: {}", status(&socks[1]));
     let daemons1 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
+    let repl_cpu = (daemons1[0].0 - daemons0[0].0, daemons1[1].0 - daemons0[1].0);
     if let Some(p) = perf_repl {
         let _ = Command::new("kill")
             .args(["-INT", &p.id().to_string()])
@@ -311,6 +314,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         rss_master_mb,
         wire_bytes_per_entry: tx as f64 / n as f64,
         resync_s,
+        repl_cpu,
     }
 }
 
@@ -403,6 +407,8 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     }
     std::thread::sleep(Duration::from_secs(1));
     let batch = entries(n);
+    // `ip netns exec` execs conntrackd: the child's pid is conntrackd's
+    let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let t0 = Instant::now();
     let cpu0 = cpu_times();
     pair.fw[0]
@@ -420,6 +426,15 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
         ctd_external(&pair, &confs[1]) >= n as u64
     });
     let sync_s = t0.elapsed().as_secs_f64();
+    let daemons1 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
+    eprintln!(
+        "conntrackd replication of {n}: CPU master {:.3} s, backup {:.3} s; context switches \
+         master {}, backup {}",
+        daemons1[0].0 - daemons0[0].0,
+        daemons1[1].0 - daemons0[1].0,
+        daemons1[0].1 - daemons0[0].1,
+        daemons1[1].1 - daemons0[1].1
+    );
     if !ok {
         eprintln!(
             "conntrackd backup holds only {} entries",
@@ -444,6 +459,7 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
         rss_master_mb,
         wire_bytes_per_entry: f64::NAN,
         resync_s: f64::NAN,
+        repl_cpu: (daemons1[0].0 - daemons0[0].0, daemons1[1].0 - daemons0[1].0),
     }
 }
 
@@ -809,6 +825,26 @@ fn main() {
         "{:<44} {:>12.0}",
         "full resync to a restarted backup, entries/s",
         n as f64 / tw.resync_s
+    );
+    // CPU per entry does not move with the machine's load: capacity = entries per CPU
+    // second of the busier daemon (each daemon is one node's; the nodes do not share CPUs)
+    row(
+        "replication CPU, master daemon, s",
+        tw.repl_cpu.0,
+        cd.repl_cpu.0,
+    );
+    row(
+        "replication CPU, backup daemon, s",
+        tw.repl_cpu.1,
+        cd.repl_cpu.1,
+    );
+    let cap = |c: (f64, f64)| n as f64 / c.0.max(c.1).max(1e-3);
+    println!(
+        "{:<44} {:>12.0} {:>12.0} {:>7.2}x",
+        "capacity (entries per CPU s of the busier), /s",
+        cap(tw.repl_cpu),
+        cap(cd.repl_cpu),
+        cap(tw.repl_cpu) / cap(cd.repl_cpu)
     );
     row(
         "commit of the peer cache on takeover, s",

@@ -799,12 +799,33 @@ impl RoleSource for VrrpRoleSource {
                     Ok(None) => continue,
                     Err(_) => break false,
                 };
-                match ev.get("event").and_then(|v| v.as_str()) {
-                    Some("becoming_master") => {
+                // Whatever else has arrived meanwhile (a commit in progress keeps this
+                // thread waiting): act on the state the backlog ends in, not on each step.
+                let mut backlog = vec![ev];
+                let mut broken = false;
+                loop {
+                    match sub.next_event(Some(Duration::from_micros(1))) {
+                        Ok(Some(ev)) => backlog.push(ev),
+                        Ok(None) => break,
+                        Err(_) => {
+                            broken = true;
+                            break;
+                        }
+                    }
+                }
+                match vrrp_decision(&backlog) {
+                    VrrpDecision::Commit {
+                        group,
+                        seq,
+                        skipped,
+                    } => {
+                        if skipped > 0 {
+                            tracing::info!(skipped, "superseded VRRP announcements not acted on");
+                        }
                         let Some(report) = sink.set_role(Role::Master) else {
                             break true;
                         };
-                        let args = json!({"group": ev["group"], "seq": ev["seq"]});
+                        let args = json!({"group": group, "seq": seq});
                         if let Err(e) = request(
                             &self.socket,
                             &Request::with_args("commit-ack", args),
@@ -814,15 +835,21 @@ impl RoleSource for VrrpRoleSource {
                         }
                         tracing::info!(commit = ?report, "committed before the VIPs move");
                     }
-                    Some("group_role") => {
-                        let to = ev.get("to").map(|v| v.to_string()).unwrap_or_default();
-                        if !to.to_ascii_lowercase().contains("master")
-                            && sink.set_role(Role::Backup).is_none()
-                        {
+                    VrrpDecision::Backup { skipped } => {
+                        if skipped > 0 {
+                            tracing::info!(
+                                skipped,
+                                "VRRP left master before we committed: no commit"
+                            );
+                        }
+                        if sink.set_role(Role::Backup).is_none() {
                             break true;
                         }
                     }
-                    _ => {}
+                    VrrpDecision::Nothing => {}
+                }
+                if broken {
+                    break false;
                 }
             };
             leave();
@@ -831,5 +858,120 @@ impl RoleSource for VrrpRoleSource {
             }
             tracing::info!("VRRP event stream lost: leaving and re-joining the commit handshake");
         }
+    }
+}
+
+/// What a backlog of VRRP events asks of the sync service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VrrpDecision {
+    /// The group is becoming master (the last `becoming_master`, no later `group_role`
+    /// away from master): commit and ack `seq` of `group`.
+    Commit {
+        /// The group to ack.
+        group: serde_json::Value,
+        /// The announcement to ack.
+        seq: serde_json::Value,
+        /// Earlier `becoming_master` announcements of the backlog, superseded.
+        skipped: usize,
+    },
+    /// The group left master after the last `becoming_master` (or there was none):
+    /// become backup; the superseded announcements get no commit.
+    Backup {
+        /// `becoming_master` announcements of the backlog that get no commit.
+        skipped: usize,
+    },
+    /// Nothing that changes the role.
+    Nothing,
+}
+
+/// Reduces a backlog of VRRP events (oldest first) to what the sync service must do.
+/// Acting on every step instead replays a flap that is over: VRRP went master, backup,
+/// master and backup again while a commit ran, and the service committed a second time
+/// (and briefly played master towards the real one) for an announcement VRRP had
+/// abandoned long before (`tests/netns_sync_rejoin.rs` saw it).
+pub fn vrrp_decision(backlog: &[serde_json::Value]) -> VrrpDecision {
+    let mut decision = VrrpDecision::Nothing;
+    let mut becoming = 0;
+    for ev in backlog {
+        match ev.get("event").and_then(|v| v.as_str()) {
+            Some("becoming_master") => {
+                becoming += 1;
+                decision = VrrpDecision::Commit {
+                    group: ev["group"].clone(),
+                    seq: ev["seq"].clone(),
+                    skipped: 0,
+                };
+            }
+            Some("group_role") => {
+                let to = ev.get("to").map(|v| v.to_string()).unwrap_or_default();
+                if !to.to_ascii_lowercase().contains("master") {
+                    decision = VrrpDecision::Backup { skipped: 0 };
+                }
+            }
+            _ => {}
+        }
+    }
+    match decision {
+        VrrpDecision::Commit { group, seq, .. } => VrrpDecision::Commit {
+            group,
+            seq,
+            skipped: becoming - 1,
+        },
+        VrrpDecision::Backup { .. } => VrrpDecision::Backup { skipped: becoming },
+        VrrpDecision::Nothing => VrrpDecision::Nothing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn becoming(seq: u64) -> serde_json::Value {
+        json!({"event": "becoming_master", "group": "edge", "seq": seq})
+    }
+
+    fn role(to: &str) -> serde_json::Value {
+        json!({"event": "group_role", "group": "edge", "from": "Master", "to": to})
+    }
+
+    #[test]
+    fn one_announcement_is_committed() {
+        assert_eq!(
+            vrrp_decision(&[becoming(1), role("Master")]),
+            VrrpDecision::Commit {
+                group: json!("edge"),
+                seq: json!(1),
+                skipped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_flap_that_ended_in_backup_commits_nothing() {
+        let backlog = [role("Backup"), becoming(2), role("Master"), role("Backup")];
+        assert_eq!(vrrp_decision(&backlog), VrrpDecision::Backup { skipped: 1 });
+    }
+
+    #[test]
+    fn only_the_last_announcement_is_acked() {
+        let backlog = [becoming(1), role("Backup"), becoming(2), role("Master")];
+        assert_eq!(
+            vrrp_decision(&backlog),
+            VrrpDecision::Commit {
+                group: json!("edge"),
+                seq: json!(2),
+                skipped: 1
+            }
+        );
+    }
+
+    #[test]
+    fn other_events_change_nothing() {
+        let other = json!({"event": "role_change", "router": 0});
+        assert_eq!(vrrp_decision(&[other]), VrrpDecision::Nothing);
+        assert_eq!(
+            vrrp_decision(&[role("Fault")]),
+            VrrpDecision::Backup { skipped: 0 }
+        );
     }
 }
