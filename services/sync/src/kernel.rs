@@ -120,6 +120,9 @@ impl Conntrack {
         // Errors of a large commit batch queue up here before we read them.
         let _ =
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+        // Errors without the request echoed (the header, with its seq, is still there):
+        // a commit meeting entries already in the kernel gets one error per entry.
+        let _ = sock.set_cap_ack(true);
         // A commit batch is one netlink message buffer of up to ~150 KiB.
         let _ =
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBufForce, &(4 << 20));
