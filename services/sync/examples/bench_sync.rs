@@ -5,6 +5,10 @@
 //! of long-lived echo flows through each, with the longest and median echo gap per flow.
 //!
 //! Usage: bench_sync TWINWALL_BINARY [ENTRIES] [FLOWS]
+//!
+//! Environment: `RAW_ONLY=1` the commit floor only; `VRRP_ONLY=1` the failovers with VRRP
+//! in the loop only; `INJECT_RT=1` the injector under SCHED_FIFO; `PERF=FILE` /
+//! `PERF_REPL=FILE` record the takeover commit / the master while replicating with perf.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +67,17 @@ fn proc_switches(pid: u32) -> u64 {
                 .sum::<u64>()
         })
         .sum()
+}
+
+/// Injects `batch` into the current namespace's kernel (batched netlink create). With
+/// `INJECT_RT=1` the injector runs under SCHED_FIFO, as packets create entries in softirq
+/// context ahead of every process: the daemons then have to keep up with the kernel
+/// rather than with an injector that shares the loaded machine with them.
+fn inject(batch: &[Entry]) -> twinwall_sync::kernel::CommitReport {
+    let _boost = std::env::var("INJECT_RT")
+        .is_ok()
+        .then(|| twinwall_sync::service::RtBoost::raise(1));
+    Conntrack::open().unwrap().commit(batch).unwrap()
 }
 
 fn kernel_count(pair: &Pair, i: usize) -> usize {
@@ -196,9 +211,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let t0 = Instant::now();
     let cpu0 = cpu_times();
-    let r = pair.fw[0]
-        .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
-        .unwrap();
+    let r = pair.fw[0].enter(move || inject(&batch)).unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_times();
     eprintln!(
@@ -411,9 +424,7 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let t0 = Instant::now();
     let cpu0 = cpu_times();
-    pair.fw[0]
-        .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
-        .unwrap();
+    pair.fw[0].enter(move || inject(&batch)).unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_times();
     eprintln!(
