@@ -16,4 +16,7 @@ target/release/examples/bench_codec "${ENTRIES:-100000}"
 RAW_ONLY=1 target/release/examples/bench_sync - "${ENTRIES:-100000}"
 # VRRP in the loop on the seed-pair lab: both stacks, 100 ms and 10 ms adverts, +100k idle
 VRRP_ONLY=1 target/release/examples/bench_sync "$PWD/target/release/twinwall" "${ENTRIES:-100000}" "${FLOWS:-1000}"
+# replication with the injector ahead of every process (as packets are): can the daemons
+# keep up with the kernel rather than with an injector starved by the machine's load?
+INJECT_RT=1 target/release/examples/bench_sync "$PWD/target/release/twinwall" "${ENTRIES:-100000}" 0
 exec target/release/examples/bench_sync "$PWD/target/release/twinwall" "${ENTRIES:-100000}" "${FLOWS:-1000}"

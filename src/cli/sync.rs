@@ -31,6 +31,10 @@ pub struct SyncArgs {
     /// Receive buffer of the conntrack event socket in bytes (forced).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     event_rcvbuf: usize,
+    /// SCHED_FIFO priority of the takeover commit (0: normal scheduling).
+    #[arg(long, value_name = "N", default_value_t = service::DEFAULT_COMMIT_RT_PRIORITY,
+          value_parser = clap::value_parser!(i32).range(0..=99))]
+    commit_rt_priority: i32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -81,6 +85,7 @@ pub fn run(a: SyncArgs) -> anyhow::Result<()> {
     };
     let mut settings = Settings::from_view(&view, key, a.run_dir, role)?;
     settings.event_rcvbuf = a.event_rcvbuf;
+    settings.commit_rt_priority = a.commit_rt_priority;
     service::run_until_signalled(settings, Some(Box::new(vrrp)))?;
     Ok(())
 }

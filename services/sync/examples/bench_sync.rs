@@ -5,6 +5,10 @@
 //! of long-lived echo flows through each, with the longest and median echo gap per flow.
 //!
 //! Usage: bench_sync TWINWALL_BINARY [ENTRIES] [FLOWS]
+//!
+//! Environment: `RAW_ONLY=1` the commit floor only; `VRRP_ONLY=1` the failovers with VRRP
+//! in the loop only; `INJECT_RT=1` the injector under SCHED_FIFO; `PERF=FILE` /
+//! `PERF_REPL=FILE` record the takeover commit / the master while replicating with perf.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +39,47 @@ fn rss_mb(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn proc_cpu(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+/// Context switches (voluntary + involuntary) of a process and its threads so far.
+fn proc_switches(pid: u32) -> u64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Injects `batch` into the current namespace's kernel (batched netlink create). With
+/// `INJECT_RT=1` the injector runs under SCHED_FIFO, as packets create entries in softirq
+/// context ahead of every process: the daemons then have to keep up with the kernel
+/// rather than with an injector that shares the loaded machine with them.
+fn inject(batch: &[Entry]) -> twinwall_sync::kernel::CommitReport {
+    let _boost = std::env::var("INJECT_RT")
+        .is_ok()
+        .then(|| twinwall_sync::service::RtBoost::raise(1));
+    Conntrack::open().unwrap().commit(batch).unwrap()
+}
+
 fn kernel_count(pair: &Pair, i: usize) -> usize {
     pair.kernel_entries(i)
 }
@@ -48,6 +93,8 @@ struct Result {
     rss_master_mb: f64,
     wire_bytes_per_entry: f64,
     resync_s: f64,
+    /// CPU seconds of the master and the backup daemon while replicating the injection.
+    repl_cpu: (f64, f64),
 }
 
 struct Proc(Child);
@@ -151,11 +198,20 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     std::thread::sleep(Duration::from_millis(300));
     let tx0 = status(&socks[0])["tx_bytes"].as_u64().unwrap_or(0);
     let batch = entries(n);
+    // PERF_REPL=FILE: the master profiled by perf during the replication
+    let perf_repl = std::env::var("PERF_REPL").ok().map(|out| {
+        let p = Command::new("perf")
+            .args(["record", "-q", "-g", "-o", &out, "-p"])
+            .arg(procs[0].0.id().to_string())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2000));
+        p
+    });
+    let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let t0 = Instant::now();
     let cpu0 = cpu_times();
-    let r = pair.fw[0]
-        .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
-        .unwrap();
+    let r = pair.fw[0].enter(move || inject(&batch)).unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_times();
     eprintln!(
@@ -170,6 +226,22 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     });
     let sync_s = t0.elapsed().as_secs_f64();
     assert!(ok, "backup never held {n} entries: {}", status(&socks[1]));
+    let daemons1 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
+    let repl_cpu = (daemons1[0].0 - daemons0[0].0, daemons1[1].0 - daemons0[1].0);
+    if let Some(p) = perf_repl {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = Proc(p);
+    }
+    eprintln!(
+        "replication of {n}: CPU master {:.3} s, backup {:.3} s; context switches master {}, \
+         backup {}",
+        daemons1[0].0 - daemons0[0].0,
+        daemons1[1].0 - daemons0[1].0,
+        daemons1[0].1 - daemons0[0].1,
+        daemons1[1].1 - daemons0[1].1
+    );
     std::thread::sleep(Duration::from_millis(500));
     let st = status(&socks[0]);
     if st.is_null() {
@@ -193,17 +265,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let rss_master_mb = rss_mb(procs[0].0.id());
     // Our own pipeline without the injection bound: the backup restarts and the master
     // streams its whole table (a full resync) until the new backup holds it.
-    let cpu = |pid: u32| {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let f: Vec<&str> = s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
-    };
+    let cpu = proc_cpu;
     drop(procs.pop());
     let master_cpu0 = cpu(procs[0].0.id());
     let t2 = Instant::now();
@@ -226,7 +288,22 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         resync_cpu.0,
         resync_cpu.1
     );
-    // takeover: the backup commits its external cache
+    // takeover: the backup commits its external cache (PERF=FILE: profiled by perf). The
+    // old master's daemon is stopped first: both "nodes" share this machine's kernel, and
+    // a conntrack listener in any namespace makes the kernel build an event for every
+    // entry created in every namespace (the floor's row "a listener in another
+    // namespace": twice the kernel's work), which two real nodes do not do.
+    drop(procs.remove(0));
+    std::thread::sleep(Duration::from_millis(200));
+    let perf = std::env::var("PERF").ok().map(|out| {
+        let p = Command::new("perf")
+            .args(["record", "-q", "-g", "-o", &out, "--tid"])
+            .arg(procs[0].0.id().to_string())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2000));
+        p
+    });
     let t1 = Instant::now();
     let v = twinwall_control::request(
         &socks[1],
@@ -237,6 +314,12 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let commit_wall = t1.elapsed().as_secs_f64();
     let commit_s = v["commit"]["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
     eprintln!("twinwall commit: {v} (request wall {commit_wall:.3} s)");
+    if let Some(p) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = Proc(p);
+    }
     let in_kernel = kernel_count(&pair, 1);
     assert!(
         in_kernel >= n,
@@ -250,6 +333,7 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         rss_master_mb,
         wire_bytes_per_entry: tx as f64 / n as f64,
         resync_s,
+        repl_cpu,
     }
 }
 
@@ -342,11 +426,11 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     }
     std::thread::sleep(Duration::from_secs(1));
     let batch = entries(n);
+    // `ip netns exec` execs conntrackd: the child's pid is conntrackd's
+    let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let t0 = Instant::now();
     let cpu0 = cpu_times();
-    pair.fw[0]
-        .enter(move || Conntrack::open().unwrap().commit(&batch).unwrap())
-        .unwrap();
+    pair.fw[0].enter(move || inject(&batch)).unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_times();
     eprintln!(
@@ -359,6 +443,15 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
         ctd_external(&pair, &confs[1]) >= n as u64
     });
     let sync_s = t0.elapsed().as_secs_f64();
+    let daemons1 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
+    eprintln!(
+        "conntrackd replication of {n}: CPU master {:.3} s, backup {:.3} s; context switches \
+         master {}, backup {}",
+        daemons1[0].0 - daemons0[0].0,
+        daemons1[1].0 - daemons0[1].0,
+        daemons1[0].1 - daemons0[0].1,
+        daemons1[1].1 - daemons0[1].1
+    );
     if !ok {
         eprintln!(
             "conntrackd backup holds only {} entries",
@@ -368,6 +461,9 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     std::thread::sleep(Duration::from_millis(500));
     let rss_backup_mb = rss_mb(procs[1].0.id());
     let rss_master_mb = rss_mb(procs[0].0.id());
+    // the old master stopped first, as for twinwall
+    drop(procs.remove(0));
+    std::thread::sleep(Duration::from_millis(200));
     let t1 = Instant::now();
     pair.fw[1]
         .run("conntrackd", ["-C", &confs[1].display().to_string(), "-c"])
@@ -383,6 +479,7 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
         rss_master_mb,
         wire_bytes_per_entry: f64::NAN,
         resync_s: f64::NAN,
+        repl_cpu: (daemons1[0].0 - daemons0[0].0, daemons1[1].0 - daemons0[1].0),
     }
 }
 
@@ -504,6 +601,9 @@ fn timed(f: impl FnOnce()) -> (f64, f64, f64) {
 /// Wall time moves with the machine's load; the CPU seconds are what the work costs.
 fn raw_commit(n: usize) {
     let ns = twinwall_testkit::Netns::new("rc").unwrap();
+    // as the service sets it: every entry carries the event extension
+    ns.enter(|| twinwall_sync::kernel::ensure_event_extension().unwrap())
+        .unwrap();
     let flush = || {
         ns.run("conntrack", ["-F"]).unwrap();
     };
@@ -547,6 +647,99 @@ fn raw_commit(n: usize) {
         .unwrap(),
     ));
     flush();
+    // The order the external cache yields (hash order), as the service commits it.
+    let mut shuffled = batch.clone();
+    let order = std::collections::hash_map::RandomState::new();
+    shuffled.sort_by_cached_key(|e| std::hash::BuildHasher::hash_one(&order, e));
+    let b = shuffled.clone();
+    rows.push((
+        "service commit, listener paused, hash order",
+        ns.enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap(),
+    ));
+    flush();
+    // What the service does: the commit thread under SCHED_FIFO (RtBoost).
+    let b = shuffled.clone();
+    rows.push((
+        "same, SCHED_FIFO (what the service does)",
+        ns.enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let boost = twinwall_sync::service::RtBoost::raise(
+                twinwall_sync::service::DEFAULT_COMMIT_RT_PRIORITY,
+            );
+            assert!(boost.active(), "SCHED_FIFO refused");
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
+            drop(boost);
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap(),
+    ));
+    flush();
+    // The old master listens for events in its own namespace.
+    let other = twinwall_testkit::Netns::new("rl").unwrap();
+    let (ltx, lrx) = std::sync::mpsc::channel::<()>();
+    let (rtx, rrx) = std::sync::mpsc::channel::<()>();
+    let _listener = other.thread(move || {
+        let _ev = twinwall_sync::kernel::Events::subscribe(1 << 20).unwrap();
+        let _ = rtx.send(());
+        let _ = lrx.recv();
+    });
+    let _ = rrx.recv();
+    let b = shuffled.clone();
+    rows.push((
+        "same, SCHED_FIFO, a listener in another namespace",
+        ns.enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let boost = twinwall_sync::service::RtBoost::raise(
+                twinwall_sync::service::DEFAULT_COMMIT_RT_PRIORITY,
+            );
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
+            drop(boost);
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap(),
+    ));
+    let _ = ltx.send(());
+    flush();
+    drop(other);
+    // The takeover of the benchmark: the old master's namespace holds the same entries.
+    let other = twinwall_testkit::Netns::new("ro").unwrap();
+    let b = batch.clone();
+    other
+        .enter(move || Conntrack::open().unwrap().commit(&b).unwrap())
+        .unwrap();
+    let b = shuffled.clone();
+    rows.push((
+        "same, another namespace holds the same N",
+        ns.enter(move || {
+            let ev = twinwall_sync::kernel::Events::subscribe(256 << 20).unwrap();
+            ev.pauser().pause();
+            let r = timed(|| {
+                let _ = Conntrack::open().unwrap().commit(&b).unwrap();
+            });
+            ev.pauser().resume().unwrap();
+            r
+        })
+        .unwrap(),
+    ));
+    flush();
+    drop(other);
     let b = batch.clone();
     rows.push((
         "kernel only: pre-built batches of 256",
@@ -653,8 +846,28 @@ fn main() {
         "full resync to a restarted backup, entries/s",
         n as f64 / tw.resync_s
     );
+    // CPU per entry does not move with the machine's load: capacity = entries per CPU
+    // second of the busier daemon (each daemon is one node's; the nodes do not share CPUs)
     row(
-        "commit of the peer cache on takeover, s",
+        "replication CPU, master daemon, s",
+        tw.repl_cpu.0,
+        cd.repl_cpu.0,
+    );
+    row(
+        "replication CPU, backup daemon, s",
+        tw.repl_cpu.1,
+        cd.repl_cpu.1,
+    );
+    let cap = |c: (f64, f64)| n as f64 / c.0.max(c.1).max(1e-3);
+    println!(
+        "{:<44} {:>12.0} {:>12.0} {:>7.2}x",
+        "capacity (entries per CPU s of the busier), /s",
+        cap(tw.repl_cpu),
+        cap(cd.repl_cpu),
+        cap(tw.repl_cpu) / cap(cd.repl_cpu)
+    );
+    row(
+        "takeover commit (old master stopped), s",
         tw.commit_s,
         cd.commit_s,
     );

@@ -8,7 +8,9 @@
 //! (not in its kernel), expiring them by their timeout, and commits them into the kernel
 //! when it becomes master (the shell does the commit, see `service`).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::HashSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -285,7 +287,7 @@ impl Core {
             tx_next: 1,
             unacked: VecDeque::new(),
             pending: VecDeque::new(),
-            pending_keys: HashSet::new(),
+            pending_keys: HashSet::default(),
             rx_stream: 0,
             rx_expected: 1,
             rx_held: BTreeMap::new(),
@@ -459,7 +461,7 @@ impl Core {
     /// queued for the peer.
     fn reconcile(&mut self, now_us: u64, entries: Vec<Entry>) {
         self.status.dumps += 1;
-        let mut seen = HashSet::with_capacity(entries.len());
+        let mut seen = HashSet::with_capacity_and_hasher(entries.len(), Default::default());
         for e in entries {
             if !self.filter.accepts(&e) {
                 continue;

@@ -41,6 +41,7 @@ pub const NLM_F_MULTI: u16 = 0x2;
 pub const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_EXCL: u16 = 0x200;
 
 const NLA_F_NESTED: u16 = 0x8000;
 const HDR_LEN: usize = 16;
@@ -506,16 +507,19 @@ impl Builder {
         self.end_msg();
     }
 
-    /// A create-or-update request for an entry (`IPCTNL_MSG_CT_NEW` with `NLM_F_CREATE`),
+    /// A create request for an entry (`IPCTNL_MSG_CT_NEW` with `NLM_F_CREATE | NLM_F_EXCL`),
     /// with NAT setup derived from the tuples so that the kernel mangles packets the way
-    /// the other node did. With `ack`, the kernel answers even on success.
+    /// the other node did. An entry that is already in the kernel is refused with
+    /// `EEXIST` (the kernel would refuse the NAT setup on an existing entry with
+    /// `EOPNOTSUPP` anyway): refresh it with [`Builder::update`]. With `ack`, the kernel
+    /// answers even on success.
     pub fn create(&mut self, e: &Entry, seq: u32, ack: bool) {
         let family = if e.orig.src.is_ipv4() {
             AF_INET
         } else {
             AF_INET6
         };
-        let flags = NLM_F_REQUEST | NLM_F_CREATE | if ack { NLM_F_ACK } else { 0 };
+        let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | if ack { NLM_F_ACK } else { 0 };
         self.begin_msg(
             NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW,
             flags,
@@ -534,15 +538,7 @@ impl Builder {
             e.reply
         };
         self.tuple(CTA_TUPLE_REPLY, &reply);
-        // The kernel manages the NAT bits itself and refuses (EBUSY) a status that differs
-        // from the new entry's in EXPECTED/CONFIRMED/DYING; a created entry is CONFIRMED.
-        let status = e.status & (IPS_SEEN_REPLY | IPS_ASSURED | IPS_FIXED_TIMEOUT) | IPS_CONFIRMED;
-        self.attr(CTA_STATUS, &status.to_be_bytes());
-        self.attr(CTA_TIMEOUT, &e.timeout.max(1).to_be_bytes());
-        self.attr(CTA_MARK, &e.mark.to_be_bytes());
-        if e.zone != 0 {
-            self.attr(CTA_ZONE, &e.zone.to_be_bytes());
-        }
+        self.state(e);
         if e.is_snat() {
             // SNAT: the original source became the reply destination.
             let port = match (e.orig.l4.ports(), e.reply.l4.ports()) {
@@ -558,6 +554,47 @@ impl Builder {
             };
             self.nat(CTA_NAT_DST, e.reply.src, port);
         }
+        self.protoinfo(e);
+        self.end_msg();
+    }
+
+    /// An update of an entry that is already in the kernel (`IPCTNL_MSG_CT_NEW` without
+    /// `NLM_F_CREATE`), found by its original tuple: status, timeout, mark and TCP state.
+    /// The NAT binding is not sent (the kernel takes it only on creation; the existing
+    /// entry keeps its own, which the same original tuple implies).
+    pub fn update(&mut self, e: &Entry, seq: u32) {
+        let family = if e.orig.src.is_ipv4() {
+            AF_INET
+        } else {
+            AF_INET6
+        };
+        self.begin_msg(
+            NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW,
+            NLM_F_REQUEST,
+            seq,
+            family,
+        );
+        self.tuple(CTA_TUPLE_ORIG, &e.orig);
+        self.state(e);
+        self.protoinfo(e);
+        self.end_msg();
+    }
+
+    /// Status, timeout, mark and zone of a create or update.
+    fn state(&mut self, e: &Entry) {
+        // The kernel manages the NAT bits itself and refuses (EBUSY) a status that differs
+        // from the new entry's in EXPECTED/CONFIRMED/DYING; a created entry is CONFIRMED.
+        let status = e.status & (IPS_SEEN_REPLY | IPS_ASSURED | IPS_FIXED_TIMEOUT) | IPS_CONFIRMED;
+        self.attr(CTA_STATUS, &status.to_be_bytes());
+        self.attr(CTA_TIMEOUT, &e.timeout.max(1).to_be_bytes());
+        self.attr(CTA_MARK, &e.mark.to_be_bytes());
+        if e.zone != 0 {
+            self.attr(CTA_ZONE, &e.zone.to_be_bytes());
+        }
+    }
+
+    /// The TCP window-tracking state, if any.
+    fn protoinfo(&mut self, e: &Entry) {
         if let Some(t) = &e.tcp {
             self.nest(CTA_PROTOINFO);
             self.nest(CTA_PROTOINFO_TCP);
@@ -570,7 +607,6 @@ impl Builder {
             self.end_nest();
             self.end_nest();
         }
-        self.end_msg();
     }
 
     /// A delete request for an entry, by its original tuple.

@@ -91,6 +91,26 @@ pub struct CommitReport {
     pub first_errno: Option<i32>,
     /// Wall time of the commit in microseconds.
     pub duration_us: u64,
+    /// Entries that were already in the kernel and were updated in place instead (a node
+    /// that committed them before, e.g. master for a moment, then backup, then master).
+    #[serde(default)]
+    pub existing: u64,
+    /// CPU time (user + system, the kernel's work included) of the threads doing the
+    /// commit, in microseconds: what the commit costs whatever the machine's load.
+    #[serde(default)]
+    pub cpu_us: u64,
+}
+
+/// The sequence number of entry `i` of a commit that starts after `base`.
+fn seq_of(base: u32, i: usize) -> u32 {
+    base.wrapping_add(1).wrapping_add(i as u32)
+}
+
+/// CPU time (user + system) of the calling thread in microseconds.
+pub fn thread_cpu_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .unwrap_or(0)
 }
 
 impl Conntrack {
@@ -100,6 +120,9 @@ impl Conntrack {
         // Errors of a large commit batch queue up here before we read them.
         let _ =
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+        // Errors without the request echoed (the header, with its seq, is still there):
+        // a commit meeting entries already in the kernel gets one error per entry.
+        let _ = sock.set_cap_ack(true);
         // A commit batch is one netlink message buffer of up to ~150 KiB.
         let _ =
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBufForce, &(4 << 20));
@@ -146,9 +169,13 @@ impl Conntrack {
         }
     }
 
-    /// Creates (or updates) entries in the kernel, many per `sendmsg`. ctnetlink processes
-    /// a multi-message buffer synchronously in the sender's context, so after each send the
-    /// errors for that batch are already queued; they are drained without blocking.
+    /// Creates entries in the kernel, many per `sendmsg`; entries that are already there
+    /// (`EEXIST`: this node committed them before, e.g. it was master for a moment) are
+    /// then updated in place with the new timeout, status and TCP state, so a second
+    /// commit neither fails nor duplicates anything. ctnetlink processes a multi-message
+    /// buffer synchronously in the sender's context, so after each send the errors for
+    /// that batch are already queued; they are drained without blocking (no acks are asked
+    /// for: only errors come back).
     ///
     /// Large commits are a two-stage pipeline: a scoped thread builds the next batches
     /// while this one is in the kernel with the previous one (building was a quarter of
@@ -156,42 +183,45 @@ impl Conntrack {
     /// two sockets in parallel were not faster). Buffers travel back for reuse.
     pub fn commit(&mut self, entries: &[Entry]) -> Result<CommitReport, KernelError> {
         let start = Instant::now();
+        let cpu0 = thread_cpu_us();
         let mut report = CommitReport::default();
+        // Entry i is sent with sequence number base + 1 + i: errors name their entry.
+        let base = self.seq;
+        self.seq = self.seq.wrapping_add(entries.len() as u32);
+        let mut existing = Vec::new();
+        let mut builder_cpu_us = 0;
         if entries.len() <= PIPELINE_MIN {
             let mut b = Builder::new();
-            for chunk in entries.chunks(BATCH) {
+            for (k, chunk) in entries.chunks(BATCH).enumerate() {
                 b.clear();
-                for e in chunk {
-                    self.seq = self.seq.wrapping_add(1);
-                    b.create(e, self.seq, false);
+                for (j, e) in chunk.iter().enumerate() {
+                    b.create(e, seq_of(base, k * BATCH + j), false);
                 }
                 self.sock.send(b.bytes(), 0).map_err(io_err("commit"))?;
                 report.entries += chunk.len() as u64;
-                self.drain_errors(&mut report)?;
+                self.drain_errors(&mut report, Some(&mut existing))?;
             }
         } else {
-            let first_seq = self.seq;
-            self.seq = self.seq.wrapping_add(entries.len() as u32);
             let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Builder, usize)>(4);
             let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Builder>();
             for _ in 0..4 {
                 let _ = empty_tx.send(Builder::new());
             }
-            std::thread::scope(|scope| -> Result<(), KernelError> {
-                scope.spawn(move || {
-                    let mut seq = first_seq;
-                    for chunk in entries.chunks(BATCH) {
+            builder_cpu_us = std::thread::scope(|scope| -> Result<u64, KernelError> {
+                let builder = scope.spawn(move || {
+                    let cpu0 = thread_cpu_us();
+                    for (k, chunk) in entries.chunks(BATCH).enumerate() {
                         // The sender stopped (an error): nothing more to build.
-                        let Ok(mut b) = empty_rx.recv() else { return };
+                        let Ok(mut b) = empty_rx.recv() else { break };
                         b.clear();
-                        for e in chunk {
-                            seq = seq.wrapping_add(1);
-                            b.create(e, seq, false);
+                        for (j, e) in chunk.iter().enumerate() {
+                            b.create(e, seq_of(base, k * BATCH + j), false);
                         }
                         if full_tx.send((b, chunk.len())).is_err() {
-                            return;
+                            break;
                         }
                     }
+                    thread_cpu_us().saturating_sub(cpu0)
                 });
                 // Owned here, so that an early error return drops them and the builder
                 // stops (instead of waiting for a buffer forever).
@@ -199,14 +229,46 @@ impl Conntrack {
                 for (b, n) in full_rx.iter() {
                     self.sock.send(b.bytes(), 0).map_err(io_err("commit"))?;
                     report.entries += n as u64;
-                    self.drain_errors(&mut report)?;
+                    self.drain_errors(&mut report, Some(&mut existing))?;
                     let _ = empty_tx.send(b);
                 }
-                Ok(())
+                Ok(builder.join().unwrap_or(0))
             })?;
         }
+        if !existing.is_empty() {
+            self.update_existing(entries, base, &existing, &mut report)?;
+        }
         report.duration_us = start.elapsed().as_micros() as u64;
+        report.cpu_us = thread_cpu_us().saturating_sub(cpu0) + builder_cpu_us;
         Ok(report)
+    }
+
+    /// The second pass of a commit: updates (without NAT) for the entries the kernel
+    /// already held; their sequence numbers name them.
+    fn update_existing(
+        &mut self,
+        entries: &[Entry],
+        base: u32,
+        existing: &[u32],
+        report: &mut CommitReport,
+    ) -> Result<(), KernelError> {
+        let mut b = Builder::new();
+        for chunk in existing.chunks(BATCH) {
+            b.clear();
+            for &seq in chunk {
+                let i = seq.wrapping_sub(base).wrapping_sub(1) as usize;
+                if let Some(e) = entries.get(i) {
+                    self.seq = self.seq.wrapping_add(1);
+                    b.update(e, self.seq);
+                    report.existing += 1;
+                }
+            }
+            self.sock
+                .send(b.bytes(), 0)
+                .map_err(io_err("commit update"))?;
+            self.drain_errors(report, None)?;
+        }
+        Ok(())
     }
 
     /// Deletes entries (by original tuple); missing ones are not an error.
@@ -222,13 +284,19 @@ impl Conntrack {
             }
             self.sock.send(b.bytes(), 0).map_err(io_err("delete"))?;
             report.entries += chunk.len() as u64;
-            self.drain_errors(&mut report)?;
+            self.drain_errors(&mut report, None)?;
         }
         report.duration_us = start.elapsed().as_micros() as u64;
         Ok(report)
     }
 
-    fn drain_errors(&mut self, report: &mut CommitReport) -> Result<(), KernelError> {
+    /// Reads the errors queued for the last batch without blocking. With `existing`,
+    /// `EEXIST` is not a failure: the sequence numbers are collected for an update.
+    fn drain_errors(
+        &mut self,
+        report: &mut CommitReport,
+        mut existing: Option<&mut Vec<u32>>,
+    ) -> Result<(), KernelError> {
         loop {
             match recv(&self.sock, &mut self.buf, libc::MSG_DONTWAIT) {
                 Ok(_) => {}
@@ -241,15 +309,41 @@ impl Conntrack {
                 }
             }
             for m in ctnetlink::parse_messages(&self.buf) {
-                if let Ok(Message::Error { errno, .. }) = m
+                if let Ok(Message::Error { errno, seq }) = m
                     && errno != 0
                 {
-                    report.failed += 1;
-                    report.first_errno.get_or_insert(-errno);
+                    match existing.as_deref_mut() {
+                        Some(v) if -errno == libc::EEXIST => v.push(seq),
+                        _ => {
+                            report.failed += 1;
+                            report.first_errno.get_or_insert(-errno);
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// The per-namespace switch of conntrack events (0 off, 1 always, 2 only while a socket
+/// of the namespace listens: the kernel default).
+pub const EVENTS_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_events";
+
+/// Makes every new entry carry the event extension (`nf_conntrack_events = 1`), so that
+/// entries created while no socket of the namespace listens still report their later
+/// updates and their destruction. Under the default (2, "autodetect"), entries committed
+/// while our event delivery is paused (a takeover) never reported anything again: the
+/// new master did not hear about the flows it took over until its next dump (the netns
+/// test `entries_committed_while_paused_still_report_events` caught it). Returns the
+/// previous value.
+pub fn ensure_event_extension() -> Result<u8, KernelError> {
+    let op = "nf_conntrack_events";
+    let old = std::fs::read_to_string(EVENTS_SYSCTL).map_err(io_err(op))?;
+    let old: u8 = old.trim().parse().unwrap_or(2);
+    if old != 1 {
+        std::fs::write(EVENTS_SYSCTL, "1\n").map_err(io_err(op))?;
+    }
+    Ok(old)
 }
 
 /// One kernel event.
@@ -336,35 +430,48 @@ impl Events {
         self.sock.get_rx_buf_sz().unwrap_or(0)
     }
 
-    /// Waits (up to 200 ms) for the next batch of events and appends the replicated ones to
-    /// `out`. `Err(Overrun)` means events were lost: resync from a dump.
+    /// Waits (up to 200 ms) for the next events and appends the replicated ones to `out`:
+    /// after the first message, whatever else is queued (up to [`EVENT_BATCH`] messages) is
+    /// read without blocking, so a burst reaches the service in batches rather than
+    /// one channel hand-off (and one wake-up of the main thread) per event.
+    /// `Err(Overrun)` means events were lost: resync from a dump.
     pub fn recv(&mut self, out: &mut Vec<Event>) -> Result<(), KernelError> {
-        match recv(&self.sock, &mut self.buf, 0) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(KernelError::Overrun),
-            Err(e) => {
-                return Err(KernelError::Io {
-                    op: "events",
-                    source: e,
-                });
-            }
-        }
-        for m in ctnetlink::parse_messages(&self.buf) {
-            match m {
-                Ok(Message::Conntrack {
-                    kind,
-                    entry: Some(entry),
-                    ..
-                }) => out.push(Event { kind, entry }),
-                Ok(Message::Overrun) => return Err(KernelError::Overrun),
+        let mut flags = 0;
+        for _ in 0..EVENT_BATCH {
+            match recv(&self.sock, &mut self.buf, flags) {
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "undecodable conntrack event skipped"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Err(KernelError::Overrun);
+                }
+                Err(e) => {
+                    return Err(KernelError::Io {
+                        op: "events",
+                        source: e,
+                    });
+                }
             }
+            for m in ctnetlink::parse_messages(&self.buf) {
+                match m {
+                    Ok(Message::Conntrack {
+                        kind,
+                        entry: Some(entry),
+                        ..
+                    }) => out.push(Event { kind, entry }),
+                    Ok(Message::Overrun) => return Err(KernelError::Overrun),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "undecodable conntrack event skipped"),
+                }
+            }
+            flags = libc::MSG_DONTWAIT;
         }
         Ok(())
     }
 }
+
+/// Event messages read per [`Events::recv`] at most (each kernel event is its own
+/// message, ~200 bytes).
+pub const EVENT_BATCH: usize = 1024;
 
 /// Polls `f` until it returns true or `limit` passes; for tests and benches.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {

@@ -325,3 +325,145 @@ fn a_burst_into_a_small_buffer_is_reported_as_overrun() {
     assert!(overrun, "no ENOBUFS after {} events", got.len());
     assert!(got.len() < 2000);
 }
+
+/// A second commit of entries that are already in the kernel (a node that was master for
+/// a moment and committed them, then backup, then master again) updates them in place:
+/// nothing fails (the kernel refuses NAT attributes on an existing entry, EOPNOTSUPP), the
+/// timeouts and the TCP state are the new ones, and no entry appears twice.
+#[test]
+fn a_second_commit_updates_the_entries_already_in_the_kernel() {
+    let ns = Netns::new("ctre").unwrap();
+    ns.run("modprobe", ["nf_nat"]).ok();
+    let snat = Entry {
+        orig: tuple_udp("192.0.2.10", 40002, "198.51.100.10", 53),
+        reply: tuple_udp("198.51.100.10", 53, "203.0.113.1", 50002),
+        status: 0,
+        timeout: 100,
+        mark: 0,
+        zone: 0,
+        tcp: None,
+    };
+    let plain = Entry {
+        orig: tuple_udp("192.0.2.11", 40003, "198.51.100.10", 53),
+        reply: tuple_udp("198.51.100.10", 53, "192.0.2.11", 40003),
+        ..snat
+    };
+    let first = vec![snat, plain];
+    let report = ns
+        .enter(move || Conntrack::open().unwrap().commit(&first).unwrap())
+        .unwrap();
+    assert_eq!(report.failed, 0, "first commit: {report:?}");
+    let second = vec![
+        Entry {
+            timeout: 3000,
+            ..snat
+        },
+        Entry {
+            timeout: 3000,
+            ..plain
+        },
+    ];
+    let report = ns
+        .enter(move || Conntrack::open().unwrap().commit(&second).unwrap())
+        .unwrap();
+    assert_eq!(report.entries, 2, "{report:?}");
+    assert_eq!(report.failed, 0, "second commit: {report:?}");
+    assert_eq!(report.existing, 2, "{report:?}");
+    let back = dump(&ns);
+    assert_eq!(back.len(), 2, "{back:?}");
+    for sport in [40002, 40003] {
+        let e = find(&back, sport);
+        assert!(e.timeout > 2000, "timeout not updated: {e:?}");
+    }
+    assert_eq!(find(&back, 40002).reply, snat.reply, "NAT binding kept");
+    // A pipelined commit (above 4096 entries) whose first half is already there: the
+    // errors name the right entries through their sequence numbers.
+    let many = twinwall_sync::lab::udp_entries(
+        10_000,
+        |k| format!("192.0.2.{}", 100 + k).parse().unwrap(),
+        "198.51.100.20".parse().unwrap(),
+    );
+    let half = many[..5_000].to_vec();
+    let r = ns
+        .enter(move || Conntrack::open().unwrap().commit(&half).unwrap())
+        .unwrap();
+    assert_eq!((r.failed, r.existing), (0, 0), "{r:?}");
+    let r = ns
+        .enter(move || Conntrack::open().unwrap().commit(&many).unwrap())
+        .unwrap();
+    assert_eq!(
+        (r.entries, r.failed, r.existing),
+        (10_000, 0, 5_000),
+        "{r:?}"
+    );
+    assert_eq!(dump(&ns).len(), 10_002);
+}
+
+fn tuple_udp(src: &str, sport: u16, dst: &str, dport: u16) -> twinwall_sync::entry::Tuple {
+    twinwall_sync::entry::Tuple {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        l4: L4::Udp { sport, dport },
+    }
+}
+
+/// Entries committed while event delivery is paused (what a takeover does) still report
+/// their later changes and their end once delivery resumes: the new master must hear
+/// about the flows it took over.
+#[test]
+fn entries_committed_while_paused_still_report_events() {
+    let ns = Netns::new("ctpause").unwrap();
+    let mut ev = ns
+        .enter(|| {
+            twinwall_sync::kernel::ensure_event_extension().unwrap();
+            Events::subscribe(1 << 20).unwrap()
+        })
+        .unwrap();
+    let entry = Entry {
+        orig: tuple_udp("192.0.2.10", 5001, "198.51.100.10", 53),
+        reply: tuple_udp("198.51.100.10", 53, "192.0.2.10", 5001),
+        status: 0,
+        timeout: 100,
+        mark: 0,
+        zone: 0,
+        tcp: None,
+    };
+    ev.pauser().pause();
+    let r = ns
+        .enter(move || Conntrack::open().unwrap().commit(&[entry]).unwrap())
+        .unwrap();
+    assert_eq!(r.failed, 0, "{r:?}");
+    ev.pauser().resume().unwrap();
+    let base = [
+        "-p",
+        "udp",
+        "-s",
+        "192.0.2.10",
+        "-d",
+        "198.51.100.10",
+        "--sport",
+        "5001",
+        "--dport",
+        "53",
+    ];
+    let mut cmd = vec!["conntrack", "-U"];
+    cmd.extend_from_slice(&base);
+    cmd.extend_from_slice(&["-m", "9"]);
+    ns.run(cmd[0], &cmd[1..]).unwrap();
+    let mut cmd = vec!["conntrack", "-D"];
+    cmd.extend_from_slice(&base);
+    ns.run(cmd[0], &cmd[1..]).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        ev.recv(&mut got).unwrap();
+        if got.len() >= 2 {
+            break;
+        }
+    }
+    let kinds: Vec<_> = got.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![EventKind::Update, EventKind::Destroy],
+        "{got:?}"
+    );
+}

@@ -83,6 +83,8 @@ pub struct Cluster {
     /// Config, key, run dirs and logs.
     pub dir: PathBuf,
     procs: Vec<Spawned>,
+    /// (firewall, service) of each of `procs` (twinwall stack only).
+    names: Vec<(usize, &'static str)>,
 }
 
 impl Cluster {
@@ -102,6 +104,7 @@ impl Cluster {
             lab,
             dir: dir.clone(),
             procs: Vec::new(),
+            names: Vec::new(),
         };
         let cfg = dir.join("cluster.toml");
         let config = config.replace(
@@ -160,6 +163,7 @@ impl Cluster {
                 );
                 cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
                 c.procs.push(c.lab.ns(FW[i]).spawn_command(cmd)?);
+                c.names.push((i, svc));
             }
         }
         let up = wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
@@ -396,6 +400,38 @@ impl Cluster {
         Ok(())
     }
 
+    /// Puts firewall `i` back on the inside and outside switches (undoes [`Cluster::cut`]).
+    pub fn restore(&self, i: usize) -> Result<(), LabError> {
+        for sw in ["inside", "outside"] {
+            self.lab
+                .ns(sw)
+                .ip(["link", "set", &format!("p-{}", FW[i]), "up"])?;
+        }
+        Ok(())
+    }
+
+    /// The process id of service `svc` ("sync" or "vrrp") on firewall `i`.
+    pub fn service_pid(&self, i: usize, svc: &str) -> Option<u32> {
+        self.names
+            .iter()
+            .position(|&(f, s)| f == i && s == svc)
+            .map(|k| self.procs[k].id())
+    }
+
+    /// Sends `signal` (e.g. `SIGSTOP`, `SIGCONT`) to service `svc` on firewall `i`.
+    pub fn signal(
+        &self,
+        i: usize,
+        svc: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<(), LabError> {
+        let pid = self
+            .service_pid(i, svc)
+            .ok_or_else(|| LabError::Invalid(format!("no {svc} service on {}", FW[i])))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .map_err(|e| LabError::Invalid(format!("kill -{signal} {pid}: {e}")))
+    }
+
     /// Every service log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -477,7 +513,50 @@ impl Cluster {
     /// server through fw1, waits until fw2 holds their state (when syncing), cuts fw1 and
     /// lets VRRP fail over; a flow survived when it echoed again after the VIPs moved.
     pub fn failover(&self, opts: &Options, tcp: usize, udp: usize) -> Result<Failover, LabError> {
-        use super::flows::{Flows, Proto, echo_server, survival};
+        use super::flows::survival;
+        let fail = |what: String| LabError::Invalid(format!("{what}\n{}", self.logs()));
+        let running = self.start_flows(opts, tcp, udp)?;
+        std::thread::sleep(Duration::from_secs(1));
+        let mut events = match opts.stack {
+            Stack::Twinwall => Some(self.vrrp_events(1)?),
+            Stack::KeepalivedConntrackd => None,
+        };
+        let cut = Instant::now();
+        self.cut(0)?;
+        let (takeover, announced_at) = match &mut events {
+            Some(ev) => {
+                let t = takeover(ev, Duration::from_secs(10))
+                    .ok_or_else(|| fail("fw2 never announced the VIPs".into()))?;
+                (Some(t), t.announced_at)
+            }
+            None => {
+                if !wait_for(Duration::from_secs(10), Duration::from_millis(2), || {
+                    self.holds_vip(1)
+                }) {
+                    return Err(fail("keepalived on fw2 never took the VIPs".into()));
+                }
+                (None, Instant::now())
+            }
+        };
+        std::thread::sleep(Duration::from_secs(4));
+        let stats = running.stop();
+        Ok(Failover {
+            survival: survival(&stats, announced_at),
+            takeover,
+            cut_to_vips: announced_at - cut,
+        })
+    }
+
+    /// Preloads `opts.preload` idle entries into fw1, starts the echo server and `tcp` TCP
+    /// and `udp` UDP echo flows (every 100 ms) from the client through the master, and
+    /// (when syncing) waits until fw2 holds all of them.
+    pub fn start_flows(
+        &self,
+        opts: &Options,
+        tcp: usize,
+        udp: usize,
+    ) -> Result<RunningFlows, LabError> {
+        use super::flows::{Flows, Proto, echo_server};
         use std::net::SocketAddr;
         use std::sync::Arc;
         use std::sync::atomic::AtomicBool;
@@ -531,36 +610,24 @@ impl Cluster {
                 )));
             }
         }
-        std::thread::sleep(Duration::from_secs(1));
-        let mut events = match opts.stack {
-            Stack::Twinwall => Some(self.vrrp_events(1)?),
-            Stack::KeepalivedConntrackd => None,
-        };
-        let cut = Instant::now();
-        self.cut(0)?;
-        let (takeover, announced_at) = match &mut events {
-            Some(ev) => {
-                let t = takeover(ev, Duration::from_secs(10))
-                    .ok_or_else(|| fail("fw2 never announced the VIPs".into()))?;
-                (Some(t), t.announced_at)
-            }
-            None => {
-                if !wait_for(Duration::from_secs(10), Duration::from_millis(2), || {
-                    self.holds_vip(1)
-                }) {
-                    return Err(fail("keepalived on fw2 never took the VIPs".into()));
-                }
-                (None, Instant::now())
-            }
-        };
-        std::thread::sleep(Duration::from_secs(4));
-        let stats = flows.stop();
-        stop.store(true, Ordering::Relaxed);
-        Ok(Failover {
-            survival: survival(&stats, announced_at),
-            takeover,
-            cut_to_vips: announced_at - cut,
-        })
+        Ok(RunningFlows { flows, stop })
+    }
+}
+
+/// Echo flows started by [`Cluster::start_flows`]; [`RunningFlows::stop`] ends them and
+/// the echo server.
+#[derive(Debug)]
+pub struct RunningFlows {
+    flows: super::flows::Flows,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RunningFlows {
+    /// Stops the flows and the echo server; the statistics of every flow.
+    pub fn stop(self) -> Vec<super::flows::FlowStats> {
+        let stats = self.flows.stop();
+        self.stop.store(true, Ordering::Relaxed);
+        stats
     }
 }
 

@@ -223,6 +223,7 @@ impl Pair {
             role,
             tuning: Tuning::default(),
             event_rcvbuf: 64 << 20,
+            commit_rt_priority: crate::service::DEFAULT_COMMIT_RT_PRIORITY,
         }
     }
 
