@@ -846,6 +846,14 @@ impl RoleSource for VrrpRoleSource {
                             break true;
                         }
                     }
+                    VrrpDecision::Master => {
+                        let Some(report) = sink.set_role(Role::Master) else {
+                            break true;
+                        };
+                        if report.is_some() {
+                            tracing::warn!(commit = ?report, "VRRP went master without an announcement we saw: committed late");
+                        }
+                    }
                     VrrpDecision::Nothing => {}
                 }
                 if broken {
@@ -880,6 +888,9 @@ pub enum VrrpDecision {
         /// `becoming_master` announcements of the backlog that get no commit.
         skipped: usize,
     },
+    /// The group is master already, with no `becoming_master` of ours to ack (the
+    /// announcement came before we joined): become master (commit, no ack).
+    Master,
     /// Nothing that changes the role.
     Nothing,
 }
@@ -906,6 +917,11 @@ pub fn vrrp_decision(backlog: &[serde_json::Value]) -> VrrpDecision {
                 let to = ev.get("to").map(|v| v.to_string()).unwrap_or_default();
                 if !to.to_ascii_lowercase().contains("master") {
                     decision = VrrpDecision::Backup { skipped: 0 };
+                } else if !matches!(decision, VrrpDecision::Commit { .. }) {
+                    // Master without an announcement we saw: we joined after its
+                    // `becoming_master` (VRRP then went master when its commit wait ran
+                    // out). Become master now; if we already are, nothing happens.
+                    decision = VrrpDecision::Master;
                 }
             }
             _ => {}
@@ -918,6 +934,7 @@ pub fn vrrp_decision(backlog: &[serde_json::Value]) -> VrrpDecision {
             skipped: becoming - 1,
         },
         VrrpDecision::Backup { .. } => VrrpDecision::Backup { skipped: becoming },
+        VrrpDecision::Master => VrrpDecision::Master,
         VrrpDecision::Nothing => VrrpDecision::Nothing,
     }
 }
@@ -941,6 +958,25 @@ mod tests {
             VrrpDecision::Commit {
                 group: json!("edge"),
                 seq: json!(1),
+                skipped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn master_without_an_announcement_we_saw_becomes_master() {
+        // Joined after `becoming_master`: VRRP goes master when its commit wait ends.
+        assert_eq!(vrrp_decision(&[role("Master")]), VrrpDecision::Master);
+        assert_eq!(
+            vrrp_decision(&[role("Backup"), role("Master")]),
+            VrrpDecision::Master
+        );
+        // The usual order: the announcement's commit is acked, then master is no-op news.
+        assert_eq!(
+            vrrp_decision(&[becoming(3), role("Master")]),
+            VrrpDecision::Commit {
+                group: json!("edge"),
+                seq: json!(3),
                 skipped: 0
             }
         );
