@@ -81,6 +81,8 @@ pub struct Booted {
     pub specs: Vec<ServiceSpec>,
     /// Whether root was switched to a slot.
     pub switched_root: bool,
+    /// `twinwall.install=` succeeded: no services; PID 1 powers off (or reboots).
+    pub installed: Option<PowerAction>,
 }
 
 fn console(line: &str) {
@@ -155,6 +157,39 @@ pub fn boot(
         m?;
     }
 
+    if let Some(disk) = cmdline.install.clone() {
+        console(&format!(
+            "installing to {disk} (everything on it is overwritten)"
+        ));
+        let (r, res) = phase::run(Phase::Install, || {
+            install_disk(&disk, mounted.switched_root).map(|d| ((), Outcome::Ok(d)))
+        });
+        record(r);
+        match res {
+            Ok(()) => {
+                let action = cmdline.after_install.unwrap_or(PowerAction::Poweroff);
+                console(&format!(
+                    "installed to {disk}; {} (remove the installation medium, boot from {disk})",
+                    match action {
+                        PowerAction::Reboot => "rebooting",
+                        _ => "powering off",
+                    }
+                ));
+                return Ok(Booted {
+                    cmdline,
+                    decision: Decision::FailClosed {
+                        reasons: vec![format!("installed to {disk}")],
+                        node: None,
+                    },
+                    specs: Vec::new(),
+                    switched_root: mounted.switched_root,
+                    installed: Some(action),
+                });
+            }
+            Err(e) => console(&format!("INSTALL FAILED: {e}; continuing the live boot")),
+        }
+    }
+
     let config_dir = mounted.config.then(|| PathBuf::from(storage::CONFIG_MOUNT));
     let (r, decision) = phase::run(Phase::Trust, || {
         let d = trust::run(sys, verifier, config_dir.as_deref(), &opts.run_dir);
@@ -165,7 +200,12 @@ pub fn boot(
         Ok::<_, std::convert::Infallible>((d, o))
     });
     record(r);
-    let Ok(decision) = decision;
+    let Ok(mut decision) = decision;
+    if let (Decision::FailClosed { reasons, .. }, Some(why)) =
+        (&mut decision, &mounted.config_error)
+    {
+        *reasons = vec![why.clone()];
+    }
     console(&decision.summary());
     record_trust(shared, &decision);
 
@@ -256,7 +296,26 @@ pub fn boot(
         decision,
         specs,
         switched_root: mounted.switched_root,
+        installed: None,
     })
+}
+
+/// Runs `twinwall install DISK` (the running slot's binary, output on the console) and
+/// waits for it. It needs the slot's root: the install template is a file of the slot.
+fn install_disk(disk: &str, switched_root: bool) -> Result<String, String> {
+    if !switched_root {
+        return Err("not running from a slot (twinwall.root=initramfs?)".into());
+    }
+    let st = std::process::Command::new(service_binary(switched_root))
+        .args(["install", disk, "--no-progress"])
+        .env("TWINWALL_LOG", "info")
+        .status()
+        .map_err(|e| format!("cannot run twinwall install: {e}"))?;
+    if st.success() {
+        Ok(format!("{disk} written and verified"))
+    } else {
+        Err(format!("twinwall install {disk} failed ({st})"))
+    }
 }
 
 fn early_phase(sys: &dyn Syscalls) -> Result<Cmdline, EarlyError> {
@@ -390,6 +449,9 @@ pub fn main(
             finish(&sys, PowerAction::Reboot);
         }
     };
+    if let Some(action) = booted.installed {
+        finish(&sys, action);
+    }
     if booted.cmdline.test_panic {
         // Test-only (`twinwall.test_panic=1`): proves the panic path reboots the machine.
         panic!("twinwall.test_panic=1 on the kernel command line");

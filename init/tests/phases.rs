@@ -312,7 +312,7 @@ fn storage_mounts_slot_b_moves_kernel_filesystems_and_switches_root() {
 }
 
 #[test]
-fn storage_config_partition_falls_back_to_vfat() {
+fn storage_config_partition_falls_back_to_vfat_and_an_unmountable_one_is_not_fatal() {
     let sys =
         fake_sysfs(RecordingSyscalls::new()).fail("mount", "/run/twinwall/config", Errno::EINVAL);
     let plan = storage::Plan {
@@ -321,14 +321,50 @@ fn storage_config_partition_falls_back_to_vfat() {
         data: None,
         esp: None,
     };
-    let err = storage::execute(&sys, &plan).unwrap_err();
-    // Both filesystem types were tried, and the error names device, target and types.
+    let done = storage::execute(&sys, &plan).unwrap();
+    // Both filesystem types were tried; an unflashed (all-zero) or damaged config
+    // partition means fail-closed, not a reboot loop, and the reason names the device.
     let tried: Vec<_> = mounts(&sys).into_iter().map(|m| m.2.unwrap()).collect();
     assert_eq!(tried, ["ext4", "vfat"]);
+    assert!(!done.config);
     assert_eq!(
-        err.to_string(),
-        "cannot mount /dev/vda5 on /run/twinwall/config (ext4|vfat): EINVAL: Invalid argument"
+        done.config_error.as_deref(),
+        Some(
+            "config partition /dev/vda5 holds no ext4 or vfat filesystem (not flashed?): EINVAL: Invalid argument"
+        )
     );
+}
+
+#[test]
+fn an_unflashed_config_partition_boots_fail_closed_with_the_reason() {
+    let sys = fake_sysfs(module_sys("kernel/drivers/virtio/virtio.ko\n"))
+        .with_file("/proc/cmdline", "console=ttyS0 twinwall.root=initramfs")
+        .fail("mount", "/run/twinwall/config", Errno::EINVAL);
+    let shared = Shared::new(Status::new(Mode::Pid1));
+    let opts = BootOptions {
+        run_dir: "/run/twinwall".into(),
+        network: false,
+        root_wait: std::time::Duration::ZERO,
+        ..BootOptions::default()
+    };
+    let booted = pid1::boot(
+        &sys,
+        &Reject,
+        &|_: &Path, _: &str| Err("unused".to_string()),
+        &shared,
+        &opts,
+    )
+    .unwrap();
+    let st = shared.snapshot();
+    assert_eq!(
+        st.fail_closed.as_deref(),
+        Some(
+            "config partition /dev/vda5 holds no ext4 or vfat filesystem (not flashed?): EINVAL: Invalid argument"
+        )
+    );
+    assert!(booted.installed.is_none());
+    let names: Vec<_> = booted.specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ruleset", "mgmt"]);
 }
 
 #[test]

@@ -349,3 +349,43 @@ impl Drop for Mounted {
         let _ = Command::new("umount").arg(&self.dir).status();
     }
 }
+
+/// A small but complete twinwall disk image (tiny slot), so flashing and installing are
+/// fast.
+pub fn small_image(dir: &Path) -> PathBuf {
+    use twinwall_image::disk::{self, DiskSpec};
+    let root = dir.join("slotroot");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::write(root.join("boot/vmlinuz"), b"k").unwrap();
+    let sq = dir.join("slot.squashfs");
+    twinwall_image::reproducible::squashfs(&root, &sq, 0).unwrap();
+    let img = dir.join("small.img");
+    disk::build_disk(
+        &DiskSpec {
+            sizes: twinwall_image::layout::Sizes {
+                esp_mib: 16,
+                slot_mib: 4,
+                config_mib: 8,
+                data_mib: 4,
+            },
+            slot_a: sq,
+            slot_b: None,
+            boot: twinwall_image::BootState::fresh(),
+            epoch: 0,
+        },
+        &dir.join("work"),
+        &img,
+    )
+    .unwrap();
+    img
+}
+
+/// Runs the host twinwall binary; returns exit code, stdout and stderr.
+pub fn run_twinwall(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let o = twinwall().args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
