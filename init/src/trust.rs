@@ -214,33 +214,19 @@ pub fn run(
     }
 }
 
-/// The sync service's copy of the pair's key: the config partition's `sync.key` (the
-/// bundle area's `twinwall-sync-key-v1 <base64>`, as written by `twinwall flash` and
-/// `twinwall key sync`) is checked here and handed to sync as 64 hex characters in
-/// `RUN_DIR/sync.key` (0600, tmpfs), a form every sync key reader accepts. A missing or
-/// malformed key is logged and gives `None` (sync then reports its own error).
-pub fn sync_key_for_service(sys: &dyn Syscalls, key: &Path, run_dir: &Path) -> Option<PathBuf> {
+/// The pair's key for the sync service: the config partition's `sync.key` (the bundle
+/// area's `twinwall-sync-key-v1 <base64>`, as written by `twinwall flash` and `twinwall
+/// key sync`, and read by sync in that form) is checked here and its path handed to sync
+/// as it is — no copy of the secret. A missing or malformed key is logged and gives
+/// `None` (sync then reports its own error). `_run_dir` is kept for the callers' shape.
+pub fn sync_key_for_service(sys: &dyn Syscalls, key: &Path, _run_dir: &Path) -> Option<PathBuf> {
     let text = sys.read_file(key).ok()?;
     let what = key.display().to_string();
     let parsed = std::str::from_utf8(&text)
         .map_err(|e| e.to_string())
         .and_then(|t| twinwall_bundle::SyncKey::parse(t, &what).map_err(|e| e.to_string()));
     match parsed {
-        Ok(k) => {
-            let out = run_dir.join("sync.key");
-            let mut hex = String::with_capacity(65);
-            for b in k.expose() {
-                hex.push_str(&format!("{b:02x}"));
-            }
-            hex.push('\n');
-            match sys.write_private(&out, hex.as_bytes()) {
-                Ok(()) => Some(out),
-                Err(e) => {
-                    tracing::error!(path = %out.display(), error = %e, "cannot write the sync key");
-                    None
-                }
-            }
-        }
+        Ok(_) => Some(key.to_path_buf()),
         Err(e) => {
             tracing::error!(path = %what, error = %e, "sync key rejected");
             None

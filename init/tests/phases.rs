@@ -525,21 +525,27 @@ fn boot_stops_at_the_first_failing_phase() {
     assert!(sys.calls_of("switch_root").is_empty());
 }
 
-/// The config partition's sync key (`twinwall-sync-key-v1 <base64>`, what flash writes)
-/// reaches the sync service as 64 hex characters under the run directory; a malformed
-/// key is not passed on.
+/// The config partition's sync key (`twinwall-sync-key-v1 <base64>`, what flash writes
+/// and sync reads) is checked and handed to the sync service where it is — no second
+/// copy of the secret under the run directory; a malformed or missing key is not passed on.
 #[test]
 fn trust_hands_sync_a_checked_copy_of_the_pair_key() {
     use twinwall_init::trust::sync_key_for_service;
     let key = twinwall_bundle::SyncKey::generate().unwrap();
-    let want: String = key.expose().iter().map(|b| format!("{b:02x}")).collect();
     let sys = RecordingSyscalls::new().with_file("/cfg/sync.key", key.encode().as_bytes());
     let out = sync_key_for_service(&sys, Path::new("/cfg/sync.key"), Path::new("/run/tw"));
-    assert_eq!(out, Some(PathBuf::from("/run/tw/sync.key")));
-    assert_eq!(
-        String::from_utf8(sys.file("/run/tw/sync.key").unwrap()).unwrap(),
-        format!("{want}\n")
+    assert_eq!(out, Some(PathBuf::from("/cfg/sync.key")));
+    assert!(
+        sys.file("/run/tw/sync.key").is_none(),
+        "no copy of the key is written"
     );
+    // What sync will read from that path is the pair's key.
+    let back = twinwall_bundle::SyncKey::parse(
+        &String::from_utf8(sys.file("/cfg/sync.key").unwrap()).unwrap(),
+        "/cfg/sync.key",
+    )
+    .unwrap();
+    assert_eq!(back.expose(), key.expose());
     let bad = RecordingSyscalls::new().with_file("/cfg/sync.key", "twinwall-sync-key-v1 AAAA");
     assert_eq!(
         sync_key_for_service(&bad, Path::new("/cfg/sync.key"), Path::new("/run/tw")),
