@@ -57,6 +57,24 @@ pub struct BootOptions {
     pub root_wait: Duration,
     /// Whether to bring links up and write sysctls over netlink.
     pub network: bool,
+    /// After the switch into a slot, re-exec the slot's own binary ([`RESUME_ENV`]).
+    pub reexec_after_switch: bool,
+    /// Set in the re-executed PID 1: the phases already done and what was mounted.
+    pub resume: Option<Resume>,
+}
+
+/// The environment variable that carries [`Resume`] (JSON) across PID 1's re-exec.
+pub const RESUME_ENV: &str = "TWINWALL_INIT_RESUME";
+
+/// PID 1's state handed to the slot's binary: after `switch_root` PID 1 execs the slot's
+/// `/bin/twinwall`, so its code pages come from the squashfs page cache (reclaimable,
+/// counted only when touched) instead of the initramfs copy (ramfs, pinned as shmem).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    /// The phases done before the re-exec.
+    pub phases: Vec<crate::status::PhaseReport>,
+    /// What the storage phase mounted.
+    pub mounted: storage::Mounted,
 }
 
 impl Default for BootOptions {
@@ -66,6 +84,8 @@ impl Default for BootOptions {
             sysfs_block: PathBuf::from("/sys/class/block"),
             root_wait: Duration::from_secs(10),
             network: true,
+            reexec_after_switch: false,
+            resume: None,
         }
     }
 }
@@ -100,17 +120,27 @@ pub fn boot(
 ) -> Result<Booted, BootError> {
     let record = |r| shared.update(|s| s.phases.push(r));
 
-    let (r, cmdline) = phase::run(Phase::Early, || {
-        early_phase(sys).map(|c| {
-            let d = format!(
-                "kernel filesystems mounted; {} unknown options",
-                c.unknown.len()
-            );
-            (c, Outcome::Ok(d))
-        })
-    });
-    record(r);
-    let cmdline = cmdline?;
+    let (cmdline, mounted) = match &opts.resume {
+        Some(r) => {
+            // Re-executed after the switch: early, modules and storage are done.
+            shared.update(|s| s.phases.extend(r.phases.iter().cloned()));
+            let text = sys
+                .read_file(Path::new("/proc/cmdline"))
+                .map_err(|e| BootError::Early(EarlyError::Cmdline(e)))?;
+            (
+                Cmdline::parse(&String::from_utf8_lossy(&text)),
+                r.mounted.clone(),
+            )
+        }
+        None => {
+            let (cmdline, mounted) = boot_to_root(sys, shared, opts)?;
+            if mounted.switched_root && opts.reexec_after_switch {
+                reexec(shared, &mounted);
+            }
+            (cmdline, mounted)
+        }
+    };
+    shared.update(|s| s.slot = cmdline.slot.clone().filter(|s| s == "a" || s == "b"));
     // The lab-host role (a plain host of the QEMU lab) owns its own kernel options.
     let lab_host = match LabHost::from_options(&cmdline.unknown) {
         Some(Ok(h)) => Some(h),
@@ -123,28 +153,6 @@ pub fn boot(
     for u in cmdline.unknown.iter().filter(|u| !labhost::owns(u)) {
         tracing::warn!(option = %u, "unknown kernel command line option");
     }
-
-    let list = PathBuf::from(cmdline.modules.as_deref().unwrap_or(modules::DEFAULT_LIST));
-    let (r, m) = phase::run(Phase::Modules, || {
-        modules::run(sys, &list).map(|l| ((), Outcome::Ok(l.summary())))
-    });
-    record(r);
-    m?;
-
-    let (r, mounted) = phase::run(Phase::Storage, || {
-        let plan = storage::scan_and_plan(sys, &cmdline, &opts.sysfs_block, opts.root_wait)?;
-        let m = storage::execute(sys, &plan)?;
-        let d = format!(
-            "root {:?}; config {}; data {}",
-            plan.root,
-            if m.config { "mounted" } else { "absent" },
-            if m.data { "mounted" } else { "absent" }
-        );
-        Ok::<_, StorageError>((m, Outcome::Ok(d)))
-    });
-    record(r);
-    let mounted = mounted?;
-    shared.update(|s| s.slot = cmdline.slot.clone().filter(|s| s == "a" || s == "b"));
 
     // The initramfs carries only what reaches the root; the slot's list has everything
     // (NICs, netfilter). Already loaded modules count as present.
@@ -318,6 +326,75 @@ fn install_disk(disk: &str, switched_root: bool) -> Result<String, String> {
     }
 }
 
+/// early, modules and storage: everything up to the switch into the slot.
+fn boot_to_root(
+    sys: &dyn Syscalls,
+    shared: &Shared,
+    opts: &BootOptions,
+) -> Result<(Cmdline, storage::Mounted), BootError> {
+    let record = |r| shared.update(|s| s.phases.push(r));
+    let (r, cmdline) = phase::run(Phase::Early, || {
+        early_phase(sys).map(|c| {
+            let d = format!(
+                "kernel filesystems mounted; {} unknown options",
+                c.unknown.len()
+            );
+            (c, Outcome::Ok(d))
+        })
+    });
+    record(r);
+    let cmdline = cmdline?;
+    let list = PathBuf::from(cmdline.modules.as_deref().unwrap_or(modules::DEFAULT_LIST));
+    let (r, m) = phase::run(Phase::Modules, || {
+        modules::run(sys, &list).map(|l| ((), Outcome::Ok(l.summary())))
+    });
+    record(r);
+    m?;
+
+    let (r, mounted) = phase::run(Phase::Storage, || {
+        let plan = storage::scan_and_plan(sys, &cmdline, &opts.sysfs_block, opts.root_wait)?;
+        let m = storage::execute(sys, &plan)?;
+        let d = format!(
+            "root {:?}; config {}; data {}",
+            plan.root,
+            if m.config { "mounted" } else { "absent" },
+            if m.data { "mounted" } else { "absent" }
+        );
+        Ok::<_, StorageError>((m, Outcome::Ok(d)))
+    });
+    record(r);
+    let mounted = mounted?;
+
+    Ok((cmdline, mounted))
+}
+
+/// Execs the slot's twinwall as PID 1 with [`Resume`]; returns only if that failed (PID 1
+/// then simply goes on in the initramfs copy).
+fn reexec(shared: &Shared, mounted: &storage::Mounted) {
+    use std::os::unix::process::CommandExt;
+    let Some(exe) = SLOT_BINARIES.iter().map(Path::new).find(|p| p.exists()) else {
+        return;
+    };
+    let resume = Resume {
+        phases: shared.snapshot().phases,
+        mounted: mounted.clone(),
+    };
+    let Ok(state) = serde_json::to_string(&resume) else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .arg0("init")
+        .env(RESUME_ENV, state)
+        .exec();
+    console(&format!(
+        "re-exec of {} failed: {err}; going on in the initramfs copy",
+        exe.display()
+    ));
+}
+
+/// Where a slot keeps the twinwall binary.
+const SLOT_BINARIES: [&str; 3] = ["/bin/twinwall", "/usr/bin/twinwall", "/sbin/twinwall"];
+
 fn early_phase(sys: &dyn Syscalls) -> Result<Cmdline, EarlyError> {
     crate::early::run(sys)
 }
@@ -363,7 +440,7 @@ pub fn record_trust(shared: &Shared, d: &Decision) {
 /// (or when the slot has none) the running one.
 fn service_binary(switched: bool) -> PathBuf {
     if switched {
-        for p in ["/usr/bin/twinwall", "/sbin/twinwall"] {
+        for p in SLOT_BINARIES {
             if Path::new(p).exists() {
                 return PathBuf::from(p);
             }
@@ -438,7 +515,21 @@ pub fn main(
         console(&format!("{e}"));
     }
     let _ = sys.disable_cad();
-    let opts = BootOptions::default();
+    let mut opts = BootOptions {
+        reexec_after_switch: true,
+        ..BootOptions::default()
+    };
+    if let Some(state) = std::env::var_os(RESUME_ENV) {
+        match serde_json::from_str::<Resume>(&state.to_string_lossy()) {
+            Ok(r) => opts.resume = Some(r),
+            Err(e) => console(&format!(
+                "{RESUME_ENV} unreadable ({e}); booting from the start"
+            )),
+        }
+        // SAFETY: still single-threaded (no thread spawned yet); the services must not
+        // inherit PID 1's hand-over state.
+        unsafe { std::env::remove_var(RESUME_ENV) };
+    }
     let shared = Shared::new(Status::new(Mode::Pid1));
     let booted = match boot(&sys, verifier.as_ref(), load_view.as_ref(), &shared, &opts) {
         Ok(b) => b,

@@ -309,7 +309,7 @@ const RO: MsFlags = MsFlags::MS_RDONLY
     .union(MsFlags::MS_NOEXEC);
 
 /// What [`execute`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mounted {
     /// Whether `/` was switched to a slot.
     pub switched_root: bool,

@@ -603,3 +603,65 @@ fn a_panic_in_pid1_syncs_and_reboots() {
     assert!(Cmdline::parse("twinwall.test_panic=1").test_panic);
     assert!(!Cmdline::parse("twinwall.test_panic=0").test_panic);
 }
+
+/// PID 1 re-executes the slot's binary after the switch; the new image gets the phases
+/// done so far and the mounts, and goes on with root-modules without mounting anything
+/// again.
+#[test]
+fn a_resumed_pid1_goes_on_after_the_switch_without_remounting() {
+    use twinwall_init::status::PhaseReport;
+    let sys = module_sys("kernel/drivers/virtio/virtio.ko\n")
+        .with_file("/proc/cmdline", "console=ttyS0 twinwall.slot=a");
+    let before = ["early", "modules", "storage"].map(|n| PhaseReport {
+        name: n.into(),
+        duration_us: 1,
+        result: "ok".into(),
+        detail: String::new(),
+    });
+    let resume = pid1::Resume {
+        phases: before.to_vec(),
+        mounted: storage::Mounted {
+            switched_root: true,
+            ..storage::Mounted::default()
+        },
+    };
+    // The hand-over survives its JSON form in the environment.
+    let json = serde_json::to_string(&resume).unwrap();
+    assert_eq!(serde_json::from_str::<pid1::Resume>(&json).unwrap(), resume);
+    let shared = Shared::new(Status::new(Mode::Pid1));
+    let opts = BootOptions {
+        network: false,
+        root_wait: std::time::Duration::ZERO,
+        reexec_after_switch: true,
+        resume: Some(resume),
+        ..BootOptions::default()
+    };
+    let booted = pid1::boot(
+        &sys,
+        &Reject,
+        &|_: &Path, _: &str| Err("unused".to_string()),
+        &shared,
+        &opts,
+    )
+    .unwrap();
+    assert!(booted.switched_root);
+    let names: Vec<String> = shared
+        .snapshot()
+        .phases
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "early",
+            "modules",
+            "storage",
+            "root-modules",
+            "trust",
+            "network"
+        ]
+    );
+    assert!(mounts(&sys).is_empty(), "nothing is mounted twice");
+    assert_eq!(shared.snapshot().slot.as_deref(), Some("a"));
+}
