@@ -576,10 +576,9 @@ fn modules_in_proc_modules_are_skipped_without_a_load() {
     assert_eq!(done.already, ["virtio_ring", "usb_storage"]);
     assert_eq!(done.loaded, ["nf_tables"]);
     assert_eq!(sys.calls_of("finit_module").len(), 1);
-    assert!(
-        done.summary()
-            .starts_with("1 loaded, 2 already present, 0 not applicable; slowest: nf_tables ")
-    );
+    assert!(done.summary().starts_with(
+        "1 loaded, 2 already present, 0 not applicable, 0 without a device; slowest: nf_tables "
+    ));
 }
 
 /// A panic in PID 1 is printed, synced and turned into a reboot (never an exit, which
@@ -664,4 +663,106 @@ fn a_resumed_pid1_goes_on_after_the_switch_without_remounting() {
     );
     assert!(mounts(&sys).is_empty(), "nothing is mounted twice");
     assert_eq!(shared.snapshot().slot.as_deref(), Some("a"));
+}
+
+/// Hardware drivers load only for devices that are there: the list has e1000e (with its
+/// own dependencies ptp and pps_core) and virtio_pci/virtio_net (with theirs); only a
+/// virtio NIC exists, so e1000e and what only it needs are skipped, and modules without a
+/// hardware alias (squashfs) always load, in list order.
+#[test]
+fn hardware_drivers_load_only_for_devices_that_are_present() {
+    let k = "/lib/modules/6.1.0-57-amd64";
+    let mods = [
+        "kernel/drivers/pps/pps_core.ko",
+        "kernel/drivers/ptp/ptp.ko",
+        "kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko",
+        "kernel/drivers/virtio/virtio.ko",
+        "kernel/drivers/virtio/virtio_ring.ko",
+        "kernel/drivers/virtio/virtio_pci.ko",
+        "kernel/net/core/failover.ko",
+        "kernel/drivers/net/net_failover.ko",
+        "kernel/drivers/net/virtio_net.ko",
+        "kernel/fs/squashfs/squashfs.ko",
+    ];
+    let mut sys = RecordingSyscalls::new()
+        .with_file("/proc/sys/kernel/osrelease", "6.1.0-57-amd64\n")
+        .with_file("/lib/modules/twinwall.modules", mods.join("\n"))
+        .with_file(
+            format!("{k}/modules.dep"),
+            "kernel/drivers/pps/pps_core.ko:\n\
+             kernel/drivers/ptp/ptp.ko: kernel/drivers/pps/pps_core.ko\n\
+             kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko: kernel/drivers/ptp/ptp.ko kernel/drivers/pps/pps_core.ko\n\
+             kernel/drivers/virtio/virtio.ko:\n\
+             kernel/drivers/virtio/virtio_ring.ko:\n\
+             kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+             kernel/net/core/failover.ko:\n\
+             kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+             kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+             kernel/fs/squashfs/squashfs.ko:\n",
+        )
+        .with_file(
+            format!("{k}/modules.alias"),
+            "alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e\n\
+             alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+             alias virtio:d00000001v* virtio_net\n\
+             alias fs-squashfs squashfs\n",
+        )
+        .with_file(
+            "/sys/bus/pci/devices/0000:00:10.0/modalias",
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
+        )
+        .with_file(
+            "/sys/bus/pci/devices/0000:00:01.1/modalias",
+            "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80\n",
+        )
+        .with_file(
+            "/sys/bus/virtio/devices/virtio0/modalias",
+            "virtio:d00000001v00001AF4\n",
+        );
+    for m in mods {
+        sys = sys.with_file(format!("{k}/{m}"), "");
+    }
+    let done = modules::run(&sys, Path::new(modules::DEFAULT_LIST)).unwrap();
+    assert_eq!(
+        done.loaded,
+        [
+            "virtio",
+            "virtio_ring",
+            "virtio_pci",
+            "failover",
+            "net_failover",
+            "virtio_net",
+            "squashfs"
+        ]
+    );
+    assert_eq!(done.not_needed, ["pps_core", "ptp", "e1000e"]);
+    assert!(
+        done.summary().contains("3 without a device"),
+        "{}",
+        done.summary()
+    );
+    let loads: Vec<String> = sys
+        .calls_of("finit_module")
+        .into_iter()
+        .map(|c| format!("{c:?}"))
+        .collect();
+    assert!(!loads.iter().any(|c| c.contains("e1000e")), "{loads:?}");
+}
+
+#[test]
+fn modalias_patterns_match_like_modprobe() {
+    use twinwall_init::modules::alias_matches;
+    let dev = "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80";
+    assert!(alias_matches("pci:v00008086d00007010sv*sd*bc*sc*i*", dev));
+    assert!(alias_matches("pci:v*d*sv*sd*bc01sc01i*", dev));
+    assert!(!alias_matches("pci:v00008086d000010D3sv*sd*bc*sc*i*", dev));
+    assert!(!alias_matches("pci:v*d*sv*sd*bc0Csc03i30*", dev));
+    assert!(alias_matches(
+        "virtio:d00000002v*",
+        "virtio:d00000002v00001AF4"
+    ));
+    assert!(!alias_matches(
+        "virtio:d00000001v*",
+        "virtio:d00000002v00001AF4"
+    ));
 }
