@@ -24,7 +24,7 @@ use crate::status::{Mode, Shared, Status, TrustReport};
 use crate::storage::{self, StorageError};
 use crate::supervisor::{self, Supervisor, SupervisorConfig};
 use crate::sys::{PowerAction, RealSyscalls, Syscalls};
-use crate::trust::{self, BundleVerifier, Decision, Which};
+use crate::trust::{self, BundleVerifier, Decision};
 
 /// A boot error that stops the boot (the machine reboots).
 #[derive(Debug, thiserror::Error)]
@@ -199,8 +199,20 @@ pub fn boot(
     }
 
     let config_dir = mounted.config.then(|| PathBuf::from(storage::CONFIG_MOUNT));
+    let fallback = fallback_slot(sys, &cmdline, &mounted);
+    if let Some(s) = &fallback {
+        console(&format!(
+            "slot {s} booted as the fallback (grubenv ORDER prefers the other slot): its pinned config comes first"
+        ));
+    }
     let (r, decision) = phase::run(Phase::Trust, || {
-        let d = trust::run(sys, verifier, config_dir.as_deref(), &opts.run_dir);
+        let d = trust::run_with_pin(
+            sys,
+            verifier,
+            config_dir.as_deref(),
+            &opts.run_dir,
+            fallback.as_deref(),
+        );
         let o = match &d {
             Decision::Verified { .. } => Outcome::Ok(d.summary()),
             Decision::FailClosed { .. } => Outcome::Degraded(d.summary()),
@@ -392,6 +404,26 @@ fn reexec(shared: &Shared, mounted: &storage::Mounted) {
     ));
 }
 
+/// The running slot when GRUB booted it as the fallback: booted from a disk slot whose
+/// ESP is mounted, and the grubenv's ORDER names the other slot first (an update of the
+/// other slot was tried and did not come up). None on every normal boot.
+fn fallback_slot(
+    sys: &dyn Syscalls,
+    cmdline: &Cmdline,
+    mounted: &storage::Mounted,
+) -> Option<String> {
+    use twinwall_image::{BootState, Grubenv, Slot};
+    if !mounted.esp || cmdline.live {
+        return None;
+    }
+    let slot: Slot = cmdline.slot.as_deref()?.parse().ok()?;
+    let env = sys
+        .read_file(&Path::new(storage::ESP_MOUNT).join("grub/grubenv"))
+        .ok()?;
+    let state = BootState::from_env(&Grubenv::parse(&env).ok()?).ok()?;
+    (state.order.first() != Some(&slot)).then(|| slot.cmdline().to_string())
+}
+
 /// Where a slot keeps the twinwall binary.
 const SLOT_BINARIES: [&str; 3] = ["/bin/twinwall", "/usr/bin/twinwall", "/sbin/twinwall"];
 
@@ -409,10 +441,7 @@ pub fn record_trust(shared: &Shared, d: &Decision) {
             node,
             ..
         } => {
-            let running = match which {
-                Which::Active => "active",
-                Which::Previous => "previous",
-            };
+            let running = which.name();
             shared.update(|s| s.node = Some(node.clone()));
             TrustReport {
                 running: running.into(),

@@ -766,3 +766,104 @@ fn modalias_patterns_match_like_modprobe() {
         "virtio:d00000002v00001AF4"
     ));
 }
+
+/// Accepts every bundle whose file holds `version N`.
+struct ByContent;
+
+impl BundleVerifier for ByContent {
+    fn verify(
+        &self,
+        bundle: &Path,
+        _trusted: &[PathBuf],
+        _min_version: Option<u64>,
+        _node: &str,
+    ) -> Result<VerifiedBundle, String> {
+        let text = std::fs::read_to_string(bundle).map_err(|e| e.to_string())?;
+        let version = text
+            .trim()
+            .strip_prefix("version ")
+            .and_then(|v| v.parse().ok())
+            .ok_or("not a test bundle")?;
+        Ok(VerifiedBundle {
+            version,
+            config_toml: Vec::new(),
+        })
+    }
+}
+
+/// A boot that GRUB fell back to (grubenv ORDER names the other slot first: an update of
+/// it did not come up) runs the config pinned to the running slot, `bundles/slot-X.bundle`
+/// (what mgmt pins when it writes an update), not the active one; a normal boot of the
+/// same slot runs the active bundle.
+#[test]
+fn a_fallback_boot_runs_the_config_pinned_to_its_slot() {
+    use twinwall_image::{BootState, Grubenv, Slot};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path();
+    std::fs::create_dir_all(cfg.join("trusted")).unwrap();
+    std::fs::create_dir_all(cfg.join("bundles")).unwrap();
+    std::fs::write(cfg.join("node"), "fw-a\n").unwrap();
+    std::fs::write(cfg.join("trusted/ops.pub"), "k").unwrap();
+    std::fs::write(cfg.join("bundles/active.bundle"), "version 7").unwrap();
+    std::fs::write(cfg.join("bundles/slot-a.bundle"), "version 5").unwrap();
+    let run = tempfile::tempdir().unwrap();
+    for (order, want) in [([Slot::B, Slot::A], 5), ([Slot::A, Slot::B], 7)] {
+        let mut st = BootState::fresh();
+        st.order = order.to_vec();
+        st.b.ok = true;
+        st.b.tried = true;
+        let mut env = Grubenv::new();
+        st.apply_to(&mut env).unwrap();
+        let sys = module_sys("kernel/drivers/virtio/virtio.ko\n")
+            .with_file("/proc/cmdline", "console=ttyS0 twinwall.slot=a")
+            .with_file("/run/twinwall/esp/grub/grubenv", env.to_block().unwrap())
+            .with_file("/run/twinwall/config/node", "fw-a\n")
+            .with_file("/run/twinwall/config/trusted/ops.pub", "k")
+            .with_file("/run/twinwall/config/bundles/active.bundle", "version 7")
+            .with_file("/run/twinwall/config/bundles/slot-a.bundle", "version 5");
+        let shared = Shared::new(Status::new(Mode::Pid1));
+        let opts = BootOptions {
+            run_dir: run.path().into(),
+            network: false,
+            resume: Some(pid1::Resume {
+                phases: Vec::new(),
+                mounted: storage::Mounted {
+                    switched_root: true,
+                    config: true,
+                    esp: true,
+                    ..storage::Mounted::default()
+                },
+            }),
+            ..BootOptions::default()
+        };
+        // The trust phase reads the config partition through the real filesystem here.
+        let verifier = ByContent;
+        let d = twinwall_init::trust::run_with_pin(
+            &twinwall_init::sys::RealSyscalls,
+            &verifier,
+            Some(cfg),
+            run.path(),
+            (order[0] != Slot::A).then_some("a"),
+        );
+        assert_eq!(
+            d.summary(),
+            if want == 5 {
+                "config version 5 (slot-pinned bundle) verified".to_string()
+            } else {
+                "config version 7 (active bundle) verified".to_string()
+            }
+        );
+        // And boot decides "fallback" from the grubenv the same way.
+        let _ = pid1::boot(
+            &sys,
+            &Reject,
+            &|_: &Path, _: &str| Err("unused".to_string()),
+            &shared,
+            &opts,
+        )
+        .unwrap();
+        let trust = shared.snapshot().trust.unwrap();
+        let tried_pinned = trust.rejected.iter().any(|r| r.contains("slot-a.bundle"));
+        assert_eq!(tried_pinned, want == 5, "{:?}", trust.rejected);
+    }
+}
