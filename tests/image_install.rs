@@ -77,6 +77,35 @@ fn install_from_an_image_reproduces_it_and_carries_a_flashed_config() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The template `image build` puts into every slot: the image's blocks without the slots,
+/// with the image's partition table.
+#[test]
+fn the_disk_template_is_the_image_without_its_slots() {
+    use twinwall_image::install::{Template, template_of_image};
+    let dir = scratch("install-template");
+    let img = small_image(&dir);
+    let t = Template::decode(&template_of_image(&img).unwrap().encode()).unwrap();
+    let mut disk = std::fs::read(&img).unwrap();
+    assert_eq!(t.total_bytes, disk.len() as u64);
+    let parts = t.partitions().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["bios-boot", "esp", "slot-a", "slot-b", "config", "data"]
+    );
+    let mut back = vec![0u8; disk.len()];
+    t.overlay(0, &mut back);
+    for p in parts.iter().filter(|p| p.name.starts_with("slot-")) {
+        assert!(disk[p.offset() as usize..][..4] == *b"hsqs" || p.name == "slot-b");
+        disk[p.offset() as usize..(p.offset() + p.size()) as usize].fill(0);
+    }
+    assert!(
+        back == disk,
+        "template differs from the image outside the slots"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn install_to_a_larger_loop_device_moves_the_backup_gpt() {
     let dir = scratch("install-loop");

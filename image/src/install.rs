@@ -17,7 +17,7 @@
 //! resolved and checked before the target is opened for writing.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -775,8 +775,7 @@ fn reread_partitions(dev: &Path) {
 /// Builds the template of a disk image without slot contents (the build's step).
 pub fn template_of_image(image: &Path) -> Result<Template, InstallError> {
     let (f, len) = open_len(image)?;
-    let mut head = vec![0u8; (34 * SECTOR).min(len) as usize];
-    (&f).read_exact(&mut head).map_err(io(image))?;
+    let head = read_at(&f, image, 0, (34 * SECTOR).min(len) as usize)?;
     let parts = layout::read_gpt(&head).map_err(|source| InstallError::Gpt {
         path: image.to_path_buf(),
         source,
