@@ -32,6 +32,17 @@ fn init_ran(console: &str) -> bool {
     console[i..].contains("\ntwinwall: ")
 }
 
+/// Prints the boot's figures (PID 1 memory and uptime at services up, the phase
+/// durations) for the record; `--nocapture` shows them. Not an assertion: speed and size
+/// are benchmarks.
+fn report_figures(name: &str, console: &str) {
+    for l in console.lines() {
+        if l.contains("twinwall: rss_kb=") || l.contains("phase done") {
+            eprintln!("{name}: {}", l.trim());
+        }
+    }
+}
+
 /// The node the boot tests flash and the seed-pair's interface devices in zone order
 /// (outside, inside, sync): eth0, eth1, eth2 = NICs 0, 1, 2.
 const NODE: &str = "lj-fw-1";
@@ -143,6 +154,7 @@ fn boot_node(fw: Firmware, name: &str) {
     let console = vm.console();
     drop(vm);
     assert!(!console.contains("phase failed"), "{console}");
+    report_figures(name, &console);
     // init confirmed the slot GRUB tried: A is good again (OK=1, TRY=0).
     let layout = Layout::plan(Sizes::default());
     let env = Grubenv::parse(&disk::esp(&img, &layout).read(disk::ESP_GRUBENV).unwrap()).unwrap();
@@ -187,6 +199,7 @@ fn boot_iso(fw: Firmware, name: &str) {
     let console = vm.console();
     drop(vm);
     assert!(init_ran(&console));
+    report_figures(name, &console);
     assert!(!console.contains("marked good"), "{console}");
     let after = disk::esp(&img, &layout).read(disk::ESP_GRUBENV).unwrap();
     assert_eq!(
