@@ -480,6 +480,18 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     })
 }
 
+nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
+
+/// Zeroes `[offset, offset + len)` of a block device with BLKZEROOUT; false when the
+/// device or kernel does not support it (the caller then writes the zeros).
+fn zero_out(dev: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let range = [offset, len];
+    // SAFETY: BLKZEROOUT reads a `u64[2]` (start, length) through the pointer, which
+    // points at `range`, alive for the call; the fd is the open target device.
+    unsafe { blkzeroout(dev.as_raw_fd(), &range) }.is_ok()
+}
+
 /// Produces the bytes at an offset of the disk being written (see [`write_verified`]).
 pub type Fill<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), FlashError> + 'a;
 
@@ -532,6 +544,7 @@ pub fn write_verified(
     let mut buf = vec![0u8; CHUNK];
     let mut written = Sha256::new();
     let mut head = Vec::new();
+    let mut zeroout_ok = kind == TargetKind::BlockDevice;
     let mut pos = 0u64;
     while pos < len {
         let n = (len - pos).min(CHUNK as u64) as usize;
@@ -540,14 +553,23 @@ pub fn write_verified(
             head = buf[..n.min(34 * layout::SECTOR as usize)].to_vec();
         }
         // A file target is written sparse: all-zero chunks become holes (the target was
-        // truncated, so they read back as zeros). A device gets every byte.
+        // truncated, so they read back as zeros). On a device, runs of zeros go to the
+        // kernel as BLKZEROOUT (the device zeroes them — a virtio disk without the data
+        // crossing it, a plain disk as ordinary writes), falling back to writing them.
+        let mut at = pos;
         for block in buf[..n].chunks(HOLE) {
-            if kind == TargetKind::File && is_zero(block) {
-                out.seek(SeekFrom::Current(block.len() as i64))
-                    .map_err(io(target))?;
-            } else {
-                out.write_all(block).map_err(io(target))?;
+            let len = block.len() as u64;
+            if is_zero(block) {
+                if kind == TargetKind::File || (zeroout_ok && zero_out(&out, at, len)) {
+                    out.seek(SeekFrom::Current(len as i64))
+                        .map_err(io(target))?;
+                    at += len;
+                    continue;
+                }
+                zeroout_ok = false;
             }
+            out.write_all(block).map_err(io(target))?;
+            at += len;
         }
         written.update(&buf[..n]);
         pos += n as u64;
