@@ -264,6 +264,7 @@ fn iso_installs_to_an_empty_disk_which_then_boots_to_services_up() {
         vm.wait_exit(Duration::from_secs(120)),
         "VM did not power off"
     );
+    report_figures("install", &vm.console());
     drop(vm);
     let v = std::process::Command::new("sgdisk")
         .arg("--verify")
