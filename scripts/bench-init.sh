@@ -5,7 +5,7 @@
 # prints, per variant, the median guest uptime at "twinwall: services up" (budgets: 3 s
 # minimal, 8 s full), the median PID 1 VmRSS (budget 4 MB) and the median of each boot
 # phase, with the machine's load average before and after (the machine is shared: TCG
-# times scale with it). The VM disks it flashed are removed at the end.
+# times scale with it). The images it built and flashed are removed at the end.
 #
 # usage: scripts/bench-init.sh        env: TWINWALL_BENCH_BOOTS (default 3)
 set -euo pipefail
@@ -13,7 +13,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 boots=${TWINWALL_BENCH_BOOTS:-3}
 log=$(mktemp)
-trap 'rm -f "$log"; rm -f build/bench/boot/*.img' EXIT
+# The images bench-boot.sh built and flashed are rebuilt on every run: do not keep them.
+trap 'rm -f "$log" build/bench/boot/*.img; rm -rf build/bench/boot/out build/bench/boot/image-work' EXIT
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 TWINWALL_BENCH_BOOTS=$boots scripts/bench-boot.sh | tee "$log"
 echo "load after:  $(cut -d' ' -f1-3 /proc/loadavg)"
