@@ -133,7 +133,7 @@ boot() {
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing"
   [ -f "$out/initramfs.cpio.gz" ] || die "run '$0 build' first"
   local console="$out/console.log" append rc=0
-  append="console=ttyS0 quiet panic=-1 twinwall.root=initramfs twinwall.services=none"
+  append="console=ttyS0 quiet panic=-1 cryptomgr.notests twinwall.root=initramfs twinwall.services=none"
   append="$append twinwall.shutdown_when_up=poweroff ${TWINWALL_QEMU_APPEND:-}"
   log "booting (accel $accel, timeout ${timeout_s}s); console: $console"
   # An isolated hub port: the guest has a NIC to bring up, and no frame leaves QEMU.
@@ -174,7 +174,7 @@ boot_node() {
   cfg=${TWINWALL_QEMU_CONFIG:-$root/../shared/examples/seed-pair.toml}
   node=${TWINWALL_QEMU_NODE:-lj-fw-1}
   config_disk "$bin" "$cfg" "$node"
-  append="console=ttyS0 quiet panic=-1 twinwall.root=initramfs twinwall.peer_absent_after=5"
+  append="console=ttyS0 quiet panic=-1 cryptomgr.notests twinwall.root=initramfs twinwall.peer_absent_after=5"
   append="$append twinwall.shutdown_when_healthy=poweroff ${TWINWALL_QEMU_APPEND:-}"
   log "booting node $node of $cfg (accel $accel, timeout ${timeout_s}s); console: $console"
   timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 512 -nographic -no-reboot \

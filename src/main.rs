@@ -48,6 +48,8 @@ enum Cmd {
     Image(cli::image::ImageCmd),
     /// Write twinwall.img and a node's config partition to a disk or file.
     Flash(cli::flash::FlashArgs),
+    /// Lay out a disk from the running live system (or a twinwall.img) and install it.
+    Install(cli::install::InstallArgs),
     /// The management API service in the foreground.
     Mgmt(cli::mgmt::MgmtArgs),
     /// Upload a signed config bundle to a node (and its peer).
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Cmd::Vrrp(a) => cli::vrrp::run(a),
         Cmd::Image(c) => cli::image::run(c),
         Cmd::Flash(a) => cli::flash::run(a),
+        Cmd::Install(a) => cli::install::run(a),
         Cmd::Mgmt(a) => cli::mgmt::run(a),
         Cmd::Push(a) => cli::push::run(a),
         Cmd::Update(a) => cli::update::run(a),

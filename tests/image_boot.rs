@@ -32,6 +32,17 @@ fn init_ran(console: &str) -> bool {
     console[i..].contains("\ntwinwall: ")
 }
 
+/// Prints the boot's figures (PID 1 memory and uptime at services up, the phase
+/// durations) for the record; `--nocapture` shows them. Not an assertion: speed and size
+/// are benchmarks.
+fn report_figures(name: &str, console: &str) {
+    for l in console.lines() {
+        if l.contains("twinwall: rss_kb=") || l.contains("phase done") {
+            eprintln!("{name}: {}", l.trim());
+        }
+    }
+}
+
 /// The node the boot tests flash and the seed-pair's interface devices in zone order
 /// (outside, inside, sync): eth0, eth1, eth2 = NICs 0, 1, 2.
 const NODE: &str = "lj-fw-1";
@@ -124,6 +135,7 @@ fn full_boot_markers(dir: &std::path::Path, slot_line: &str) -> Vec<String> {
 
 fn boot_node(fw: Firmware, name: &str) {
     let dir = scratch(name);
+    let _guard = DiskGuard(dir.clone());
     let img = flashed_node(&dir);
     let spec = VmSpec {
         disk: Some(img.clone()),
@@ -142,6 +154,7 @@ fn boot_node(fw: Firmware, name: &str) {
     let console = vm.console();
     drop(vm);
     assert!(!console.contains("phase failed"), "{console}");
+    report_figures(name, &console);
     // init confirmed the slot GRUB tried: A is good again (OK=1, TRY=0).
     let layout = Layout::plan(Sizes::default());
     let env = Grubenv::parse(&disk::esp(&img, &layout).read(disk::ESP_GRUBENV).unwrap()).unwrap();
@@ -167,6 +180,7 @@ fn flashed_node_boots_to_services_up_with_ovmf() {
 fn boot_iso(fw: Firmware, name: &str) {
     let out = built_image();
     let dir = scratch(name);
+    let _guard = DiskGuard(dir.clone());
     let img = flashed_node(&dir);
     let layout = Layout::plan(Sizes::default());
     let before = disk::esp(&img, &layout).read(disk::ESP_GRUBENV).unwrap();
@@ -185,6 +199,7 @@ fn boot_iso(fw: Firmware, name: &str) {
     let console = vm.console();
     drop(vm);
     assert!(init_ran(&console));
+    report_figures(name, &console);
     assert!(!console.contains("marked good"), "{console}");
     let after = disk::esp(&img, &layout).read(disk::ESP_GRUBENV).unwrap();
     assert_eq!(
@@ -204,6 +219,79 @@ fn iso_boots_live_to_services_up_with_ovmf() {
     boot_iso(Firmware::Uefi, "iso-uefi");
 }
 
+/// The live ISO installs itself, unattended: the VM's SMBIOS OEM string
+/// `twinwall.install=/dev/vda` makes GRUB's install entry the default (no kernel argument
+/// typed, no key pressed), init runs `twinwall install /dev/vda` from the running slot —
+/// template and slot A from the ISO, the config partition carried over from the node's
+/// flashed disk attached as vdb — and powers off. Then the installed disk boots alone
+/// (SeaBIOS), to services up with the carried-over config and slot A marked good.
+#[test]
+fn iso_installs_to_an_empty_disk_which_then_boots_to_services_up() {
+    let out = built_image();
+    let dir = scratch("install");
+    let _guard = DiskGuard(dir.clone());
+    let config_disk = flashed_node(&dir);
+    // A sparse 1 GiB disk, larger than the image: the backup GPT must move to its end.
+    let target = dir.join("target.disk");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let spec = VmSpec {
+        disk: Some(target.clone()),
+        extra_disks: vec![config_disk.clone()],
+        cdrom: Some(out.join("twinwall.iso")),
+        oem_string: Some("twinwall.install=/dev/vda".into()),
+        ..VmSpec::default()
+    };
+    let mut vm = Vm::start(Firmware::Bios, &spec, dir.join("install.log"));
+    vm.expect_in_order(
+        &[
+            "twinwall: SMBIOS OEM string asks to install to /dev/vda",
+            "twinwall: booting install-oem",
+            "twinwall.live=1 twinwall.install=/dev/vda",
+            "twinwall: installing to /dev/vda (everything on it is overwritten)",
+            "installed twinwall to /dev/vda: 506462208 bytes written and verified",
+            "slot A: ",
+            "from /dev/loop0; slot B empty",
+            "config partition: carried over from /dev/vdb5",
+            "backup GPT moved to the end of the larger device",
+            "twinwall: installed to /dev/vda; powering off",
+        ],
+        BOOT,
+    );
+    assert!(
+        vm.wait_exit(Duration::from_secs(120)),
+        "VM did not power off"
+    );
+    report_figures("install", &vm.console());
+    drop(vm);
+    let v = std::process::Command::new("sgdisk")
+        .arg("--verify")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(text.contains("No problems found"), "{text}");
+
+    let spec = VmSpec {
+        disk: Some(target.clone()),
+        nics: 3,
+        ..VmSpec::default()
+    };
+    let mut markers = vec![
+        "twinwall: grub chose slot A".to_string(),
+        "twinwall slot A (OK=1 TRY=1)".into(),
+    ];
+    markers.extend(full_boot_markers(&dir, "twinwall.slot=a"));
+    markers.push("twinwall: health: healthy; slot a marked good".into());
+    let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
+    let mut vm = Vm::start(Firmware::Bios, &spec, dir.join("installed.log"));
+    vm.expect_in_order(&markers, BOOT);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Slot B holds a squashfs whose kernel is garbage and is set to be tried once (what the
 /// update agent does after writing an update). GRUB tries B, cannot load it, reboots, and
 /// boots A; the grubenv then says B was tried and A is what boots next.
@@ -211,6 +299,7 @@ fn iso_boots_live_to_services_up_with_ovmf() {
 fn grub_falls_back_to_a_when_b_cannot_boot() {
     let out = built_image();
     let dir = scratch("fallback");
+    let _guard = DiskGuard(dir.clone());
     let img = dir.join("twinwall.img");
     std::fs::copy(out.join("twinwall.img"), &img).unwrap();
     let layout = Layout::plan(Sizes::default());

@@ -10,38 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image_common::*;
-use twinwall_image::BootState;
-use twinwall_image::disk::{self, DiskSpec};
-use twinwall_image::layout::{self, Sizes};
-use twinwall_image::reproducible;
-
-/// A small but complete twinwall disk image (tiny slot), so flashing is fast.
-fn small_image(dir: &Path) -> PathBuf {
-    let root = dir.join("slotroot");
-    std::fs::create_dir_all(root.join("boot")).unwrap();
-    std::fs::write(root.join("boot/vmlinuz"), b"k").unwrap();
-    let sq = dir.join("slot.squashfs");
-    reproducible::squashfs(&root, &sq, 0).unwrap();
-    let img = dir.join("small.img");
-    disk::build_disk(
-        &DiskSpec {
-            sizes: Sizes {
-                esp_mib: 16,
-                slot_mib: 4,
-                config_mib: 8,
-                data_mib: 4,
-            },
-            slot_a: sq,
-            slot_b: None,
-            boot: BootState::fresh(),
-            epoch: 0,
-        },
-        &dir.join("work"),
-        &img,
-    )
-    .unwrap();
-    img
-}
+use twinwall_image::layout;
 
 fn config_file(target: &Path, dir: &Path, name: &str) -> Vec<u8> {
     let bytes = std::fs::read(target).unwrap();

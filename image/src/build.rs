@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::disk::{self, DiskError, DiskSpec};
+use crate::disk::{self, DiskError};
 use crate::layout::Sizes;
 use crate::modules::{self, ModuleDb, ModulesError};
 use crate::reproducible::{self, ReproError};
@@ -52,6 +52,9 @@ pub enum BuildError {
         /// The binary.
         path: PathBuf,
     },
+    /// The install template could not be made from the disk.
+    #[error("install template: {0}")]
+    Template(String),
     /// The OS update bundle could not be signed or written.
     #[error("twinwall-update.bundle: {0}")]
     Bundle(String),
@@ -361,8 +364,27 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     )
     .map_err(io(&release))?;
 
-    steps.step("making the slot squashfs");
+    // The disk without slot contents comes first: its blocks are `twinwall install`'s
+    // template, carried in the slot itself (so any running slot can install a disk).
+    steps.step("assembling twinwall.img");
+    let img = opts.out.join("twinwall.img");
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    let layout = disk::build_base(
+        opts.sizes,
+        &BootState::fresh(),
+        opts.epoch,
+        &opts.work.join("disk"),
+        &img,
+    )?;
+    let template =
+        crate::install::template_of_image(&img).map_err(|e| BuildError::Template(e.to_string()))?;
+    let tmpl = root.join(crate::install::TEMPLATE_FILE);
+    if let Some(dir) = tmpl.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::write(&tmpl, template.encode()).map_err(io(&tmpl))?;
+
+    steps.step("making the slot squashfs");
     let slot = opts.work.join("slot.squashfs");
     reproducible::squashfs(&root, &slot, opts.epoch)?;
     let slot_bytes = std::fs::metadata(&slot).map_err(io(&slot))?.len();
@@ -373,20 +395,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             room,
         });
     }
-
-    steps.step("assembling twinwall.img");
-    let img = opts.out.join("twinwall.img");
-    disk::build_disk(
-        &DiskSpec {
-            sizes: opts.sizes,
-            slot_a: slot.clone(),
-            slot_b: None,
-            boot: BootState::fresh(),
-            epoch: opts.epoch,
-        },
-        &opts.work.join("disk"),
-        &img,
-    )?;
+    disk::write_partition(&img, &layout, crate::layout::Role::SlotA, &slot)?;
     let mut names = vec!["twinwall.img".to_owned()];
 
     if opts.iso {
@@ -528,6 +537,8 @@ pub fn build_iso(slot: &Path, work: &Path, out: &Path, epoch: u64) -> Result<(),
         "sleep",
         "reboot",
         "halt",
+        "regexp",
+        "smbios",
     ]
     .join(" ");
     let _ = std::fs::remove_file(out);

@@ -112,7 +112,25 @@ pub fn write_partition(
 
 /// Builds the disk image at `out`, using `work` for intermediate files.
 pub fn build_disk(spec: &DiskSpec, work: &Path, out: &Path) -> Result<Layout, DiskError> {
-    let layout = Layout::plan(spec.sizes);
+    let layout = build_base(spec.sizes, &spec.boot, spec.epoch, work, out)?;
+    write_partition(out, &layout, Role::SlotA, &spec.slot_a)?;
+    if let Some(b) = &spec.slot_b {
+        write_partition(out, &layout, Role::SlotB, b)?;
+    }
+    Ok(layout)
+}
+
+/// Builds the disk image at `out` with empty slots: GPT, GRUB for BIOS and UEFI, the ESP
+/// with grub.cfg and the grubenv of `boot`, an empty data filesystem. The slots are
+/// written afterwards ([`write_partition`]); `twinwall install`'s template is this disk.
+pub fn build_base(
+    sizes: Sizes,
+    boot: &BootState,
+    epoch: u64,
+    work: &Path,
+    out: &Path,
+) -> Result<Layout, DiskError> {
+    let layout = Layout::plan(sizes);
     std::fs::create_dir_all(work).map_err(io(work))?;
     let _ = std::fs::remove_file(out);
     File::create(out)
@@ -136,7 +154,7 @@ pub fn build_disk(spec: &DiskSpec, work: &Path, out: &Path) -> Result<Layout, Di
     let cfg = work.join("grub.cfg");
     std::fs::write(&cfg, grub::disk_config(&layout)).map_err(io(&cfg))?;
     let env = work.join("grubenv");
-    GrubenvFile::create(&env, &spec.boot)?;
+    GrubenvFile::create(&env, boot)?;
     let esp_img = work.join("esp.img");
     let esp = Fat::mkfs(
         &esp_img,
@@ -144,7 +162,7 @@ pub fn build_disk(spec: &DiskSpec, work: &Path, out: &Path) -> Result<Layout, Di
         "TWINWALL",
         ESP_VOLUME_ID,
     )?
-    .with_epoch(spec.epoch);
+    .with_epoch(epoch);
     for d in ["/grub", "/EFI", "/EFI/BOOT"] {
         esp.mkdir(d)?;
     }
@@ -153,21 +171,9 @@ pub fn build_disk(spec: &DiskSpec, work: &Path, out: &Path) -> Result<Layout, Di
     esp.copy_in(&efi, "/EFI/BOOT/BOOTX64.EFI")?;
     write_partition(out, &layout, Role::Esp, &esp_img)?;
 
-    // Slots.
-    write_partition(out, &layout, Role::SlotA, &spec.slot_a)?;
-    if let Some(b) = &spec.slot_b {
-        write_partition(out, &layout, Role::SlotB, b)?;
-    }
-
     // An empty data filesystem, so the appliance needs no mkfs of its own.
     let data = work.join("data.img");
-    make_ext4(
-        &data,
-        layout.get(Role::Data).size(),
-        "data",
-        None,
-        spec.epoch,
-    )?;
+    make_ext4(&data, layout.get(Role::Data).size(), "data", None, epoch)?;
     write_partition(out, &layout, Role::Data, &data)?;
 
     // BIOS boot code last: it patches the protective MBR that sgdisk wrote.

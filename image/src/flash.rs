@@ -112,9 +112,14 @@ pub enum FlashError {
     /// Building the config filesystem failed.
     #[error(transparent)]
     Disk(#[from] DiskError),
-    /// Relocating the backup GPT failed.
-    #[error(transparent)]
-    Tool(#[from] crate::tool::ToolError),
+    /// Moving the backup GPT to the end of a larger device failed.
+    #[error("{target}: cannot move the backup GPT to the end: {source}")]
+    Relocate {
+        /// Target.
+        target: PathBuf,
+        /// Cause.
+        source: layout::RelocateError,
+    },
     /// IO on a named file.
     #[error("{path}: {source}")]
     Io {
@@ -195,22 +200,27 @@ pub struct Mount {
     pub device: String,
     /// Mount point.
     pub mountpoint: String,
+    /// Filesystem type (the first field after ` - `).
+    pub fstype: String,
 }
 
-/// Parses `/proc/self/mountinfo` (fields 3 and 5).
+/// Parses `/proc/self/mountinfo` (fields 3 and 5, and the type after the separator).
 pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-")?;
             Some(Mount {
                 device: f.get(2)?.to_string(),
                 mountpoint: f.get(4)?.replace("\\040", " "),
+                fstype: f.get(sep + 1)?.to_string(),
             })
         })
         .collect()
 }
 
-fn devno(rdev: u64) -> String {
+/// `major:minor` of a device number.
+pub fn devno(rdev: u64) -> String {
     format!(
         "{}:{}",
         nix::sys::stat::major(rdev),
@@ -218,8 +228,9 @@ fn devno(rdev: u64) -> String {
     )
 }
 
-/// The device numbers of a whole block device and its partitions, and its holders.
-fn device_family(devnum: &str) -> (Vec<String>, Vec<String>) {
+/// The device numbers (`major:minor`) of a whole block device and its partitions, and
+/// the names of its holders.
+pub fn device_family(devnum: &str) -> (Vec<String>, Vec<String>) {
     let base = PathBuf::from(format!("/sys/dev/block/{devnum}"));
     let mut devs = vec![devnum.to_owned()];
     let mut holders = Vec::new();
@@ -439,21 +450,89 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     let _ = std::fs::remove_dir_all(&stage);
     let _ = std::fs::remove_file(&cfg_img);
 
+    let (c0, c1) = (config.offset(), config.offset() + config.size());
+    let mut src = File::open(&opts.image).map_err(io(&opts.image))?;
+    let written = write_verified(
+        &opts.target,
+        kind,
+        image_len,
+        opts.progress,
+        &mut |pos, buf| {
+            src.read_exact(buf).map_err(io(&opts.image))?;
+            // Splice the node's config filesystem over the image's empty config partition.
+            let (s, e) = (pos.max(c0), (pos + buf.len() as u64).min(c1));
+            if s < e {
+                buf[(s - pos) as usize..(e - pos) as usize]
+                    .copy_from_slice(&cfg_bytes[(s - c0) as usize..(e - c0) as usize]);
+            }
+            Ok(())
+        },
+    )?;
+    let (expected, gpt_relocated) = (written.sha256, written.gpt_relocated);
+    tracing::info!(target = %opts.target.display(), node = %opts.node, bytes = image_len, "flashed and verified");
+    Ok(FlashReport {
+        kind,
+        bytes: image_len,
+        sha256: expected,
+        config_files,
+        sync_key_generated,
+        gpt_relocated,
+    })
+}
+
+nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
+
+/// Zeroes `[offset, offset + len)` of a block device with BLKZEROOUT; false when the
+/// device or kernel does not support it (the caller then writes the zeros).
+fn zero_out(dev: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let range = [offset, len];
+    // SAFETY: BLKZEROOUT reads a `u64[2]` (start, length) through the pointer, which
+    // points at `range`, alive for the call; the fd is the open target device.
+    unsafe { blkzeroout(dev.as_raw_fd(), &range) }.is_ok()
+}
+
+/// Produces the bytes at an offset of the disk being written (see [`write_verified`]).
+pub type Fill<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), FlashError> + 'a;
+
+/// What [`write_verified`] did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// sha256 of the bytes written, equal to what was read back.
+    pub sha256: String,
+    /// Whether the backup GPT was moved to the end of a larger device.
+    pub gpt_relocated: bool,
+}
+
+/// Writes `len` bytes to `target` (already checked with [`check_target`]), each chunk
+/// produced by `fill(offset, buf)`, then drops the cached pages, reads everything back and
+/// compares sha256; on a device larger than `len` moves the backup GPT to its end. A file
+/// target is truncated and written sparse; a block device is opened `O_EXCL` and gets
+/// every byte. Shared by `twinwall flash` and `twinwall install`.
+pub fn write_verified(
+    target: &Path,
+    kind: TargetKind,
+    len: u64,
+    progress: bool,
+    fill: &mut Fill<'_>,
+) -> Result<Written, FlashError> {
     let mut out = match kind {
         // O_EXCL on a block device fails with EBUSY if anything mounted it meanwhile.
         TargetKind::BlockDevice => OpenOptions::new()
+            .read(true)
             .write(true)
             .custom_flags(libc::O_EXCL)
-            .open(&opts.target),
+            .open(target),
         TargetKind::File => OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&opts.target),
+            .open(target),
     }
-    .map_err(io(&opts.target))?;
-    let bar = if opts.progress {
-        ProgressBar::new(image_len)
+    .map_err(io(target))?;
+    let bar = if progress {
+        ProgressBar::new(len)
     } else {
         ProgressBar::hidden()
     };
@@ -462,38 +541,44 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
             .expect("valid template"),
     );
     bar.set_message("writing");
-    let mut src = File::open(&opts.image).map_err(io(&opts.image))?;
     let mut buf = vec![0u8; CHUNK];
     let mut written = Sha256::new();
-    let (c0, c1) = (config.offset(), config.offset() + config.size());
+    let mut head = Vec::new();
+    let mut zeroout_ok = kind == TargetKind::BlockDevice;
     let mut pos = 0u64;
-    while pos < image_len {
-        let n = (image_len - pos).min(CHUNK as u64) as usize;
-        src.read_exact(&mut buf[..n]).map_err(io(&opts.image))?;
-        // Splice the node's config filesystem over the image's empty config partition.
-        let (s, e) = (pos.max(c0), (pos + n as u64).min(c1));
-        if s < e {
-            buf[(s - pos) as usize..(e - pos) as usize]
-                .copy_from_slice(&cfg_bytes[(s - c0) as usize..(e - c0) as usize]);
+    while pos < len {
+        let n = (len - pos).min(CHUNK as u64) as usize;
+        fill(pos, &mut buf[..n])?;
+        if pos == 0 {
+            head = buf[..n.min(34 * layout::SECTOR as usize)].to_vec();
         }
         // A file target is written sparse: all-zero chunks become holes (the target was
-        // truncated, so they read back as zeros). A device gets every byte.
+        // truncated, so they read back as zeros). On a device, runs of zeros go to the
+        // kernel as BLKZEROOUT (the device zeroes them — a virtio disk without the data
+        // crossing it, a plain disk as ordinary writes), falling back to writing them.
+        let mut at = pos;
         for block in buf[..n].chunks(HOLE) {
-            if kind == TargetKind::File && is_zero(block) {
-                out.seek(SeekFrom::Current(block.len() as i64))
-                    .map_err(io(&opts.target))?;
-            } else {
-                out.write_all(block).map_err(io(&opts.target))?;
+            let len = block.len() as u64;
+            if is_zero(block) {
+                if kind == TargetKind::File || (zeroout_ok && zero_out(&out, at, len)) {
+                    out.seek(SeekFrom::Current(len as i64))
+                        .map_err(io(target))?;
+                    at += len;
+                    continue;
+                }
+                zeroout_ok = false;
             }
+            out.write_all(block).map_err(io(target))?;
+            at += len;
         }
         written.update(&buf[..n]);
         pos += n as u64;
         bar.set_position(pos);
     }
     if kind == TargetKind::File {
-        out.set_len(image_len).map_err(io(&opts.target))?;
+        out.set_len(len).map_err(io(target))?;
     }
-    out.sync_all().map_err(io(&opts.target))?;
+    out.sync_all().map_err(io(target))?;
     // Drop the cached pages so the read-back comes from the device, not from memory.
     let _ = nix::fcntl::posix_fadvise(
         &out,
@@ -501,17 +586,16 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
         0,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     );
-    drop(out);
     let expected = hex::encode(written.finalize());
 
     bar.set_message("verifying");
     bar.set_position(0);
-    let mut back = File::open(&opts.target).map_err(io(&opts.target))?;
+    let mut back = File::open(target).map_err(io(target))?;
     let mut h = Sha256::new();
     let mut pos = 0u64;
-    while pos < image_len {
-        let n = (image_len - pos).min(CHUNK as u64) as usize;
-        back.read_exact(&mut buf[..n]).map_err(io(&opts.target))?;
+    while pos < len {
+        let n = (len - pos).min(CHUNK as u64) as usize;
+        back.read_exact(&mut buf[..n]).map_err(io(target))?;
         h.update(&buf[..n]);
         pos += n as u64;
         bar.set_position(pos);
@@ -520,25 +604,23 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport, FlashError> {
     let actual = hex::encode(h.finalize());
     if actual != expected {
         return Err(FlashError::Verify {
-            target: opts.target.clone(),
+            target: target.to_path_buf(),
             expected,
             actual,
         });
     }
 
     // On a larger disk the backup GPT belongs at the very end.
-    let target_len = back.seek(SeekFrom::End(0)).map_err(io(&opts.target))?;
-    let gpt_relocated = target_len > image_len;
+    let target_len = back.seek(SeekFrom::End(0)).map_err(io(target))?;
+    let gpt_relocated = target_len > len;
     if gpt_relocated {
-        crate::tool::run("sgdisk", ["-e".as_ref(), opts.target.as_os_str()], None)?;
+        layout::write_relocated(&mut out, &head, target_len).map_err(|e| FlashError::Relocate {
+            target: target.to_path_buf(),
+            source: e,
+        })?;
     }
-    tracing::info!(target = %opts.target.display(), node = %opts.node, bytes = image_len, "flashed and verified");
-    Ok(FlashReport {
-        kind,
-        bytes: image_len,
+    Ok(Written {
         sha256: expected,
-        config_files,
-        sync_key_generated,
         gpt_relocated,
     })
 }
@@ -556,7 +638,8 @@ mod tests {
             m[0],
             Mount {
                 device: "254:0".into(),
-                mountpoint: "/".into()
+                mountpoint: "/".into(),
+                fstype: "ext4".into(),
             }
         );
         assert_eq!(m[1].mountpoint, "/mnt/my disk");

@@ -41,7 +41,12 @@ pub const MODULES: &[&str] = &[
 
 /// Kernel command line shared by every boot entry. `panic=10` makes a kernel that cannot
 /// bring up init reboot, so GRUB's boot counting falls back to the other slot.
-pub const CMDLINE: &str = "console=tty0 console=ttyS0,115200n8 panic=10 loglevel=6";
+/// `cryptomgr.notests` skips the crypto API's boot-time self-tests of every registered
+/// algorithm: `initcall_debug` showed them as the slowest initcall by far
+/// (`crypto_algapi_init`, 6.1 s of a 25 s kernel start under TCG on a loaded host, see
+/// docs/init.md); the appliance does not run in FIPS mode, which would require them.
+pub const CMDLINE: &str =
+    "console=tty0 console=ttyS0,115200n8 panic=10 loglevel=6 cryptomgr.notests";
 
 /// Errors of the GRUB steps.
 #[derive(Debug, Error)]
@@ -105,24 +110,75 @@ pub fn disk_config(layout: &Layout) -> String {
     s
 }
 
+/// Disks the ISO's menu offers to install to (each entry names its target; init and
+/// `twinwall install` refuse the installation medium itself and mounted disks).
+pub const INSTALL_TARGETS: &[&str] = &["/dev/sda", "/dev/nvme0n1", "/dev/vda"];
+
 /// `grub.cfg` of the ISO: boots the slot image stored as a file on the ISO, live
-/// (`twinwall.live=1`: init finds the ISO and loop-mounts the same file).
+/// (`twinwall.live=1`: init finds the ISO and loop-mounts the same file), or installs it
+/// to a disk (`twinwall.install=DISK`).
+///
+/// Unattended install without typing at the menu: when the machine's last SMBIOS OEM
+/// string (type 11; QEMU `-smbios type=11,value=...`, most hypervisors and BMCs can set
+/// one) is `twinwall.install=/dev/DISK`, that entry is the default with no timeout. GRUB's
+/// `smbios --get-string 4` reads the string whose index is the byte at offset 4 of the
+/// type-11 structure, the string count: the last string.
 pub fn iso_config(squashfs_path: &str) -> String {
-    format!(
+    let entry = |title: &str, id: &str, extra: &str| {
+        format!(
+            r#"menuentry "{title}" --id {id} {{
+    echo "twinwall: booting {id}"
+    loopback slot {squashfs_path}
+    linux (slot)/boot/vmlinuz {CMDLINE} twinwall.slot=a twinwall.live=1{extra}
+    initrd (slot)/boot/initrd.img
+}}
+"#
+        )
+    };
+    let mut s = String::from(
         r#"set default=0
 set timeout=2
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
 
-menuentry "twinwall live" --id live {{
-    echo "twinwall: booting live image"
-    loopback slot {squashfs_path}
-    linux (slot)/boot/vmlinuz {CMDLINE} twinwall.slot=a twinwall.live=1
-    initrd (slot)/boot/initrd.img
-}}
-"#
-    )
+set tw_install=""
+if smbios --type 11 --get-string 4 --set tw_oem; then
+    regexp --set=1:tw_install '^twinwall\.install=(/dev/[a-z0-9]+)$' "$tw_oem"
+fi
+if [ -n "$tw_install" ]; then
+    echo "twinwall: SMBIOS OEM string asks to install to $tw_install"
+    set default=install-oem
+    set timeout=0
+fi
+
+"#,
+    );
+    s.push_str(
+        &entry("twinwall live", "live", "").replace("booting live\"", "booting live image\""),
+    );
+    s.push_str(
+        "if [ -n \"$tw_install\" ]; then
+",
+    );
+    s.push_str(&entry(
+        "Install twinwall to $tw_install (SMBIOS; erases it)",
+        "install-oem",
+        " twinwall.install=$tw_install",
+    ));
+    s.push_str(
+        "fi
+",
+    );
+    for dev in INSTALL_TARGETS {
+        let id = format!("install-{}", dev.trim_start_matches("/dev/"));
+        s.push_str(&entry(
+            &format!("Install twinwall to {dev} (erases it)"),
+            &id,
+            &format!(" twinwall.install={dev}"),
+        ));
+    }
+    s
 }
 
 /// The boot-counting part of grub.cfg. It mirrors [`crate::slot::BootState::grub_boot`]:
@@ -252,6 +308,21 @@ mod tests {
         assert!(cfg.contains("save_env ORDER A_OK A_TRY B_OK B_TRY"));
         // The chosen slot's TRY is saved before any menu entry runs.
         assert!(cfg.find("save_env").unwrap() < cfg.find("menuentry").unwrap());
+    }
+
+    #[test]
+    fn iso_config_offers_live_and_install_entries() {
+        let cfg = iso_config("/twinwall/slot.squashfs");
+        assert!(cfg.contains("echo \"twinwall: booting live image\""));
+        assert!(cfg.contains("twinwall.slot=a twinwall.live=1\n"));
+        assert!(cfg.contains("twinwall.live=1 twinwall.install=/dev/sda\n"));
+        assert!(cfg.contains("twinwall.live=1 twinwall.install=$tw_install\n"));
+        assert!(cfg.contains("set default=install-oem"));
+        // The live entry stays the default without an OEM string.
+        assert!(
+            cfg.find("menuentry \"twinwall live\"").unwrap()
+                < cfg.find("menuentry \"Install").unwrap()
+        );
     }
 
     #[test]

@@ -332,6 +332,107 @@ pub fn read_gpt(head: &[u8]) -> Result<Vec<GptEntry>, GptError> {
     Ok(out)
 }
 
+/// A GPT moved to the end of a larger disk: what [`relocate_backup`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelocatedGpt {
+    /// The new LBA 0 (protective MBR, its size field updated; boot code kept).
+    pub mbr: Vec<u8>,
+    /// The new LBA 1 (primary header pointing at the new backup).
+    pub primary_header: Vec<u8>,
+    /// Where the backup entry array starts (its header follows it, at the last LBA).
+    pub backup_lba: u64,
+    /// The backup entry array followed by the backup header.
+    pub backup: Vec<u8>,
+}
+
+/// Moves the backup GPT to the end of a disk of `disk_sectors` sectors (what `sgdisk -e`
+/// does), from the disk's first sectors `head` (LBA 0..=33). Pure: `twinwall flash` and
+/// `twinwall install` write the result; the appliance, which has no sgdisk, installs with
+/// it. Partitions are unchanged; only the last usable LBA grows.
+pub fn relocate_backup(head: &[u8], disk_sectors: u64) -> Result<RelocatedGpt, GptError> {
+    read_gpt(head)?;
+    let s = SECTOR as usize;
+    let h = &head[s..2 * s];
+    let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().expect("8 bytes"));
+    let hsize = u32_at(12) as usize;
+    let entries_lba = u64_at(72);
+    let table_bytes = u32_at(80) as u64 * u32_at(84) as u64;
+    let table_sectors = table_bytes.div_ceil(SECTOR);
+    let last_used = read_gpt(head)?
+        .iter()
+        .map(|e| e.last_lba)
+        .max()
+        .unwrap_or(0);
+    let last = disk_sectors
+        .checked_sub(1)
+        .ok_or(GptError::Header("empty disk"))?;
+    let backup_lba = last - table_sectors.min(last);
+    if backup_lba <= last_used {
+        return Err(GptError::Header("disk smaller than the partition table"));
+    }
+    let table = &head[(entries_lba * SECTOR) as usize..][..table_bytes as usize];
+    let seal = |hdr: &mut Vec<u8>| {
+        hdr[16..20].fill(0);
+        let crc = crc32(&hdr[..hsize]);
+        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+    };
+    let mut primary = h.to_vec();
+    primary[32..40].copy_from_slice(&last.to_le_bytes());
+    primary[48..56].copy_from_slice(&(backup_lba - 1).to_le_bytes());
+    seal(&mut primary);
+    let mut backup_hdr = primary.clone();
+    backup_hdr[24..32].copy_from_slice(&last.to_le_bytes());
+    backup_hdr[32..40].copy_from_slice(&1u64.to_le_bytes());
+    backup_hdr[72..80].copy_from_slice(&backup_lba.to_le_bytes());
+    seal(&mut backup_hdr);
+    let mut backup = table.to_vec();
+    backup.resize((table_sectors * SECTOR) as usize, 0);
+    backup.extend_from_slice(&backup_hdr);
+    let mut mbr = head[..s].to_vec();
+    // The protective entry (type 0xEE) covers the whole disk, capped at 32 bits.
+    for e in 0..4 {
+        let o = 446 + 16 * e;
+        if mbr[o + 4] == 0xEE {
+            let size = u32::try_from(last).unwrap_or(u32::MAX);
+            mbr[o + 12..o + 16].copy_from_slice(&size.to_le_bytes());
+        }
+    }
+    Ok(RelocatedGpt {
+        mbr,
+        primary_header: primary,
+        backup_lba,
+        backup,
+    })
+}
+
+/// Writes [`relocate_backup`]'s result to a disk (block device or file) of
+/// `disk_bytes` bytes whose first sectors are `head`.
+pub fn write_relocated(
+    disk: &mut std::fs::File,
+    head: &[u8],
+    disk_bytes: u64,
+) -> Result<(), RelocateError> {
+    use std::os::unix::fs::FileExt;
+    let r = relocate_backup(head, disk_bytes / SECTOR)?;
+    disk.write_all_at(&r.backup, r.backup_lba * SECTOR)?;
+    disk.write_all_at(&r.primary_header, SECTOR)?;
+    disk.write_all_at(&r.mbr, 0)?;
+    disk.sync_all()?;
+    Ok(())
+}
+
+/// Why the backup GPT could not be moved.
+#[derive(Debug, thiserror::Error)]
+pub enum RelocateError {
+    /// The table read is unusable.
+    #[error(transparent)]
+    Gpt(#[from] GptError),
+    /// Writing failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 #[cfg(test)]
 mod gpt_tests {
     use super::*;

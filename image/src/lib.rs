@@ -9,6 +9,7 @@ pub mod fat;
 pub mod flash;
 pub mod grub;
 pub mod grubenv;
+pub mod install;
 pub mod layout;
 pub mod modules;
 pub mod reproducible;

@@ -11,6 +11,8 @@
 //! | `twinwall.shutdown_when_healthy=poweroff\|reboot` | orderly shutdown once health has reported (boot tests) |
 //! | `twinwall.test_panic=1` | test only: PID 1 panics after the boot phases (must reboot) |
 //! | `twinwall.peer_absent_after=SECONDS` | health: how long sync may go without its peer (default 20) |
+//! | `twinwall.install=/dev/DISK` | install the running slot to DISK (`twinwall install`), then power off |
+//! | `twinwall.after_install=poweroff\|reboot` | what to do after a successful install (default poweroff) |
 
 use crate::sys::PowerAction;
 
@@ -35,6 +37,10 @@ pub struct Cmdline {
     pub peer_absent_after: Option<u64>,
     /// `twinwall.shutdown_when_healthy`.
     pub shutdown_when_healthy: Option<PowerAction>,
+    /// `twinwall.install=/dev/DISK`: the disk to install to.
+    pub install: Option<String>,
+    /// `twinwall.after_install`.
+    pub after_install: Option<PowerAction>,
     /// `twinwall.test_panic=1`.
     pub test_panic: bool,
     /// Options with the `twinwall.` prefix that init does not know (logged, not fatal:
@@ -69,7 +75,10 @@ impl Cmdline {
                             .collect(),
                     )
                 }
-                "shutdown_when_up" | "shutdown_when_healthy" => {
+                "install" if value.starts_with("/dev/") && value.len() > 5 => {
+                    c.install = Some(value.to_string())
+                }
+                "shutdown_when_up" | "shutdown_when_healthy" | "after_install" => {
                     let action = match value {
                         "poweroff" => Some(PowerAction::Poweroff),
                         "reboot" => Some(PowerAction::Reboot),
@@ -79,7 +88,9 @@ impl Cmdline {
                             None
                         }
                     };
-                    if key == "shutdown_when_up" {
+                    if key == "after_install" {
+                        c.after_install = action;
+                    } else if key == "shutdown_when_up" {
                         c.shutdown_when_up = action;
                     } else {
                         c.shutdown_when_healthy = action;
@@ -119,5 +130,18 @@ mod tests {
         assert!(iso.live);
         assert_eq!(iso.live_image.as_deref(), Some("/twinwall/slot.squashfs"));
         assert!(Cmdline::parse("twinwall.root=initramfs").stay_in_initramfs);
+    }
+
+    #[test]
+    fn install_names_a_device_node() {
+        let c = Cmdline::parse(
+            "twinwall.live=1 twinwall.install=/dev/vda twinwall.after_install=reboot",
+        );
+        assert_eq!(c.install.as_deref(), Some("/dev/vda"));
+        assert_eq!(c.after_install, Some(PowerAction::Reboot));
+        // Not a device path: logged as unknown, never an install.
+        let c = Cmdline::parse("twinwall.install=vda twinwall.install=/dev/");
+        assert_eq!(c.install, None);
+        assert_eq!(c.unknown.len(), 2);
     }
 }

@@ -12,6 +12,7 @@ pub mod early;
 pub mod health;
 pub mod labhost;
 pub mod logbuf;
+pub mod memory;
 pub mod modules;
 pub mod network;
 pub mod phase;

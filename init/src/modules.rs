@@ -1,9 +1,18 @@
-//! The modules phase: loads the kernel modules listed by the image build, in order.
+//! The modules phase: loads the kernel modules listed by the image build, in order, but
+//! hardware drivers only for hardware that is there.
 //!
 //! The list (one path per line, relative to `/lib/modules/RELEASE` or absolute, `#`
-//! comments) is produced at image build time from `modules.dep`, dependencies first, so
-//! init needs no dependency resolution of its own.
+//! comments) is produced at image build time from `modules.dep`, dependencies first.
+//! A generic image lists drivers for many NICs and storage controllers; loading them all
+//! costs seconds under TCG. So, when the image's `modules.alias` and `modules.dep` are
+//! there, a module with a `pci:` or `virtio:` alias (a hardware driver), and a module
+//! needed only by such drivers, is loaded only when a device's `modalias` in
+//! `/sys/bus/{pci,virtio}/devices` matches one of its aliases (the match udev/modprobe
+//! would do). Loading goes in rounds: virtio devices appear only once `virtio_pci` has
+//! probed, so their drivers load in the next round. Everything else (filesystems,
+//! netfilter, USB storage) is always loaded. Without the alias files the whole list loads.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -55,6 +64,8 @@ pub struct Loaded {
     pub already: Vec<String>,
     /// Modules whose hardware or CPU feature is absent (ENODEV).
     pub not_applicable: Vec<String>,
+    /// Hardware drivers (and their own dependencies) skipped: no matching device.
+    pub not_needed: Vec<String>,
     /// The slowest loads (name, microseconds), slowest first, at most [`SLOWEST`].
     pub slowest: Vec<(String, u64)>,
 }
@@ -66,10 +77,11 @@ impl Loaded {
     /// One line for the phase report: counts, then the slowest loads.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} loaded, {} already present, {} not applicable",
+            "{} loaded, {} already present, {} not applicable, {} without a device",
             self.loaded.len(),
             self.already.len(),
-            self.not_applicable.len()
+            self.not_applicable.len(),
+            self.not_needed.len()
         );
         if !self.slowest.is_empty() {
             let v: Vec<String> = self
@@ -117,8 +129,126 @@ fn module_name(path: &Path) -> String {
     file.split('.').next().unwrap_or_default().replace('-', "_")
 }
 
-/// Loads every module of the list at `list`; relative entries resolve against
-/// `/lib/modules/RELEASE` (RELEASE from `/proc/sys/kernel/osrelease`).
+/// Hardware aliases of modules from `modules.alias` text: module name -> its `pci:` and
+/// `virtio:` patterns. Pure.
+pub fn hardware_aliases(modules_alias: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in modules_alias.lines() {
+        let mut w = l.split_whitespace();
+        let (Some("alias"), Some(pattern), Some(module)) = (w.next(), w.next(), w.next()) else {
+            continue;
+        };
+        if pattern.starts_with("pci:") || pattern.starts_with("virtio:") {
+            out.entry(module.replace('-', "_"))
+                .or_default()
+                .push(pattern.to_string());
+        }
+    }
+    out
+}
+
+/// Module name -> the names of the modules it needs, from `modules.dep` text. Pure.
+pub fn dependencies(modules_dep: &str) -> BTreeMap<String, Vec<String>> {
+    modules_dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, deps)| {
+            (
+                module_name(Path::new(m)),
+                deps.split_whitespace()
+                    .map(|d| module_name(Path::new(d)))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Which modules of `order` (names, dependencies first) load only on demand: hardware
+/// drivers, and modules that only on-demand modules of the list need. Pure.
+pub fn on_demand(
+    order: &[String],
+    hw: &BTreeMap<String, Vec<String>>,
+    deps: &BTreeMap<String, Vec<String>>,
+) -> BTreeSet<String> {
+    let in_list: BTreeSet<&String> = order.iter().collect();
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for m in order {
+        for d in deps.get(m).into_iter().flatten() {
+            if in_list.contains(d) {
+                dependents.entry(d.as_str()).or_default().push(m.as_str());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    // Dependents come later in the order, so walking it backwards decides them first.
+    for m in order.iter().rev() {
+        let users = dependents.get(m.as_str());
+        let only_for_on_demand =
+            users.is_some_and(|u| !u.is_empty() && u.iter().all(|x| out.contains(*x)));
+        if hw.contains_key(m) || only_for_on_demand {
+            out.insert(m.clone());
+        }
+    }
+    out
+}
+
+/// Whether a device's modalias matches a modules.alias pattern (fnmatch-style globs, as
+/// modprobe matches them). The literal prefix is compared first: most patterns name
+/// another vendor or device and are rejected without compiling a glob.
+pub fn alias_matches(pattern: &str, modalias: &str) -> bool {
+    let literal = pattern
+        .find(['*', '?', '['])
+        .map_or(pattern, |i| &pattern[..i]);
+    if !modalias.starts_with(literal) {
+        return false;
+    }
+    if literal.len() == pattern.len() {
+        return modalias == pattern;
+    }
+    glob::Pattern::new(pattern).is_ok_and(|p| p.matches(modalias))
+}
+
+/// The on-demand modules some device needs now: those with an alias matching one of
+/// `modaliases`, plus their dependencies. Pure.
+pub fn wanted_for_devices(
+    modaliases: &[String],
+    hw: &BTreeMap<String, Vec<String>>,
+    deps: &BTreeMap<String, Vec<String>>,
+) -> BTreeSet<String> {
+    let mut want: Vec<String> = hw
+        .iter()
+        .filter(|(_, pats)| {
+            pats.iter()
+                .any(|p| modaliases.iter().any(|a| alias_matches(p, a)))
+        })
+        .map(|(m, _)| m.clone())
+        .collect();
+    let mut out = BTreeSet::new();
+    while let Some(m) = want.pop() {
+        if out.insert(m.clone()) {
+            want.extend(deps.get(&m).into_iter().flatten().cloned());
+        }
+    }
+    out
+}
+
+/// The buses whose devices select hardware drivers.
+const BUSES: [&str; 2] = ["/sys/bus/pci/devices", "/sys/bus/virtio/devices"];
+
+fn modaliases(sys: &dyn Syscalls) -> Vec<String> {
+    let mut out = Vec::new();
+    for bus in BUSES {
+        for dev in sys.read_dir(Path::new(bus)).unwrap_or_default() {
+            if let Ok(a) = sys.read_file(&Path::new(bus).join(dev).join("modalias")) {
+                out.push(String::from_utf8_lossy(&a).trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Loads the modules of the list at `list` (see the module doc); relative entries resolve
+/// against `/lib/modules/RELEASE` (RELEASE from `/proc/sys/kernel/osrelease`).
 pub fn run(sys: &dyn Syscalls, list: &Path) -> Result<Loaded, ModuleError> {
     let text = sys.read_file(list).map_err(|source| ModuleError::List {
         path: list.to_path_buf(),
@@ -136,46 +266,91 @@ pub fn run(sys: &dyn Syscalls, list: &Path) -> Result<Loaded, ModuleError> {
         .read_file(Path::new("/proc/modules"))
         .map(|t| loaded_names(&String::from_utf8_lossy(&t)))
         .unwrap_or_default();
+    let paths = parse_list(&String::from_utf8_lossy(&text), &base);
+    let names: Vec<String> = paths.iter().map(|p| module_name(p)).collect();
+    let read = |f: &str| {
+        sys.read_file(&base.join(f))
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let (hw, deps) = match (read("modules.alias"), read("modules.dep")) {
+        (Some(a), Some(d)) => (hardware_aliases(&a), dependencies(&d)),
+        // No alias data: every module of the list is loaded.
+        _ => (BTreeMap::new(), BTreeMap::new()),
+    };
+    let lazy = on_demand(&names, &hw, &deps);
     let mut done = Loaded::default();
-    for path in parse_list(&String::from_utf8_lossy(&text), &base) {
-        let module = module_name(&path);
-        if present.contains(&module) {
-            done.already.push(module);
-            continue;
+    let mut handled: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let wanted = if lazy.is_empty() {
+            BTreeSet::new()
+        } else {
+            wanted_for_devices(&modaliases(sys), &hw, &deps)
+        };
+        let round: Vec<usize> = (0..names.len())
+            .filter(|&i| !handled.contains(&names[i]))
+            .filter(|&i| !lazy.contains(&names[i]) || wanted.contains(&names[i]))
+            .collect();
+        if round.is_empty() {
+            break;
         }
-        let start = std::time::Instant::now();
-        let r = sys.finit_module(&path);
-        let us = start.elapsed().as_micros() as u64;
-        match r {
-            Ok(()) => {
-                tracing::debug!(module = %module, duration_us = us, "module loaded");
-                done.slowest.push((module.clone(), us));
-                done.slowest.sort_by_key(|e| std::cmp::Reverse(e.1));
-                done.slowest.truncate(SLOWEST);
-                done.loaded.push(module);
+        for i in round {
+            let (path, module) = (&paths[i], names[i].clone());
+            handled.insert(module.clone());
+            if present.contains(&module) {
+                done.already.push(module);
+                continue;
             }
-            Err(Errno::EEXIST) => done.already.push(module),
-            // The module's hardware or CPU feature is absent (crc32c-intel without
-            // SSE4.2, a NIC driver for another board): not an error for a generic image.
-            Err(Errno::ENODEV) => {
-                tracing::info!(module = %module, "module not applicable here (ENODEV)");
-                done.not_applicable.push(module);
-            }
-            Err(Errno::ENOENT) => {
-                return Err(ModuleError::Missing {
-                    module,
-                    path,
-                    list: list.to_path_buf(),
-                });
-            }
-            Err(errno) => {
-                return Err(ModuleError::Load {
-                    module,
-                    path,
-                    errno,
-                });
-            }
+            load_one(sys, path, module, list, &mut done)?;
         }
     }
+    done.not_needed = names
+        .iter()
+        .filter(|n| !handled.contains(*n))
+        .cloned()
+        .collect();
     Ok(done)
+}
+
+fn load_one(
+    sys: &dyn Syscalls,
+    path: &Path,
+    module: String,
+    list: &Path,
+    done: &mut Loaded,
+) -> Result<(), ModuleError> {
+    let start = std::time::Instant::now();
+    let r = sys.finit_module(path);
+    let us = start.elapsed().as_micros() as u64;
+    match r {
+        Ok(()) => {
+            tracing::debug!(module = %module, duration_us = us, "module loaded");
+            done.slowest.push((module.clone(), us));
+            done.slowest.sort_by_key(|e| std::cmp::Reverse(e.1));
+            done.slowest.truncate(SLOWEST);
+            done.loaded.push(module);
+        }
+        Err(Errno::EEXIST) => done.already.push(module),
+        // The module's hardware or CPU feature is absent (crc32c-intel without
+        // SSE4.2, a NIC driver for another board): not an error for a generic image.
+        Err(Errno::ENODEV) => {
+            tracing::info!(module = %module, "module not applicable here (ENODEV)");
+            done.not_applicable.push(module);
+        }
+        Err(Errno::ENOENT) => {
+            return Err(ModuleError::Missing {
+                module,
+                path: path.to_path_buf(),
+                list: list.to_path_buf(),
+            });
+        }
+        Err(errno) => {
+            return Err(ModuleError::Load {
+                module,
+                path: path.to_path_buf(),
+                errno,
+            });
+        }
+    }
+    Ok(())
 }

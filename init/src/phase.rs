@@ -19,6 +19,9 @@ pub enum Phase {
     /// After the switch into a slot: the root's own (full) module list — NICs and
     /// netfilter, which the initramfs does not carry.
     RootModules,
+    /// `twinwall.install=DISK`: lay out DISK from the running slot (`twinwall install`),
+    /// then power off instead of starting the services.
+    Install,
     /// Node identity and bundle verification (or fail-closed).
     Trust,
     /// Links, addresses, router sysctls.
@@ -31,11 +34,12 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase in boot order.
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Early,
         Phase::Modules,
         Phase::Storage,
         Phase::RootModules,
+        Phase::Install,
         Phase::Trust,
         Phase::Network,
         Phase::Services,
@@ -49,6 +53,7 @@ impl Phase {
             Phase::Modules => "modules",
             Phase::Storage => "storage",
             Phase::RootModules => "root-modules",
+            Phase::Install => "install",
             Phase::Trust => "trust",
             Phase::Network => "network",
             Phase::Services => "services",

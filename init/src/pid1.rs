@@ -24,7 +24,7 @@ use crate::status::{Mode, Shared, Status, TrustReport};
 use crate::storage::{self, StorageError};
 use crate::supervisor::{self, Supervisor, SupervisorConfig};
 use crate::sys::{PowerAction, RealSyscalls, Syscalls};
-use crate::trust::{self, BundleVerifier, Decision, Which};
+use crate::trust::{self, BundleVerifier, Decision};
 
 /// A boot error that stops the boot (the machine reboots).
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,24 @@ pub struct BootOptions {
     pub root_wait: Duration,
     /// Whether to bring links up and write sysctls over netlink.
     pub network: bool,
+    /// After the switch into a slot, re-exec the slot's own binary ([`RESUME_ENV`]).
+    pub reexec_after_switch: bool,
+    /// Set in the re-executed PID 1: the phases already done and what was mounted.
+    pub resume: Option<Resume>,
+}
+
+/// The environment variable that carries [`Resume`] (JSON) across PID 1's re-exec.
+pub const RESUME_ENV: &str = "TWINWALL_INIT_RESUME";
+
+/// PID 1's state handed to the slot's binary: after `switch_root` PID 1 execs the slot's
+/// `/bin/twinwall`, so its code pages come from the squashfs page cache (reclaimable,
+/// counted only when touched) instead of the initramfs copy (ramfs, pinned as shmem).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    /// The phases done before the re-exec.
+    pub phases: Vec<crate::status::PhaseReport>,
+    /// What the storage phase mounted.
+    pub mounted: storage::Mounted,
 }
 
 impl Default for BootOptions {
@@ -66,6 +84,8 @@ impl Default for BootOptions {
             sysfs_block: PathBuf::from("/sys/class/block"),
             root_wait: Duration::from_secs(10),
             network: true,
+            reexec_after_switch: false,
+            resume: None,
         }
     }
 }
@@ -81,6 +101,8 @@ pub struct Booted {
     pub specs: Vec<ServiceSpec>,
     /// Whether root was switched to a slot.
     pub switched_root: bool,
+    /// `twinwall.install=` succeeded: no services; PID 1 powers off (or reboots).
+    pub installed: Option<PowerAction>,
 }
 
 fn console(line: &str) {
@@ -98,17 +120,27 @@ pub fn boot(
 ) -> Result<Booted, BootError> {
     let record = |r| shared.update(|s| s.phases.push(r));
 
-    let (r, cmdline) = phase::run(Phase::Early, || {
-        early_phase(sys).map(|c| {
-            let d = format!(
-                "kernel filesystems mounted; {} unknown options",
-                c.unknown.len()
-            );
-            (c, Outcome::Ok(d))
-        })
-    });
-    record(r);
-    let cmdline = cmdline?;
+    let (cmdline, mounted) = match &opts.resume {
+        Some(r) => {
+            // Re-executed after the switch: early, modules and storage are done.
+            shared.update(|s| s.phases.extend(r.phases.iter().cloned()));
+            let text = sys
+                .read_file(Path::new("/proc/cmdline"))
+                .map_err(|e| BootError::Early(EarlyError::Cmdline(e)))?;
+            (
+                Cmdline::parse(&String::from_utf8_lossy(&text)),
+                r.mounted.clone(),
+            )
+        }
+        None => {
+            let (cmdline, mounted) = boot_to_root(sys, shared, opts)?;
+            if mounted.switched_root && opts.reexec_after_switch {
+                reexec(shared, &mounted);
+            }
+            (cmdline, mounted)
+        }
+    };
+    shared.update(|s| s.slot = cmdline.slot.clone().filter(|s| s == "a" || s == "b"));
     // The lab-host role (a plain host of the QEMU lab) owns its own kernel options.
     let lab_host = match LabHost::from_options(&cmdline.unknown) {
         Some(Ok(h)) => Some(h),
@@ -122,28 +154,6 @@ pub fn boot(
         tracing::warn!(option = %u, "unknown kernel command line option");
     }
 
-    let list = PathBuf::from(cmdline.modules.as_deref().unwrap_or(modules::DEFAULT_LIST));
-    let (r, m) = phase::run(Phase::Modules, || {
-        modules::run(sys, &list).map(|l| ((), Outcome::Ok(l.summary())))
-    });
-    record(r);
-    m?;
-
-    let (r, mounted) = phase::run(Phase::Storage, || {
-        let plan = storage::scan_and_plan(sys, &cmdline, &opts.sysfs_block, opts.root_wait)?;
-        let m = storage::execute(sys, &plan)?;
-        let d = format!(
-            "root {:?}; config {}; data {}",
-            plan.root,
-            if m.config { "mounted" } else { "absent" },
-            if m.data { "mounted" } else { "absent" }
-        );
-        Ok::<_, StorageError>((m, Outcome::Ok(d)))
-    });
-    record(r);
-    let mounted = mounted?;
-    shared.update(|s| s.slot = cmdline.slot.clone().filter(|s| s == "a" || s == "b"));
-
     // The initramfs carries only what reaches the root; the slot's list has everything
     // (NICs, netfilter). Already loaded modules count as present.
     if mounted.switched_root {
@@ -155,9 +165,54 @@ pub fn boot(
         m?;
     }
 
+    if let Some(disk) = cmdline.install.clone() {
+        console(&format!(
+            "installing to {disk} (everything on it is overwritten)"
+        ));
+        let (r, res) = phase::run(Phase::Install, || {
+            install_disk(&disk, mounted.switched_root).map(|d| ((), Outcome::Ok(d)))
+        });
+        record(r);
+        match res {
+            Ok(()) => {
+                let action = cmdline.after_install.unwrap_or(PowerAction::Poweroff);
+                console(&format!(
+                    "installed to {disk}; {} (remove the installation medium, boot from {disk})",
+                    match action {
+                        PowerAction::Reboot => "rebooting",
+                        _ => "powering off",
+                    }
+                ));
+                return Ok(Booted {
+                    cmdline,
+                    decision: Decision::FailClosed {
+                        reasons: vec![format!("installed to {disk}")],
+                        node: None,
+                    },
+                    specs: Vec::new(),
+                    switched_root: mounted.switched_root,
+                    installed: Some(action),
+                });
+            }
+            Err(e) => console(&format!("INSTALL FAILED: {e}; continuing the live boot")),
+        }
+    }
+
     let config_dir = mounted.config.then(|| PathBuf::from(storage::CONFIG_MOUNT));
+    let fallback = fallback_slot(sys, &cmdline, &mounted);
+    if let Some(s) = &fallback {
+        console(&format!(
+            "slot {s} booted as the fallback (grubenv ORDER prefers the other slot): its pinned config comes first"
+        ));
+    }
     let (r, decision) = phase::run(Phase::Trust, || {
-        let d = trust::run(sys, verifier, config_dir.as_deref(), &opts.run_dir);
+        let d = trust::run_with_pin(
+            sys,
+            verifier,
+            config_dir.as_deref(),
+            &opts.run_dir,
+            fallback.as_deref(),
+        );
         let o = match &d {
             Decision::Verified { .. } => Outcome::Ok(d.summary()),
             Decision::FailClosed { .. } => Outcome::Degraded(d.summary()),
@@ -165,7 +220,12 @@ pub fn boot(
         Ok::<_, std::convert::Infallible>((d, o))
     });
     record(r);
-    let Ok(decision) = decision;
+    let Ok(mut decision) = decision;
+    if let (Decision::FailClosed { reasons, .. }, Some(why)) =
+        (&mut decision, &mounted.config_error)
+    {
+        *reasons = vec![why.clone()];
+    }
     console(&decision.summary());
     record_trust(shared, &decision);
 
@@ -256,8 +316,116 @@ pub fn boot(
         decision,
         specs,
         switched_root: mounted.switched_root,
+        installed: None,
     })
 }
+
+/// Runs `twinwall install DISK` (the running slot's binary, output on the console) and
+/// waits for it. It needs the slot's root: the install template is a file of the slot.
+fn install_disk(disk: &str, switched_root: bool) -> Result<String, String> {
+    if !switched_root {
+        return Err("not running from a slot (twinwall.root=initramfs?)".into());
+    }
+    let st = std::process::Command::new(service_binary(switched_root))
+        .args(["install", disk, "--no-progress"])
+        .env("TWINWALL_LOG", "info")
+        .status()
+        .map_err(|e| format!("cannot run twinwall install: {e}"))?;
+    if st.success() {
+        Ok(format!("{disk} written and verified"))
+    } else {
+        Err(format!("twinwall install {disk} failed ({st})"))
+    }
+}
+
+/// early, modules and storage: everything up to the switch into the slot.
+fn boot_to_root(
+    sys: &dyn Syscalls,
+    shared: &Shared,
+    opts: &BootOptions,
+) -> Result<(Cmdline, storage::Mounted), BootError> {
+    let record = |r| shared.update(|s| s.phases.push(r));
+    let (r, cmdline) = phase::run(Phase::Early, || {
+        early_phase(sys).map(|c| {
+            let d = format!(
+                "kernel filesystems mounted; {} unknown options",
+                c.unknown.len()
+            );
+            (c, Outcome::Ok(d))
+        })
+    });
+    record(r);
+    let cmdline = cmdline?;
+    let list = PathBuf::from(cmdline.modules.as_deref().unwrap_or(modules::DEFAULT_LIST));
+    let (r, m) = phase::run(Phase::Modules, || {
+        modules::run(sys, &list).map(|l| ((), Outcome::Ok(l.summary())))
+    });
+    record(r);
+    m?;
+
+    let (r, mounted) = phase::run(Phase::Storage, || {
+        let plan = storage::scan_and_plan(sys, &cmdline, &opts.sysfs_block, opts.root_wait)?;
+        let m = storage::execute(sys, &plan)?;
+        let d = format!(
+            "root {:?}; config {}; data {}",
+            plan.root,
+            if m.config { "mounted" } else { "absent" },
+            if m.data { "mounted" } else { "absent" }
+        );
+        Ok::<_, StorageError>((m, Outcome::Ok(d)))
+    });
+    record(r);
+    let mounted = mounted?;
+
+    Ok((cmdline, mounted))
+}
+
+/// Execs the slot's twinwall as PID 1 with [`Resume`]; returns only if that failed (PID 1
+/// then simply goes on in the initramfs copy).
+fn reexec(shared: &Shared, mounted: &storage::Mounted) {
+    use std::os::unix::process::CommandExt;
+    let Some(exe) = SLOT_BINARIES.iter().map(Path::new).find(|p| p.exists()) else {
+        return;
+    };
+    let resume = Resume {
+        phases: shared.snapshot().phases,
+        mounted: mounted.clone(),
+    };
+    let Ok(state) = serde_json::to_string(&resume) else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .arg0("init")
+        .env(RESUME_ENV, state)
+        .exec();
+    console(&format!(
+        "re-exec of {} failed: {err}; going on in the initramfs copy",
+        exe.display()
+    ));
+}
+
+/// The running slot when GRUB booted it as the fallback: booted from a disk slot whose
+/// ESP is mounted, and the grubenv's ORDER names the other slot first (an update of the
+/// other slot was tried and did not come up). None on every normal boot.
+fn fallback_slot(
+    sys: &dyn Syscalls,
+    cmdline: &Cmdline,
+    mounted: &storage::Mounted,
+) -> Option<String> {
+    use twinwall_image::{BootState, Grubenv, Slot};
+    if !mounted.esp || cmdline.live {
+        return None;
+    }
+    let slot: Slot = cmdline.slot.as_deref()?.parse().ok()?;
+    let env = sys
+        .read_file(&Path::new(storage::ESP_MOUNT).join("grub/grubenv"))
+        .ok()?;
+    let state = BootState::from_env(&Grubenv::parse(&env).ok()?).ok()?;
+    (state.order.first() != Some(&slot)).then(|| slot.cmdline().to_string())
+}
+
+/// Where a slot keeps the twinwall binary.
+const SLOT_BINARIES: [&str; 3] = ["/bin/twinwall", "/usr/bin/twinwall", "/sbin/twinwall"];
 
 fn early_phase(sys: &dyn Syscalls) -> Result<Cmdline, EarlyError> {
     crate::early::run(sys)
@@ -273,10 +441,7 @@ pub fn record_trust(shared: &Shared, d: &Decision) {
             node,
             ..
         } => {
-            let running = match which {
-                Which::Active => "active",
-                Which::Previous => "previous",
-            };
+            let running = which.name();
             shared.update(|s| s.node = Some(node.clone()));
             TrustReport {
                 running: running.into(),
@@ -304,7 +469,7 @@ pub fn record_trust(shared: &Shared, d: &Decision) {
 /// (or when the slot has none) the running one.
 fn service_binary(switched: bool) -> PathBuf {
     if switched {
-        for p in ["/usr/bin/twinwall", "/sbin/twinwall"] {
+        for p in SLOT_BINARIES {
             if Path::new(p).exists() {
                 return PathBuf::from(p);
             }
@@ -379,7 +544,21 @@ pub fn main(
         console(&format!("{e}"));
     }
     let _ = sys.disable_cad();
-    let opts = BootOptions::default();
+    let mut opts = BootOptions {
+        reexec_after_switch: true,
+        ..BootOptions::default()
+    };
+    if let Some(state) = std::env::var_os(RESUME_ENV) {
+        match serde_json::from_str::<Resume>(&state.to_string_lossy()) {
+            Ok(r) => opts.resume = Some(r),
+            Err(e) => console(&format!(
+                "{RESUME_ENV} unreadable ({e}); booting from the start"
+            )),
+        }
+        // SAFETY: still single-threaded (no thread spawned yet); the services must not
+        // inherit PID 1's hand-over state.
+        unsafe { std::env::remove_var(RESUME_ENV) };
+    }
     let shared = Shared::new(Status::new(Mode::Pid1));
     let booted = match boot(&sys, verifier.as_ref(), load_view.as_ref(), &shared, &opts) {
         Ok(b) => b,
@@ -390,6 +569,9 @@ pub fn main(
             finish(&sys, PowerAction::Reboot);
         }
     };
+    if let Some(action) = booted.installed {
+        finish(&sys, action);
+    }
     if booted.cmdline.test_panic {
         // Test-only (`twinwall.test_panic=1`): proves the panic path reboots the machine.
         panic!("twinwall.test_panic=1 on the kernel command line");
@@ -441,6 +623,9 @@ pub fn main(
             console(&format!("health watcher not started: {e}"));
         }
     }
+    // The boot phases' code is not needed again: hand its pages back (see memory.rs).
+    let paged = crate::memory::page_out_own_image();
+    tracing::info!(bytes = paged, "own image paged out after the boot phases");
     let start = std::time::Instant::now();
     let action = match Supervisor::new(&sys, booted.specs, cfg, shared.clone()) {
         Ok(mut sup) => sup.run(),

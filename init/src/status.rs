@@ -26,7 +26,7 @@ pub enum Mode {
 }
 
 /// One finished boot phase.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PhaseReport {
     /// Phase name (`early`, `modules`, ...).
     pub name: String,

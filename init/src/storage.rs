@@ -309,12 +309,15 @@ const RO: MsFlags = MsFlags::MS_RDONLY
     .union(MsFlags::MS_NOEXEC);
 
 /// What [`execute`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mounted {
     /// Whether `/` was switched to a slot.
     pub switched_root: bool,
     /// Whether the config partition is mounted at [`CONFIG_MOUNT`].
     pub config: bool,
+    /// Why a config partition that was found could not be mounted (an unflashed or
+    /// damaged partition: the node boots fail-closed, it does not reboot-loop).
+    pub config_error: Option<String>,
     /// Whether the data partition is mounted at [`DATA_MOUNT`].
     pub data: bool,
     /// Whether the ESP is mounted at [`ESP_MOUNT`].
@@ -326,14 +329,23 @@ pub struct Mounted {
 pub fn execute(sys: &dyn Syscalls, plan: &Plan) -> Result<Mounted, StorageError> {
     let mut done = Mounted::default();
     if let Some(dev) = &plan.config {
-        mount_any(
+        match mount_any(
             sys,
             &format!("/dev/{dev}"),
             Path::new(CONFIG_MOUNT),
             &CONFIG_FSTYPES,
             RO,
-        )?;
-        done.config = true;
+        ) {
+            Ok(_) => done.config = true,
+            Err(StorageError::Mount { errno, .. }) => {
+                let why = format!(
+                    "config partition /dev/{dev} holds no ext4 or vfat filesystem (not flashed?): {errno}"
+                );
+                tracing::warn!(device = %dev, error = %errno, "config partition not mounted");
+                done.config_error = Some(why);
+            }
+            Err(e) => return Err(e),
+        }
     }
     if let Some(dev) = &plan.data {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

@@ -52,6 +52,21 @@ pub enum Which {
     Active,
     /// `bundles/previous.bundle` (the active one was rejected).
     Previous,
+    /// `bundles/slot-X.bundle`: the config pinned to the running slot X when an OS update
+    /// of the other slot was written (mgmt), used when GRUB fell back to X — the active
+    /// bundle may be one only the other slot's software understands.
+    Pinned,
+}
+
+impl Which {
+    /// The name in status and on the console.
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Active => "active",
+            Which::Previous => "previous",
+            Which::Pinned => "slot-pinned",
+        }
+    }
 }
 
 /// The decision of the trust phase.
@@ -91,10 +106,7 @@ impl Decision {
                 rejected,
                 ..
             } => {
-                let w = match which {
-                    Which::Active => "active",
-                    Which::Previous => "previous",
-                };
+                let w = which.name();
                 if rejected.is_empty() {
                     format!("config version {version} ({w} bundle) verified")
                 } else {
@@ -125,6 +137,18 @@ pub fn run(
     verifier: &dyn BundleVerifier,
     config_dir: Option<&Path>,
     run_dir: &Path,
+) -> Decision {
+    run_with_pin(sys, verifier, config_dir, run_dir, None)
+}
+
+/// [`run`] on a boot that fell back to `fallback_slot` (`a`/`b`): its pinned bundle
+/// `bundles/slot-X.bundle`, when present, is tried before the active and previous ones.
+pub fn run_with_pin(
+    sys: &dyn Syscalls,
+    verifier: &dyn BundleVerifier,
+    config_dir: Option<&Path>,
+    run_dir: &Path,
+    fallback_slot: Option<&str>,
 ) -> Decision {
     let Some(dir) = config_dir else {
         return Decision::FailClosed {
@@ -176,10 +200,16 @@ pub fn run(
             }
         },
     };
-    for (which, file) in [
-        (Which::Active, "active.bundle"),
-        (Which::Previous, "previous.bundle"),
-    ] {
+    let pinned = fallback_slot.map(|s| format!("slot-{s}.bundle"));
+    let mut candidates = Vec::new();
+    if let Some(p) = &pinned
+        && sys.read_file(&dir.join("bundles").join(p)).is_ok()
+    {
+        candidates.push((Which::Pinned, p.as_str()));
+    }
+    candidates.push((Which::Active, "active.bundle"));
+    candidates.push((Which::Previous, "previous.bundle"));
+    for (which, file) in candidates {
         let path = dir.join("bundles").join(file);
         if sys.read_file(&path).is_err() {
             reasons.push(format!("{}: not present", path.display()));
@@ -214,33 +244,19 @@ pub fn run(
     }
 }
 
-/// The sync service's copy of the pair's key: the config partition's `sync.key` (the
-/// bundle area's `twinwall-sync-key-v1 <base64>`, as written by `twinwall flash` and
-/// `twinwall key sync`) is checked here and handed to sync as 64 hex characters in
-/// `RUN_DIR/sync.key` (0600, tmpfs), a form every sync key reader accepts. A missing or
-/// malformed key is logged and gives `None` (sync then reports its own error).
-pub fn sync_key_for_service(sys: &dyn Syscalls, key: &Path, run_dir: &Path) -> Option<PathBuf> {
+/// The pair's key for the sync service: the config partition's `sync.key` (the bundle
+/// area's `twinwall-sync-key-v1 <base64>`, as written by `twinwall flash` and `twinwall
+/// key sync`, and read by sync in that form) is checked here and its path handed to sync
+/// as it is — no copy of the secret. A missing or malformed key is logged and gives
+/// `None` (sync then reports its own error). `_run_dir` is kept for the callers' shape.
+pub fn sync_key_for_service(sys: &dyn Syscalls, key: &Path, _run_dir: &Path) -> Option<PathBuf> {
     let text = sys.read_file(key).ok()?;
     let what = key.display().to_string();
     let parsed = std::str::from_utf8(&text)
         .map_err(|e| e.to_string())
         .and_then(|t| twinwall_bundle::SyncKey::parse(t, &what).map_err(|e| e.to_string()));
     match parsed {
-        Ok(k) => {
-            let out = run_dir.join("sync.key");
-            let mut hex = String::with_capacity(65);
-            for b in k.expose() {
-                hex.push_str(&format!("{b:02x}"));
-            }
-            hex.push('\n');
-            match sys.write_private(&out, hex.as_bytes()) {
-                Ok(()) => Some(out),
-                Err(e) => {
-                    tracing::error!(path = %out.display(), error = %e, "cannot write the sync key");
-                    None
-                }
-            }
-        }
+        Ok(_) => Some(key.to_path_buf()),
         Err(e) => {
             tracing::error!(path = %what, error = %e, "sync key rejected");
             None

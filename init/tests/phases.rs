@@ -312,7 +312,7 @@ fn storage_mounts_slot_b_moves_kernel_filesystems_and_switches_root() {
 }
 
 #[test]
-fn storage_config_partition_falls_back_to_vfat() {
+fn storage_config_partition_falls_back_to_vfat_and_an_unmountable_one_is_not_fatal() {
     let sys =
         fake_sysfs(RecordingSyscalls::new()).fail("mount", "/run/twinwall/config", Errno::EINVAL);
     let plan = storage::Plan {
@@ -321,14 +321,50 @@ fn storage_config_partition_falls_back_to_vfat() {
         data: None,
         esp: None,
     };
-    let err = storage::execute(&sys, &plan).unwrap_err();
-    // Both filesystem types were tried, and the error names device, target and types.
+    let done = storage::execute(&sys, &plan).unwrap();
+    // Both filesystem types were tried; an unflashed (all-zero) or damaged config
+    // partition means fail-closed, not a reboot loop, and the reason names the device.
     let tried: Vec<_> = mounts(&sys).into_iter().map(|m| m.2.unwrap()).collect();
     assert_eq!(tried, ["ext4", "vfat"]);
+    assert!(!done.config);
     assert_eq!(
-        err.to_string(),
-        "cannot mount /dev/vda5 on /run/twinwall/config (ext4|vfat): EINVAL: Invalid argument"
+        done.config_error.as_deref(),
+        Some(
+            "config partition /dev/vda5 holds no ext4 or vfat filesystem (not flashed?): EINVAL: Invalid argument"
+        )
     );
+}
+
+#[test]
+fn an_unflashed_config_partition_boots_fail_closed_with_the_reason() {
+    let sys = fake_sysfs(module_sys("kernel/drivers/virtio/virtio.ko\n"))
+        .with_file("/proc/cmdline", "console=ttyS0 twinwall.root=initramfs")
+        .fail("mount", "/run/twinwall/config", Errno::EINVAL);
+    let shared = Shared::new(Status::new(Mode::Pid1));
+    let opts = BootOptions {
+        run_dir: "/run/twinwall".into(),
+        network: false,
+        root_wait: std::time::Duration::ZERO,
+        ..BootOptions::default()
+    };
+    let booted = pid1::boot(
+        &sys,
+        &Reject,
+        &|_: &Path, _: &str| Err("unused".to_string()),
+        &shared,
+        &opts,
+    )
+    .unwrap();
+    let st = shared.snapshot();
+    assert_eq!(
+        st.fail_closed.as_deref(),
+        Some(
+            "config partition /dev/vda5 holds no ext4 or vfat filesystem (not flashed?): EINVAL: Invalid argument"
+        )
+    );
+    assert!(booted.installed.is_none());
+    let names: Vec<_> = booted.specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ruleset", "mgmt"]);
 }
 
 #[test]
@@ -489,21 +525,27 @@ fn boot_stops_at_the_first_failing_phase() {
     assert!(sys.calls_of("switch_root").is_empty());
 }
 
-/// The config partition's sync key (`twinwall-sync-key-v1 <base64>`, what flash writes)
-/// reaches the sync service as 64 hex characters under the run directory; a malformed
-/// key is not passed on.
+/// The config partition's sync key (`twinwall-sync-key-v1 <base64>`, what flash writes
+/// and sync reads) is checked and handed to the sync service where it is — no second
+/// copy of the secret under the run directory; a malformed or missing key is not passed on.
 #[test]
 fn trust_hands_sync_a_checked_copy_of_the_pair_key() {
     use twinwall_init::trust::sync_key_for_service;
     let key = twinwall_bundle::SyncKey::generate().unwrap();
-    let want: String = key.expose().iter().map(|b| format!("{b:02x}")).collect();
     let sys = RecordingSyscalls::new().with_file("/cfg/sync.key", key.encode().as_bytes());
     let out = sync_key_for_service(&sys, Path::new("/cfg/sync.key"), Path::new("/run/tw"));
-    assert_eq!(out, Some(PathBuf::from("/run/tw/sync.key")));
-    assert_eq!(
-        String::from_utf8(sys.file("/run/tw/sync.key").unwrap()).unwrap(),
-        format!("{want}\n")
+    assert_eq!(out, Some(PathBuf::from("/cfg/sync.key")));
+    assert!(
+        sys.file("/run/tw/sync.key").is_none(),
+        "no copy of the key is written"
     );
+    // What sync will read from that path is the pair's key.
+    let back = twinwall_bundle::SyncKey::parse(
+        &String::from_utf8(sys.file("/cfg/sync.key").unwrap()).unwrap(),
+        "/cfg/sync.key",
+    )
+    .unwrap();
+    assert_eq!(back.expose(), key.expose());
     let bad = RecordingSyscalls::new().with_file("/cfg/sync.key", "twinwall-sync-key-v1 AAAA");
     assert_eq!(
         sync_key_for_service(&bad, Path::new("/cfg/sync.key"), Path::new("/run/tw")),
@@ -534,10 +576,9 @@ fn modules_in_proc_modules_are_skipped_without_a_load() {
     assert_eq!(done.already, ["virtio_ring", "usb_storage"]);
     assert_eq!(done.loaded, ["nf_tables"]);
     assert_eq!(sys.calls_of("finit_module").len(), 1);
-    assert!(
-        done.summary()
-            .starts_with("1 loaded, 2 already present, 0 not applicable; slowest: nf_tables ")
-    );
+    assert!(done.summary().starts_with(
+        "1 loaded, 2 already present, 0 not applicable, 0 without a device; slowest: nf_tables "
+    ));
 }
 
 /// A panic in PID 1 is printed, synced and turned into a reboot (never an exit, which
@@ -560,4 +601,269 @@ fn a_panic_in_pid1_syncs_and_reboots() {
     );
     assert!(Cmdline::parse("twinwall.test_panic=1").test_panic);
     assert!(!Cmdline::parse("twinwall.test_panic=0").test_panic);
+}
+
+/// PID 1 re-executes the slot's binary after the switch; the new image gets the phases
+/// done so far and the mounts, and goes on with root-modules without mounting anything
+/// again.
+#[test]
+fn a_resumed_pid1_goes_on_after_the_switch_without_remounting() {
+    use twinwall_init::status::PhaseReport;
+    let sys = module_sys("kernel/drivers/virtio/virtio.ko\n")
+        .with_file("/proc/cmdline", "console=ttyS0 twinwall.slot=a");
+    let before = ["early", "modules", "storage"].map(|n| PhaseReport {
+        name: n.into(),
+        duration_us: 1,
+        result: "ok".into(),
+        detail: String::new(),
+    });
+    let resume = pid1::Resume {
+        phases: before.to_vec(),
+        mounted: storage::Mounted {
+            switched_root: true,
+            ..storage::Mounted::default()
+        },
+    };
+    // The hand-over survives its JSON form in the environment.
+    let json = serde_json::to_string(&resume).unwrap();
+    assert_eq!(serde_json::from_str::<pid1::Resume>(&json).unwrap(), resume);
+    let shared = Shared::new(Status::new(Mode::Pid1));
+    let opts = BootOptions {
+        network: false,
+        root_wait: std::time::Duration::ZERO,
+        reexec_after_switch: true,
+        resume: Some(resume),
+        ..BootOptions::default()
+    };
+    let booted = pid1::boot(
+        &sys,
+        &Reject,
+        &|_: &Path, _: &str| Err("unused".to_string()),
+        &shared,
+        &opts,
+    )
+    .unwrap();
+    assert!(booted.switched_root);
+    let names: Vec<String> = shared
+        .snapshot()
+        .phases
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "early",
+            "modules",
+            "storage",
+            "root-modules",
+            "trust",
+            "network"
+        ]
+    );
+    assert!(mounts(&sys).is_empty(), "nothing is mounted twice");
+    assert_eq!(shared.snapshot().slot.as_deref(), Some("a"));
+}
+
+/// Hardware drivers load only for devices that are there: the list has e1000e (with its
+/// own dependencies ptp and pps_core) and virtio_pci/virtio_net (with theirs); only a
+/// virtio NIC exists, so e1000e and what only it needs are skipped, and modules without a
+/// hardware alias (squashfs) always load, in list order.
+#[test]
+fn hardware_drivers_load_only_for_devices_that_are_present() {
+    let k = "/lib/modules/6.1.0-57-amd64";
+    let mods = [
+        "kernel/drivers/pps/pps_core.ko",
+        "kernel/drivers/ptp/ptp.ko",
+        "kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko",
+        "kernel/drivers/virtio/virtio.ko",
+        "kernel/drivers/virtio/virtio_ring.ko",
+        "kernel/drivers/virtio/virtio_pci.ko",
+        "kernel/net/core/failover.ko",
+        "kernel/drivers/net/net_failover.ko",
+        "kernel/drivers/net/virtio_net.ko",
+        "kernel/fs/squashfs/squashfs.ko",
+    ];
+    let mut sys = RecordingSyscalls::new()
+        .with_file("/proc/sys/kernel/osrelease", "6.1.0-57-amd64\n")
+        .with_file("/lib/modules/twinwall.modules", mods.join("\n"))
+        .with_file(
+            format!("{k}/modules.dep"),
+            "kernel/drivers/pps/pps_core.ko:\n\
+             kernel/drivers/ptp/ptp.ko: kernel/drivers/pps/pps_core.ko\n\
+             kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko: kernel/drivers/ptp/ptp.ko kernel/drivers/pps/pps_core.ko\n\
+             kernel/drivers/virtio/virtio.ko:\n\
+             kernel/drivers/virtio/virtio_ring.ko:\n\
+             kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+             kernel/net/core/failover.ko:\n\
+             kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+             kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+             kernel/fs/squashfs/squashfs.ko:\n",
+        )
+        .with_file(
+            format!("{k}/modules.alias"),
+            "alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e\n\
+             alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+             alias virtio:d00000001v* virtio_net\n\
+             alias fs-squashfs squashfs\n",
+        )
+        .with_file(
+            "/sys/bus/pci/devices/0000:00:10.0/modalias",
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
+        )
+        .with_file(
+            "/sys/bus/pci/devices/0000:00:01.1/modalias",
+            "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80\n",
+        )
+        .with_file(
+            "/sys/bus/virtio/devices/virtio0/modalias",
+            "virtio:d00000001v00001AF4\n",
+        );
+    for m in mods {
+        sys = sys.with_file(format!("{k}/{m}"), "");
+    }
+    let done = modules::run(&sys, Path::new(modules::DEFAULT_LIST)).unwrap();
+    assert_eq!(
+        done.loaded,
+        [
+            "virtio",
+            "virtio_ring",
+            "virtio_pci",
+            "failover",
+            "net_failover",
+            "virtio_net",
+            "squashfs"
+        ]
+    );
+    assert_eq!(done.not_needed, ["pps_core", "ptp", "e1000e"]);
+    assert!(
+        done.summary().contains("3 without a device"),
+        "{}",
+        done.summary()
+    );
+    let loads: Vec<String> = sys
+        .calls_of("finit_module")
+        .into_iter()
+        .map(|c| format!("{c:?}"))
+        .collect();
+    assert!(!loads.iter().any(|c| c.contains("e1000e")), "{loads:?}");
+}
+
+#[test]
+fn modalias_patterns_match_like_modprobe() {
+    use twinwall_init::modules::alias_matches;
+    let dev = "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80";
+    assert!(alias_matches("pci:v00008086d00007010sv*sd*bc*sc*i*", dev));
+    assert!(alias_matches("pci:v*d*sv*sd*bc01sc01i*", dev));
+    assert!(!alias_matches("pci:v00008086d000010D3sv*sd*bc*sc*i*", dev));
+    assert!(!alias_matches("pci:v*d*sv*sd*bc0Csc03i30*", dev));
+    assert!(alias_matches(
+        "virtio:d00000002v*",
+        "virtio:d00000002v00001AF4"
+    ));
+    assert!(!alias_matches(
+        "virtio:d00000001v*",
+        "virtio:d00000002v00001AF4"
+    ));
+}
+
+/// Accepts every bundle whose file holds `version N`.
+struct ByContent;
+
+impl BundleVerifier for ByContent {
+    fn verify(
+        &self,
+        bundle: &Path,
+        _trusted: &[PathBuf],
+        _min_version: Option<u64>,
+        _node: &str,
+    ) -> Result<VerifiedBundle, String> {
+        let text = std::fs::read_to_string(bundle).map_err(|e| e.to_string())?;
+        let version = text
+            .trim()
+            .strip_prefix("version ")
+            .and_then(|v| v.parse().ok())
+            .ok_or("not a test bundle")?;
+        Ok(VerifiedBundle {
+            version,
+            config_toml: Vec::new(),
+        })
+    }
+}
+
+/// A boot that GRUB fell back to (grubenv ORDER names the other slot first: an update of
+/// it did not come up) runs the config pinned to the running slot, `bundles/slot-X.bundle`
+/// (what mgmt pins when it writes an update), not the active one; a normal boot of the
+/// same slot runs the active bundle.
+#[test]
+fn a_fallback_boot_runs_the_config_pinned_to_its_slot() {
+    use twinwall_image::{BootState, Grubenv, Slot};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path();
+    std::fs::create_dir_all(cfg.join("trusted")).unwrap();
+    std::fs::create_dir_all(cfg.join("bundles")).unwrap();
+    std::fs::write(cfg.join("node"), "fw-a\n").unwrap();
+    std::fs::write(cfg.join("trusted/ops.pub"), "k").unwrap();
+    std::fs::write(cfg.join("bundles/active.bundle"), "version 7").unwrap();
+    std::fs::write(cfg.join("bundles/slot-a.bundle"), "version 5").unwrap();
+    let run = tempfile::tempdir().unwrap();
+    for (order, want) in [([Slot::B, Slot::A], 5), ([Slot::A, Slot::B], 7)] {
+        let mut st = BootState::fresh();
+        st.order = order.to_vec();
+        st.b.ok = true;
+        st.b.tried = true;
+        let mut env = Grubenv::new();
+        st.apply_to(&mut env).unwrap();
+        let sys = module_sys("kernel/drivers/virtio/virtio.ko\n")
+            .with_file("/proc/cmdline", "console=ttyS0 twinwall.slot=a")
+            .with_file("/run/twinwall/esp/grub/grubenv", env.to_block().unwrap())
+            .with_file("/run/twinwall/config/node", "fw-a\n")
+            .with_file("/run/twinwall/config/trusted/ops.pub", "k")
+            .with_file("/run/twinwall/config/bundles/active.bundle", "version 7")
+            .with_file("/run/twinwall/config/bundles/slot-a.bundle", "version 5");
+        let shared = Shared::new(Status::new(Mode::Pid1));
+        let opts = BootOptions {
+            run_dir: run.path().into(),
+            network: false,
+            resume: Some(pid1::Resume {
+                phases: Vec::new(),
+                mounted: storage::Mounted {
+                    switched_root: true,
+                    config: true,
+                    esp: true,
+                    ..storage::Mounted::default()
+                },
+            }),
+            ..BootOptions::default()
+        };
+        // The trust phase reads the config partition through the real filesystem here.
+        let verifier = ByContent;
+        let d = twinwall_init::trust::run_with_pin(
+            &twinwall_init::sys::RealSyscalls,
+            &verifier,
+            Some(cfg),
+            run.path(),
+            (order[0] != Slot::A).then_some("a"),
+        );
+        assert_eq!(
+            d.summary(),
+            if want == 5 {
+                "config version 5 (slot-pinned bundle) verified".to_string()
+            } else {
+                "config version 7 (active bundle) verified".to_string()
+            }
+        );
+        // And boot decides "fallback" from the grubenv the same way.
+        let _ = pid1::boot(
+            &sys,
+            &Reject,
+            &|_: &Path, _: &str| Err("unused".to_string()),
+            &shared,
+            &opts,
+        )
+        .unwrap();
+        let trust = shared.snapshot().trust.unwrap();
+        let tried_pinned = trust.rejected.iter().any(|r| r.contains("slot-a.bundle"));
+        assert_eq!(tried_pinned, want == 5, "{:?}", trust.rejected);
+    }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod flash;
 pub mod image;
 pub mod init;
+pub mod install;
 pub mod key;
 pub mod lab;
 pub mod mgmt;

@@ -92,6 +92,28 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// Removes the VM disks (`*.img`, `*.disk`, `*.qcow2`) of a scratch directory always, and
+/// the whole directory when the test passed (its console logs stay for a failure).
+pub struct DiskGuard(pub PathBuf);
+
+impl Drop for DiskGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(rd) = std::fs::read_dir(&self.0) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    let ext = p.extension().and_then(|x| x.to_str()).unwrap_or("");
+                    if matches!(ext, "img" | "disk" | "qcow2" | "squashfs") {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// Removes terminal escape sequences (GRUB's menu drawing) from console output.
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -141,6 +163,11 @@ pub struct VmSpec {
     /// PCI slots 0x10, 0x11, ... in this order, which is the order the kernel names them
     /// eth0, eth1, ...; the MACs are 52:54:00:77:00:NN.
     pub nics: usize,
+    /// More raw virtio-blk disks, at PCI slots 0x0c, 0x0d, ... (after `disk`, which gets
+    /// the first free slot: `disk` is vda, these vdb, vdc, ...).
+    pub extra_disks: Vec<PathBuf>,
+    /// An SMBIOS type-11 OEM string (`-smbios type=11,value=...`).
+    pub oem_string: Option<String>,
 }
 
 /// The MAC of NIC `i` of a [`VmSpec`].
@@ -168,7 +195,7 @@ impl Vm {
             disk: disk.map(Path::to_path_buf),
             cdrom: cdrom.map(Path::to_path_buf),
             reboot,
-            nics: 0,
+            ..VmSpec::default()
         };
         Vm::start(fw, &spec, log)
     }
@@ -193,9 +220,23 @@ impl Vm {
             c.args(["-bios", "/usr/share/ovmf/OVMF.fd"]);
         }
         if let Some(d) = &spec.disk {
-            c.arg("-drive")
-                .arg(format!("file={},format=raw,if=none,id=hd", d.display()));
+            // Zero writes stay holes in the (sparse) disk file.
+            c.arg("-drive").arg(format!(
+                "file={},format=raw,if=none,id=hd,discard=unmap,detect-zeroes=unmap",
+                d.display()
+            ));
             c.args(["-device", "virtio-blk-pci,drive=hd,bootindex=2"]);
+        }
+        for (i, d) in spec.extra_disks.iter().enumerate() {
+            c.arg("-drive").arg(format!(
+                "file={},format=raw,if=none,id=xd{i},discard=unmap,detect-zeroes=unmap",
+                d.display()
+            ));
+            c.arg("-device")
+                .arg(format!("virtio-blk-pci,drive=xd{i},addr=0x{:x}", 0x0c + i));
+        }
+        if let Some(oem) = &spec.oem_string {
+            c.arg("-smbios").arg(format!("type=11,value={oem}"));
         }
         if let Some(iso) = &spec.cdrom {
             c.arg("-drive").arg(format!(
@@ -290,6 +331,20 @@ impl Vm {
     }
 }
 
+impl Vm {
+    /// Waits for QEMU to exit (the guest powered off); false on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -348,4 +403,44 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
     }
+}
+
+/// A small but complete twinwall disk image (tiny slot), so flashing and installing are
+/// fast.
+pub fn small_image(dir: &Path) -> PathBuf {
+    use twinwall_image::disk::{self, DiskSpec};
+    let root = dir.join("slotroot");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::write(root.join("boot/vmlinuz"), b"k").unwrap();
+    let sq = dir.join("slot.squashfs");
+    twinwall_image::reproducible::squashfs(&root, &sq, 0).unwrap();
+    let img = dir.join("small.img");
+    disk::build_disk(
+        &DiskSpec {
+            sizes: twinwall_image::layout::Sizes {
+                esp_mib: 16,
+                slot_mib: 4,
+                config_mib: 8,
+                data_mib: 4,
+            },
+            slot_a: sq,
+            slot_b: None,
+            boot: twinwall_image::BootState::fresh(),
+            epoch: 0,
+        },
+        &dir.join("work"),
+        &img,
+    )
+    .unwrap();
+    img
+}
+
+/// Runs the host twinwall binary; returns exit code, stdout and stderr.
+pub fn run_twinwall(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let o = twinwall().args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
