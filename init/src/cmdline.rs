@@ -11,6 +11,7 @@
 //! | `twinwall.shutdown_when_healthy=poweroff\|reboot` | orderly shutdown once health has reported (boot tests) |
 //! | `twinwall.test_panic=1` | test only: PID 1 panics after the boot phases (must reboot) |
 //! | `twinwall.peer_absent_after=SECONDS` | health: how long sync may go without its peer (default 20) |
+//! | `twinwall.health_deadline=SECONDS` | health: reboot to the fallback slot when not healthy by then (default 300) |
 
 use crate::sys::PowerAction;
 
@@ -35,6 +36,8 @@ pub struct Cmdline {
     pub peer_absent_after: Option<u64>,
     /// `twinwall.shutdown_when_healthy`.
     pub shutdown_when_healthy: Option<PowerAction>,
+    /// `twinwall.health_deadline`, in seconds.
+    pub health_deadline: Option<u64>,
     /// `twinwall.test_panic=1`.
     pub test_panic: bool,
     /// Options with the `twinwall.` prefix that init does not know (logged, not fatal:
@@ -89,6 +92,10 @@ impl Cmdline {
                 "test_panic" => c.test_panic = value == "1",
                 "peer_absent_after" => match value.parse() {
                     Ok(n) => c.peer_absent_after = Some(n),
+                    Err(_) => c.unknown.push(word.to_string()),
+                },
+                "health_deadline" => match value.parse() {
+                    Ok(n) => c.health_deadline = Some(n),
                     Err(_) => c.unknown.push(word.to_string()),
                 },
                 _ => c.unknown.push(word.to_string()),

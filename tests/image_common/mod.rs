@@ -141,6 +141,9 @@ pub struct VmSpec {
     /// PCI slots 0x10, 0x11, ... in this order, which is the order the kernel names them
     /// eth0, eth1, ...; the MACs are 52:54:00:77:00:NN.
     pub nics: usize,
+    /// NIC `.0` on a QEMU user-mode network with the `-netdev user` options `.1` (e.g.
+    /// `restrict=on,net=...,hostfwd=...`: the host reaches a guest port) instead of its hub.
+    pub user_nic: Option<(usize, String)>,
 }
 
 /// The MAC of NIC `i` of a [`VmSpec`].
@@ -169,6 +172,7 @@ impl Vm {
             cdrom: cdrom.map(Path::to_path_buf),
             reboot,
             nics: 0,
+            user_nic: None,
         };
         Vm::start(fw, &spec, log)
     }
@@ -208,7 +212,10 @@ impl Vm {
             c.args(["-net", "none"]);
         }
         for i in 0..spec.nics {
-            c.arg("-netdev").arg(format!("hubport,id=n{i},hubid={i}"));
+            match &spec.user_nic {
+                Some((n, opts)) if *n == i => c.arg("-netdev").arg(format!("user,id=n{i},{opts}")),
+                _ => c.arg("-netdev").arg(format!("hubport,id=n{i},hubid={i}")),
+            };
             c.arg("-device").arg(format!(
                 "virtio-net-pci,netdev=n{i},mac={},addr=0x{:x},romfile=",
                 nic_mac(i),

@@ -140,6 +140,53 @@ pub struct Node {
     started: Instant,
 }
 
+/// The release file the image build writes into every slot (`KEY=value` lines:
+/// `TWINWALL_VERSION`, `KERNEL`, `SOURCE_DATE_EPOCH`): what the running slot is.
+pub const RELEASE_FILE: &str = "/etc/twinwall-release";
+
+/// The running OS release from `path` as `{"version", "kernel", "epoch"}`; `null` when the
+/// file is absent (a host, not an appliance).
+pub fn os_release(path: &std::path::Path) -> Value {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_release(&text),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Parses the release file's `KEY=value` lines. Pure.
+pub fn parse_release(text: &str) -> Value {
+    let mut version = None;
+    let mut kernel = None;
+    let mut epoch = None;
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("TWINWALL_VERSION", v)) => version = Some(v.trim().to_string()),
+            Some(("KERNEL", v)) => kernel = Some(v.trim().to_string()),
+            Some(("SOURCE_DATE_EPOCH", v)) => epoch = v.trim().parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    json!({"version": version, "kernel": kernel, "epoch": epoch})
+}
+
+/// What the kernel enforces: the sha256 of `nft -s list ruleset` (stateless, so counters
+/// do not change it; the same digest init's health report prints) and its line count.
+pub fn kernel_ruleset() -> Value {
+    use sha2::{Digest, Sha256};
+    match std::process::Command::new("nft")
+        .args(["-s", "list", "ruleset"])
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => json!({
+            "sha256": hex::encode(Sha256::digest(&o.stdout)),
+            "lines": o.stdout.iter().filter(|b| **b == b'\n').count(),
+        }),
+        Ok(o) => json!({"error": String::from_utf8_lossy(&o.stderr).trim()}),
+        Err(e) => json!({"error": format!("nft: {e}")}),
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -778,6 +825,7 @@ impl Node {
             },
             "peer": i.peer,
             "slots": boot,
+            "os": os_release(std::path::Path::new(RELEASE_FILE)),
             "update": {
                 "last": i.last_update,
                 "written_bytes": self.update_written.load(Ordering::Relaxed),
@@ -807,6 +855,7 @@ impl Node {
             }
         }
         all.insert("mgmt".into(), self.snapshot());
+        all.insert("ruleset_in_kernel".into(), kernel_ruleset());
         all.insert("unreachable".into(), Value::Object(unreachable));
         Value::Object(all)
     }
@@ -831,5 +880,25 @@ impl Node {
             peer_pending: i.peer.pending,
             update_written: self.update_written.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_release_file_gives_the_baked_in_version() {
+        let v = parse_release(
+            "TWINWALL_VERSION=0.1.0-lab2\nKERNEL=6.1.0-57-amd64\nSOURCE_DATE_EPOCH=17\n",
+        );
+        assert_eq!(v["version"], "0.1.0-lab2");
+        assert_eq!(v["kernel"], "6.1.0-57-amd64");
+        assert_eq!(v["epoch"], 17);
+        assert_eq!(parse_release("junk\n")["version"], Value::Null);
+        assert_eq!(
+            os_release(std::path::Path::new("/nonexistent/release")),
+            Value::Null
+        );
     }
 }
