@@ -1,6 +1,8 @@
 //! The failover scenarios on the seed pair under QEMU TCG: fw1 and fw2 flashed with
-//! `shared/examples/seed-pair.toml`, a client VM (inside) and a server VM (outside) in the
-//! lab-host role, everything joined by the lab switch. The pair is booted once and the
+//! `testkit/topologies/seed-pair/cluster.toml` (`shared/examples/seed-pair.toml` plus a
+//! management zone on eth3, whose API the lab forwards to the host and reads), a client VM
+//! (inside) and a server VM (outside) in the lab-host role, everything joined by the lab
+//! switch. The pair is booted once and the
 //! scenarios run in sequence (`scenario::ALL`; kill-master last), each writing its JSON
 //! report to RUN_DIR/reports. The test fails if any scenario check fails; the reports'
 //! timings (gaps, takeover times) are measurements, not assertions.

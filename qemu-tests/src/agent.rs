@@ -3,9 +3,14 @@
 //! * server: echoes TCP (one thread per connection) and UDP on one port;
 //! * client: keeps N long-lived TCP flows and one UDP flow to the server, each sending a
 //!   small numbered message every interval and waiting for its echo; per flow it records
-//!   the longest gap between two echoes, resets (a connection that died: RST, EOF, error)
-//!   and reconnects; it serves these numbers as one JSON line per request on a TCP port,
-//!   which the lab forwards to the host.
+//!   the longest gap between two echoes, resets (a connection that died: RST, EOF, error),
+//!   stalls (an established connection whose echo has not come back for
+//!   [`ClientConfig::stall_after`]: a firewall dropping it as invalid, which TCP would only
+//!   give up on after ~15 min) and why the flow is down; it reconnects at once and retries
+//!   every [`RETRY`] with each SYN given [`CONNECT_TIMEOUT`], so a connect attempted before
+//!   the path is up never backs off (the kernel's SYN backoff would double each wait). It
+//!   serves these numbers as one JSON line per request on a TCP port, which the lab
+//!   forwards to the host.
 //!
 //! Stats protocol: the host connects, writes `stats\n` (or `reset\n`: the numbers are
 //! returned and then zeroed, so the next `stats` covers only what came after), reads one
@@ -20,6 +25,16 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes per echo message: flow id (u32), sequence (u64), padding.
 pub const MSG: usize = 16;
+
+/// Time between two connection attempts of a flow that is down.
+pub const RETRY: Duration = Duration::from_millis(200);
+
+/// How long one connection attempt waits for the SYN-ACK: short, so the next attempt
+/// sends a fresh SYN instead of waiting out the kernel's exponential SYN backoff.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Default of [`ClientConfig::stall_after`].
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// Errors of the agent, naming the address concerned.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +120,9 @@ pub struct ClientConfig {
     pub interval: Duration,
     /// Where the stats are served.
     pub stats: SocketAddr,
+    /// An established TCP flow whose echo is missing this long counts as stalled (broken)
+    /// and is reconnected.
+    pub stall_after: Duration,
 }
 
 /// Transport of a flow.
@@ -136,6 +154,12 @@ pub struct FlowStats {
     pub resets: u64,
     /// Connection attempts that failed.
     pub connect_failures: u64,
+    /// Established connections given up because no echo came back for the stall time.
+    #[serde(default)]
+    pub stalls: u64,
+    /// Why the flow is down, or what ended its last connection (`None`: never failed).
+    #[serde(default)]
+    pub last_error: Option<String>,
     /// Messages sent.
     pub sent: u64,
 }
@@ -163,18 +187,46 @@ impl ClientStats {
             .unwrap_or(0)
     }
 
-    /// TCP flows with at least one reset, and the number of TCP flows.
+    /// TCP flows with at least one reset or stall, and the number of TCP flows.
     pub fn tcp_broken(&self) -> (usize, usize) {
         let tcp = self.flows.iter().filter(|f| f.proto == Proto::Tcp);
-        (tcp.clone().filter(|f| f.resets > 0).count(), tcp.count())
+        (
+            tcp.clone().filter(|f| f.resets + f.stalls > 0).count(),
+            tcp.count(),
+        )
+    }
+
+    /// Why each flow that is not flowing (within `ms`) is not: `flow N: reason`.
+    pub fn why_not_flowing(&self, ms: u64) -> Vec<String> {
+        self.flows
+            .iter()
+            .filter(|f| !f.flowing(ms))
+            .map(|f| {
+                let state = if f.proto == Proto::Tcp && !f.connected {
+                    format!("down ({} connect failures)", f.connect_failures)
+                } else if f.echoes == 0 {
+                    "no echo yet".to_string()
+                } else {
+                    format!("no echo for {} ms", f.current_gap_ms)
+                };
+                match &f.last_error {
+                    Some(e) => format!("flow {} {:?}: {state}, last error: {e}", f.id, f.proto),
+                    None => format!("flow {} {:?}: {state}", f.id, f.proto),
+                }
+            })
+            .collect()
     }
 
     /// Whether every TCP flow is connected and every flow saw an echo within `ms`.
     pub fn all_flowing(&self, ms: u64) -> bool {
-        !self.flows.is_empty()
-            && self.flows.iter().all(|f| {
-                f.echoes > 0 && f.current_gap_ms <= ms && (f.proto == Proto::Udp || f.connected)
-            })
+        !self.flows.is_empty() && self.flows.iter().all(|f| f.flowing(ms))
+    }
+}
+
+impl FlowStats {
+    /// Connected (TCP) and an echo within `ms`.
+    pub fn flowing(&self, ms: u64) -> bool {
+        self.echoes > 0 && self.current_gap_ms <= ms && (self.proto == Proto::Udp || self.connected)
     }
 }
 
@@ -188,6 +240,8 @@ struct Flow {
     last_echo: Instant,
     resets: u64,
     connect_failures: u64,
+    stalls: u64,
+    last_error: Option<String>,
     sent: u64,
 }
 
@@ -202,6 +256,8 @@ impl Flow {
             last_echo: Instant::now(),
             resets: 0,
             connect_failures: 0,
+            stalls: 0,
+            last_error: None,
             sent: 0,
         }
     }
@@ -229,6 +285,8 @@ impl Flow {
             },
             resets: self.resets,
             connect_failures: self.connect_failures,
+            stalls: self.stalls,
+            last_error: self.last_error.clone(),
             sent: self.sent,
         }
     }
@@ -243,6 +301,7 @@ impl Flow {
         self.longest_gap = Duration::ZERO;
         self.resets = 0;
         self.connect_failures = 0;
+        self.stalls = 0;
         self.sent = 0;
     }
 }
@@ -310,13 +369,25 @@ fn msg(id: usize, seq: u64) -> [u8; MSG] {
     m
 }
 
+/// Why an established flow ended.
+#[derive(Debug)]
+enum FlowEnd {
+    /// The connection died (RST, EOF, a socket error).
+    Reset(std::io::Error),
+    /// No echo for the stall time: given up, though the socket still looks fine.
+    Stalled(Duration),
+}
+
 fn tcp_flow(id: usize, cfg: &ClientConfig, flows: &Flows) {
     loop {
-        let mut s = match TcpStream::connect_timeout(&cfg.target, Duration::from_secs(2)) {
+        let mut s = match TcpStream::connect_timeout(&cfg.target, CONNECT_TIMEOUT) {
             Ok(s) => s,
-            Err(_) => {
-                with_flow(flows, id, |f| f.connect_failures += 1);
-                std::thread::sleep(Duration::from_millis(250));
+            Err(e) => {
+                with_flow(flows, id, |f| {
+                    f.connect_failures += 1;
+                    f.last_error = Some(format!("connect: {e}"));
+                });
+                std::thread::sleep(RETRY);
                 continue;
             }
         };
@@ -327,39 +398,58 @@ fn tcp_flow(id: usize, cfg: &ClientConfig, flows: &Flows) {
             // A new connection starts a fresh gap count.
             f.echoes = 0;
         });
-        let err = echo_loop(id, cfg, flows, &mut s);
-        tracing::warn!(flow = id, error = %err, "flow broken; reconnecting");
+        let end = echo_loop(id, cfg, flows, &mut s);
+        tracing::warn!(flow = id, end = ?end, "flow broken; reconnecting");
         with_flow(flows, id, |f| {
             f.connected = false;
-            f.resets += 1;
+            match &end {
+                FlowEnd::Reset(e) => {
+                    f.resets += 1;
+                    f.last_error = Some(format!("reset: {e}"));
+                }
+                FlowEnd::Stalled(d) => {
+                    f.stalls += 1;
+                    f.last_error = Some(format!("stalled: no echo for {} ms", d.as_millis()));
+                }
+            }
         });
-        std::thread::sleep(Duration::from_millis(250));
+        drop(s);
+        std::thread::sleep(RETRY);
     }
 }
 
-/// One message in flight at a time: send, wait for the whole echo (however long the path
-/// is down: TCP retransmits), then wait out the interval. Returns why the flow died.
-fn echo_loop(id: usize, cfg: &ClientConfig, flows: &Flows, s: &mut TcpStream) -> std::io::Error {
+/// One message in flight at a time: send, wait for the whole echo (TCP retransmits while
+/// the path is down) up to the stall time, then wait out the interval. Returns why the
+/// flow ended.
+fn echo_loop(id: usize, cfg: &ClientConfig, flows: &Flows, s: &mut TcpStream) -> FlowEnd {
     let mut seq = 0u64;
     loop {
         seq += 1;
         let m = msg(id, seq);
         if let Err(e) = s.write_all(&m) {
-            return e;
+            return FlowEnd::Reset(e);
         }
+        let sent = Instant::now();
         with_flow(flows, id, |f| f.sent += 1);
         let mut got = [0u8; MSG];
         let mut have = 0;
         while have < MSG {
             match s.read(&mut got[have..]) {
-                Ok(0) => return ErrorKind::UnexpectedEof.into(),
+                Ok(0) => return FlowEnd::Reset(ErrorKind::UnexpectedEof.into()),
                 Ok(n) => have += n,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) => return e,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if sent.elapsed() >= cfg.stall_after {
+                        return FlowEnd::Stalled(sent.elapsed());
+                    }
+                }
+                Err(e) => return FlowEnd::Reset(e),
             }
         }
         if got != m {
-            return std::io::Error::new(ErrorKind::InvalidData, "echo does not match");
+            return FlowEnd::Reset(std::io::Error::new(
+                ErrorKind::InvalidData,
+                "echo does not match",
+            ));
         }
         with_flow(flows, id, |f| f.echo(Instant::now()));
         std::thread::sleep(cfg.interval);
@@ -460,6 +550,7 @@ mod tests {
             udp: false,
             interval: Duration::from_millis(10),
             stats,
+            stall_after: STALL_AFTER,
         };
         std::thread::spawn(move || run_client(cfg));
         let wait = |pred: &dyn Fn(&ClientStats) -> bool| {
@@ -490,6 +581,85 @@ mod tests {
         assert!(r.tcp_broken().0 > 0);
         let after = fetch_stats(stats, false).unwrap();
         assert_eq!(after.tcp_broken(), (0, 3), "reset zeroes the counters");
+    }
+
+    /// A server that accepts and then never answers (what a firewall that drops a flow as
+    /// invalid looks like from the client: the connection stays up, no echo comes back):
+    /// the flow counts a stall, is broken, reconnects, and says why. Then a refused
+    /// connect is counted with its reason.
+    #[test]
+    fn a_flow_without_echoes_stalls_reconnects_and_says_why() {
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = silent.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        {
+            let held = held.clone();
+            std::thread::spawn(move || {
+                for c in silent.incoming().flatten() {
+                    held.lock().unwrap().push(c);
+                }
+            });
+        }
+        let stats = free("tcp");
+        let cfg = ClientConfig {
+            target,
+            flows: 2,
+            udp: false,
+            interval: Duration::from_millis(10),
+            stats,
+            stall_after: Duration::from_millis(400),
+        };
+        std::thread::spawn(move || run_client(cfg));
+        let start = Instant::now();
+        let s = loop {
+            if let Ok(s) = fetch_stats(stats, false)
+                && s.flows.iter().all(|f| f.stalls >= 2)
+            {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "no stalls seen");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(s.tcp_broken(), (2, 2));
+        assert!(held.lock().unwrap().len() >= 4, "each stall reconnected");
+        assert!(
+            s.flows[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("stalled: no echo for")),
+            "{:?}",
+            s.flows[0].last_error
+        );
+        assert!(!s.all_flowing(1000));
+        assert_eq!(s.why_not_flowing(1000).len(), 2);
+
+        // Nobody listens: connect failures, retried every RETRY, with the kernel's reason.
+        let closed = free("tcp");
+        let stats = free("tcp");
+        let cfg = ClientConfig {
+            target: closed,
+            flows: 1,
+            udp: false,
+            interval: Duration::from_millis(10),
+            stats,
+            stall_after: STALL_AFTER,
+        };
+        std::thread::spawn(move || run_client(cfg));
+        let start = Instant::now();
+        let s = loop {
+            if let Ok(s) = fetch_stats(stats, false)
+                && s.flows[0].connect_failures >= 3
+            {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "no retries seen");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let why = s.why_not_flowing(1000);
+        assert!(
+            why[0].contains("down") && why[0].contains("connect: Connection refused"),
+            "{why:?}"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! Requests (`cmd`, `args`): `status`, `cut {port, carrier}`, `cut-one-way {port, dir}`,
 //! `impair {port, dir, loss_pct, delay_ms}`, `partition {a, b}`, `heal {port?}`,
 //! `flap {port, times, down_ms, up_ms}`, `kill {vm}`, `traffic {reset}`,
-//! `scenario {name}`, `down`.
+//! `firewalls` (each firewall's own state through its management API), `scenario {name}`,
+//! `down`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +50,22 @@ pub fn handle(lab: &Mutex<Lab>, req: &Request, stop: &AtomicBool) -> Result<Valu
     let e = |e: LabError| e.to_string();
     match req.cmd.as_str() {
         "status" => serde_json::to_value(lock(lab).status()).map_err(|e| e.to_string()),
+        "firewalls" => {
+            // The requests go out without the lock: a slow guest must not stall the lab.
+            let endpoints = lock(lab).mgmt_endpoints();
+            let states: std::collections::BTreeMap<String, Value> =
+                crate::lab::read_firewalls(&endpoints)
+                    .into_iter()
+                    .map(|(vm, r)| {
+                        let v = match r {
+                            Ok(s) => serde_json::to_value(s).unwrap_or(Value::Null),
+                            Err(e) => json!({ "error": e }),
+                        };
+                        (vm, v)
+                    })
+                    .collect();
+            serde_json::to_value(states).map_err(|e| e.to_string())
+        }
         "cut" => {
             let carrier = a.get("carrier").and_then(Value::as_bool).unwrap_or(true);
             let t = lock(lab).cut(&s(a, "port")?, carrier).map_err(e)?;

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::agent::{self, AgentError, ClientStats};
+use crate::fwstatus::{self, FirewallState};
 use crate::switch::core::{Dir, Impairment, Observed, PortCounters, PortId, SwitchError};
 use crate::switch::io::{RunningSwitch, SwitchIoError};
 use crate::topology::{AgentKind, LabPlan, TopologyError, VmRole};
@@ -158,6 +159,9 @@ pub struct LabStatus {
     pub split_brain: bool,
     /// The nodes holding a VIP (one in a healthy pair).
     pub vip_holders: Vec<String>,
+    /// Each firewall's management API, forwarded to this loopback address.
+    #[serde(default)]
+    pub mgmt: BTreeMap<String, SocketAddr>,
 }
 
 /// The configured VIPs of the cluster.
@@ -182,6 +186,12 @@ pub struct Lab {
     pub vips: Vec<Vip>,
     /// VRRP advertisement interval of the cluster (ms).
     pub advert_ms: u32,
+    /// Whether the cluster preempts (the higher priority takes the VIPs back).
+    pub preempt: bool,
+    /// VRRP priority per firewall VM name.
+    pub priorities: BTreeMap<String, u8>,
+    /// Guest port of the management API per firewall VM that has a forwarded one.
+    mgmt_ports: BTreeMap<String, u16>,
     /// Run directory.
     pub run_dir: PathBuf,
     vms: BTreeMap<String, Vm>,
@@ -208,8 +218,41 @@ fn run(step: &str, cmd: &mut Command) -> Result<(), LabError> {
     }
 }
 
+/// What the lab needs to know of the cluster config to judge the pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterFacts {
+    /// The VIPs.
+    pub vips: Vec<Vip>,
+    /// VRRP advertisement interval (ms).
+    pub advert_ms: u32,
+    /// Whether the higher-priority node takes the VIPs back (`[vrrp] preempt`).
+    pub preempt: bool,
+    /// VRRP priority per node name.
+    pub priorities: BTreeMap<String, u8>,
+    /// Per node name: its management API on a management-zone interface.
+    pub mgmt: BTreeMap<String, MgmtAddr>,
+}
+
+/// Where a node's management API listens on a management zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MgmtAddr {
+    /// The zone's device on the node (`eth3`).
+    pub device: String,
+    /// The node's IPv4 address there.
+    pub address: std::net::Ipv4Addr,
+    /// The API port (`[management] port`).
+    pub port: u16,
+}
+
 /// The VIPs and advert interval of the cluster config (from the first firewall's view).
 pub fn cluster_vips(config: &Path, node: &str) -> Result<(Vec<Vip>, u32), LabError> {
+    let f = cluster_facts(config, node)?;
+    Ok((f.vips, f.advert_ms))
+}
+
+/// The VIPs, VRRP timing, preemption, priorities and management addresses of the cluster
+/// config (read through `node`'s view and its peer's).
+pub fn cluster_facts(config: &Path, node: &str) -> Result<ClusterFacts, LabError> {
     let bad = |reason: String| LabError::Prepare {
         step: format!("reading {}", config.display()),
         reason,
@@ -228,7 +271,36 @@ pub fn cluster_vips(config: &Path, node: &str) -> Result<(Vec<Vip>, u32), LabErr
             }
         }
     }
-    Ok((vips, view.vrrp.advert_interval_ms))
+    let priorities = BTreeMap::from([
+        (view.node.clone(), view.priority),
+        (view.peer.node.clone(), view.peer.priority),
+    ]);
+    let mut mgmt = BTreeMap::new();
+    for n in [&view.node, &view.peer.node] {
+        let v = cfg.node_view(n).map_err(|e| bad(e.to_string()))?;
+        let addr = v.management.interfaces.iter().find_map(|zone| {
+            let i = v.interfaces.get(zone)?;
+            let a = i.addresses.iter().find_map(|a| match a.addr() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })?;
+            Some(MgmtAddr {
+                device: i.device.clone(),
+                address: a,
+                port: v.management.port,
+            })
+        });
+        if let Some(a) = addr {
+            mgmt.insert(n.clone(), a);
+        }
+    }
+    Ok(ClusterFacts {
+        vips,
+        advert_ms: view.vrrp.advert_interval_ms,
+        preempt: view.vrrp.preempt,
+        priorities,
+        mgmt,
+    })
 }
 
 /// Disks and boot files of a lab, made once per run directory.
@@ -375,6 +447,76 @@ pub fn prepare(opts: &LabOptions, plan: &LabPlan) -> Result<Prepared, LabError> 
     })
 }
 
+/// Reads `GET /status` of each endpoint (in parallel: a guest under TCG answers in tens
+/// to hundreds of ms).
+pub fn read_firewalls(
+    endpoints: &BTreeMap<String, SocketAddr>,
+) -> BTreeMap<String, Result<FirewallState, String>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = endpoints
+            .iter()
+            .map(|(vm, addr)| {
+                (
+                    vm.clone(),
+                    s.spawn(move || {
+                        fwstatus::fetch(*addr, FW_STATUS_TIMEOUT)
+                            .map(|v| FirewallState::from_status(vm, &v))
+                            .map_err(|e| e.to_string())
+                    }),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(vm, h)| {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err("status reader panicked".into()));
+                (vm, r)
+            })
+            .collect()
+    })
+}
+
+/// Limit of one `GET /status`.
+pub const FW_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The management NIC of a firewall whose management zone is on `m.device` (pure): it
+/// must be the device after the data NICs (`eth{data_nics}`, where the lab puts the NIC)
+/// and its address must be in the lab's management network.
+pub fn mgmt_nic(
+    vm_name: &str,
+    node: &str,
+    m: &MgmtAddr,
+    data_nics: usize,
+) -> Result<vm::MgmtNic, LabError> {
+    let bad = |reason: String| LabError::Prepare {
+        step: format!("the management NIC of {vm_name} (node {node})"),
+        reason,
+    };
+    let want = format!("eth{data_nics}");
+    if m.device != want {
+        return Err(bad(format!(
+            "the management zone is on {}, but the lab's management NIC is {want} (the device after the {data_nics} data NICs)",
+            m.device
+        )));
+    }
+    let net: ipnet::Ipv4Net = vm::MGMT_NET
+        .parse()
+        .map_err(|e| bad(format!("{}: {e}", vm::MGMT_NET)))?;
+    if !net.contains(&m.address) {
+        return Err(bad(format!(
+            "its address {} is not in the lab's management network {}",
+            m.address,
+            vm::MGMT_NET
+        )));
+    }
+    Ok(vm::MgmtNic {
+        guest: m.address,
+        ports: vec![m.port],
+    })
+}
+
 /// The kernel command line of a VM (pure).
 pub fn kernel_cmdline(role: &VmRole, nics: usize, with_mgmt: bool, extra: &str) -> String {
     let mut c = String::from("console=ttyS0,115200n8 panic=10 loglevel=4 twinwall.slot=a");
@@ -431,20 +573,37 @@ impl Lab {
             step: format!("creating {}", opts.run_dir.display()),
             reason: e.to_string(),
         })?;
-        let (vips, advert_ms) = match plan.vms.iter().find_map(|v| match &v.role {
+        let facts = match plan.vms.iter().find_map(|v| match &v.role {
             VmRole::Firewall { node } => Some(node.clone()),
             VmRole::LabHost { .. } => None,
         }) {
-            Some(node) => cluster_vips(plan.config.as_deref().unwrap_or(Path::new("")), &node)?,
-            None => (Vec::new(), 1000),
+            Some(node) => cluster_facts(plan.config.as_deref().unwrap_or(Path::new("")), &node)?,
+            None => ClusterFacts {
+                vips: Vec::new(),
+                advert_ms: 1000,
+                preempt: false,
+                priorities: BTreeMap::new(),
+                mgmt: BTreeMap::new(),
+            },
         };
+        let priorities = plan
+            .vms
+            .iter()
+            .filter_map(|v| match &v.role {
+                VmRole::Firewall { node } => Some((v.name.clone(), *facts.priorities.get(node)?)),
+                VmRole::LabHost { .. } => None,
+            })
+            .collect();
         let prepared = prepare(opts, &plan)?;
         let switch = RunningSwitch::start(plan.ports.clone(), opts.seed)?;
         let mut lab = Lab {
             plan,
             switch,
-            vips,
-            advert_ms,
+            vips: facts.vips,
+            advert_ms: facts.advert_ms,
+            preempt: facts.preempt,
+            priorities,
+            mgmt_ports: BTreeMap::new(),
             run_dir: opts.run_dir.clone(),
             vms: BTreeMap::new(),
             carrier_down: BTreeSet::new(),
@@ -464,22 +623,26 @@ impl Lab {
                     endpoint: lab.switch.endpoints()[n.port],
                 })
                 .collect();
-            let is_client = matches!(
-                v.role,
+            let mgmt = match &v.role {
                 VmRole::LabHost {
                     agent: Some(AgentKind::Client),
                     ..
-                }
-            );
-            let forwards = if is_client {
-                let p = vm::reserve_tcp_port().map_err(|e| LabError::Prepare {
-                    step: "reserving a loopback port".into(),
-                    reason: e.to_string(),
-                })?;
-                vec![(p, AGENT_STATS_PORT)]
-            } else {
-                Vec::new()
+                } => Some(vm::MgmtNic {
+                    guest: vm::MGMT_GUEST.parse().map_err(|e| LabError::Prepare {
+                        step: "the lab hosts' management address".into(),
+                        reason: format!("{}: {e}", vm::MGMT_GUEST),
+                    })?,
+                    ports: vec![AGENT_STATS_PORT],
+                }),
+                VmRole::LabHost { .. } => None,
+                VmRole::Firewall { node } => match facts.mgmt.get(node) {
+                    Some(m) => Some(mgmt_nic(&v.name, node, m, nics.len())?),
+                    None => None,
+                },
             };
+            if let (VmRole::Firewall { .. }, Some(m)) = (&v.role, &mgmt) {
+                lab.mgmt_ports.insert(v.name.clone(), m.ports[0]);
+            }
             let disk = match &v.role {
                 VmRole::Firewall { .. } => prepared.firewall_disks[&v.name].clone(),
                 VmRole::LabHost { .. } => prepared.host_disk.clone(),
@@ -490,10 +653,10 @@ impl Lab {
                 boot: Boot::Direct {
                     kernel: prepared.kernel.clone(),
                     initrd: prepared.initrd.clone(),
-                    append: kernel_cmdline(&v.role, nics.len(), !forwards.is_empty(), &opts.append),
+                    append: kernel_cmdline(&v.role, nics.len(), mgmt.is_some(), &opts.append),
                 },
                 nics,
-                forwards,
+                mgmt,
                 memory_mb: opts.memory_mb,
             };
             let vm = Vm::launch(spec, &opts.run_dir.join(&v.name))?;
@@ -513,6 +676,25 @@ impl Lab {
     /// A VM.
     pub fn vm(&self, name: &str) -> Option<&Vm> {
         self.vms.get(name)
+    }
+
+    /// The master a healthy pair ends up with: with preemption the running firewall of
+    /// the highest priority, else `None` (any one master is final).
+    pub fn expected_master(&mut self) -> Option<String> {
+        if !self.preempt {
+            return None;
+        }
+        let mut best: Option<(u8, String)> = None;
+        for (name, prio) in self.priorities.clone() {
+            let running = self
+                .vms
+                .get_mut(&name)
+                .is_some_and(|v| v.check_running().is_ok());
+            if running && best.as_ref().is_none_or(|b| prio > b.0) {
+                best = Some((prio, name));
+            }
+        }
+        best.map(|b| b.1)
     }
 
     /// Waits for a console marker of a VM.
@@ -652,6 +834,29 @@ impl Lab {
         Ok(agent::fetch_stats(addr, reset)?)
     }
 
+    /// Where a firewall's management API (`twinwall mgmt`) is forwarded to on the host,
+    /// if its config has a management zone on the lab's management NIC; `None` as well once the VM was killed.
+    pub fn mgmt_endpoint(&self, fw: &str) -> Option<SocketAddr> {
+        let port = self.mgmt_ports.get(fw)?;
+        let vm = self.vms.get(fw).filter(|v| !v.is_stopped())?;
+        vm.forwarded(*port)
+    }
+
+    /// Each firewall's own state through its management API (`Err`: why not), by VM name.
+    /// Reads without needing `&mut self`, so callers can drop a lock around the lab
+    /// before the requests: use [`Lab::mgmt_endpoints`] and [`read_firewalls`].
+    pub fn firewalls(&self) -> BTreeMap<String, Result<FirewallState, String>> {
+        read_firewalls(&self.mgmt_endpoints())
+    }
+
+    /// Every forwarded management API, by firewall VM name.
+    pub fn mgmt_endpoints(&self) -> BTreeMap<String, SocketAddr> {
+        self.mgmt_ports
+            .keys()
+            .filter_map(|n| Some((n.clone(), self.mgmt_endpoint(n)?)))
+            .collect()
+    }
+
     /// Where the client agent's stats are forwarded to.
     pub fn client_stats_addr(&self) -> Option<SocketAddr> {
         self.vms
@@ -746,6 +951,7 @@ impl Lab {
             vips,
             split_brain,
             vip_holders,
+            mgmt: self.mgmt_endpoints(),
         }
     }
 }
@@ -777,6 +983,82 @@ mod tests {
             kernel_cmdline(&fw, 3, false, "x=1"),
             "console=ttyS0,115200n8 panic=10 loglevel=4 twinwall.slot=a x=1"
         );
+    }
+
+    /// The lab's variant must not drift from the fixture: it is seed-pair.toml plus the
+    /// management zone (nodes' `mgmt` interfaces and `[management]`), nothing else.
+    #[test]
+    fn the_lab_variant_is_the_fixture_plus_a_management_zone() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |p: PathBuf| -> toml::Table {
+            toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+        };
+        let fixture = read(repo.join("../shared/examples/seed-pair.toml"));
+        let mut variant = read(repo.join("testkit/topologies/seed-pair/cluster.toml"));
+        let mgmt = variant.remove("management").expect("[management]");
+        assert_eq!(
+            mgmt["interfaces"].as_array().unwrap()[0].as_str(),
+            Some("mgmt")
+        );
+        for (_, node) in variant["nodes"].as_table_mut().unwrap().iter_mut() {
+            let ifs = node["interfaces"].as_table_mut().unwrap();
+            assert_eq!(ifs.remove("mgmt").unwrap()["device"].as_str(), Some("eth3"));
+        }
+        assert_eq!(variant, fixture);
+    }
+
+    /// The variant's ruleset lets the management port in on the management zone (and the
+    /// sync link, always), never on inside or outside.
+    #[test]
+    fn the_variant_opens_the_management_port_on_the_mgmt_zone_only() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cfg =
+            twinwall_config::load(&repo.join("testkit/topologies/seed-pair/cluster.toml")).unwrap();
+        let view = cfg.node_view("lj-fw-1").unwrap();
+        let script = twinwall_ruleset::compile(&view, &twinwall_ruleset::Options::default())
+            .unwrap()
+            .text;
+        let rules: Vec<&str> = script
+            .lines()
+            .filter(|l| l.contains("dport 9780"))
+            .collect();
+        let input: Vec<&&str> = rules.iter().filter(|l| l.contains("iifname")).collect();
+        assert_eq!(input.len(), 1, "{rules:?}");
+        assert!(input[0].contains("\"eth3\""), "{}", input[0]);
+        assert!(input[0].contains("192.0.2.64/26"), "{}", input[0]);
+        assert!(
+            !input[0].contains("eth0") && !input[0].contains("eth1"),
+            "{}",
+            input[0]
+        );
+    }
+
+    #[test]
+    fn a_management_zone_becomes_the_nic_after_the_data_nics() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let plan = LabPlan::load(&repo.join("testkit/topologies/seed-pair"), &repo).unwrap();
+        let f = cluster_facts(&plan.config.unwrap(), "lj-fw-1").unwrap();
+        let m1 = &f.mgmt["lj-fw-1"];
+        assert_eq!(
+            (m1.device.as_str(), m1.address.to_string(), m1.port),
+            ("eth3", "192.0.2.81".to_string(), 9780)
+        );
+        assert_eq!(f.mgmt["lj-fw-2"].address.to_string(), "192.0.2.82");
+        let nic = mgmt_nic("fw1", "lj-fw-1", m1, 3).unwrap();
+        assert_eq!((nic.guest, nic.ports), (m1.address, vec![9780]));
+        let e = mgmt_nic("fw1", "lj-fw-1", m1, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("fw1") && e.contains("eth3") && e.contains("eth2"),
+            "{e}"
+        );
+        let off = MgmtAddr {
+            address: "10.9.9.9".parse().unwrap(),
+            ..m1.clone()
+        };
+        let e = mgmt_nic("fw1", "lj-fw-1", &off, 3).unwrap_err().to_string();
+        assert!(e.contains("10.9.9.9") && e.contains("192.0.2.64/26"), "{e}");
+        assert_eq!(f.priorities["lj-fw-1"], 200);
+        assert!(f.preempt);
     }
 
     #[test]

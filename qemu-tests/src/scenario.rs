@@ -1,20 +1,23 @@
 //! The failover scenarios of the lab, each a script of faults against a booted pair that
 //! ends in a [`Report`]: fault time, time until the VIP answered (ARP) on the new master,
 //! the client's longest gap, flows broken / total, the checks and a one-line summary.
-//! Observations come from the switch (VRRP adverts and ARP claims it forwarded) and from
-//! the client agent; nothing is read from inside the firewalls, so a scenario judges the
-//! pair the way its neighbours see it.
+//! Observations come from the switch (VRRP adverts and ARP claims it forwarded), from
+//! the client agent, and — where the topology forwards their management APIs — from the
+//! firewalls themselves (`GET /status`: VRRP and sync state), so a scenario holds what the
+//! neighbours see against what each node believes.
 //!
 //! Scenarios expect the state the previous one left (a settled pair) and leave the pair
 //! settled again, except `kill-master`, which leaves one node and so runs last.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::agent::ClientStats;
-use crate::lab::{Lab, LabError, LabStatus};
+use crate::fwstatus::FirewallState;
+use crate::lab::{Lab, LabError, LabStatus, read_firewalls};
 use crate::switch::core::{Dir, Observed, ObservedKind};
 
 /// The scenarios in their run order.
@@ -39,7 +42,7 @@ pub enum ScenarioError {
     #[error(transparent)]
     Lab(#[from] LabError),
     /// The pair never reached the state the scenario starts from.
-    #[error("scenario {scenario}: {what} not reached within {secs} s")]
+    #[error("scenario {scenario}: {what} not reached within {secs} s; last seen: {last}")]
     Timeout {
         /// Scenario.
         scenario: String,
@@ -47,6 +50,8 @@ pub enum ScenarioError {
         what: String,
         /// The limit.
         secs: u64,
+        /// What the last look showed (who advertised, which flows were down and why).
+        last: String,
     },
     /// Writing the report failed.
     #[error("writing {path}: {source}")]
@@ -96,6 +101,9 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// What the switch observed from the fault on.
     pub observed: Vec<Observed>,
+    /// Observations that are not checks (e.g. flows that broke while the pair came up).
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// Human summary.
     pub summary: String,
 }
@@ -136,6 +144,7 @@ impl<'a> Run<'a> {
                 flows_total: 0,
                 checks: Vec::new(),
                 observed: Vec::new(),
+                notes: Vec::new(),
                 summary: String::new(),
             },
         }
@@ -147,6 +156,17 @@ impl<'a> Run<'a> {
 
     fn traffic(&self, reset: bool) -> Result<ClientStats, LabError> {
         lock(self.lab).traffic(reset)
+    }
+
+    /// The firewalls' own state (empty when no management API is forwarded). The
+    /// requests go out without holding the lab's lock.
+    fn firewalls(&self) -> BTreeMap<String, Result<FirewallState, String>> {
+        let endpoints = lock(self.lab).mgmt_endpoints();
+        read_firewalls(&endpoints)
+    }
+
+    fn reads_firewalls(&self) -> bool {
+        !lock(self.lab).mgmt_endpoints().is_empty()
     }
 
     fn check(&mut self, what: &str, ok: bool, detail: String) {
@@ -165,31 +185,91 @@ impl<'a> Run<'a> {
         timeout: Duration,
         mut f: impl FnMut(&Self) -> Option<T>,
     ) -> Result<T, ScenarioError> {
+        self.wait_why(what, timeout, |r| f(r).ok_or_else(|| "not yet".to_string()))
+    }
+
+    /// Polls `f` every 100 ms until it returns `Ok`; on timeout the error carries the
+    /// last reason `f` gave.
+    fn wait_why<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Self) -> Result<T, String>,
+    ) -> Result<T, ScenarioError> {
         let start = Instant::now();
         loop {
-            if let Some(v) = f(self) {
-                return Ok(v);
-            }
+            let last = match f(self) {
+                Ok(v) => return Ok(v),
+                Err(why) => why,
+            };
             if start.elapsed() >= timeout {
                 return Err(ScenarioError::Timeout {
                     scenario: self.name.clone(),
                     what: what.to_string(),
                     secs: timeout.as_secs(),
+                    last,
                 });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// A settled pair: one master holding every VIP and every client flow echoing.
+    /// A settled pair: one master holding every VIP — with preemption the running node of
+    /// the highest priority — unchanged for [`STABLE_ADVERTS`] advert intervals (at least
+    /// [`STABLE_MIN`]), and every client flow echoing. A master seen right after a heal
+    /// is not final while a preempting peer is about to take over.
     fn settled(&self, timeout: Duration) -> Result<String, ScenarioError> {
-        self.wait(
-            "one master with all VIPs and all flows echoing",
+        let stable_for = STABLE_MIN.max(Duration::from_millis(
+            u64::from(lock(self.lab).advert_ms) * STABLE_ADVERTS,
+        ));
+        let mut since: Option<(String, Instant)> = None;
+        self.wait_why(
+            "one stable master with all VIPs and all flows echoing",
             timeout,
             |r| {
-                let m = sole_master(&r.status())?;
-                r.traffic(false).ok().filter(|t| t.all_flowing(1000))?;
-                Some(m)
+                let st = r.status();
+                let expected = lock(r.lab).expected_master();
+                let Some(m) = sole_master(&st) else {
+                    since = None;
+                    return Err(format!(
+                        "no sole master (advertising: {:?}, split brain {})",
+                        st.vip_holders, st.split_brain
+                    ));
+                };
+                if let Some(e) = expected.as_ref().filter(|e| **e != m) {
+                    since = None;
+                    return Err(format!(
+                        "{m} is master, {e} (higher priority) should preempt"
+                    ));
+                }
+                let held = match &since {
+                    Some((prev, t)) if *prev == m => t.elapsed(),
+                    _ => {
+                        since = Some((m.clone(), Instant::now()));
+                        Duration::ZERO
+                    }
+                };
+                if held < stable_for {
+                    return Err(format!("{m} master for {} ms only", held.as_millis()));
+                }
+                let t = r.traffic(false).map_err(|e| e.to_string())?;
+                if !t.all_flowing(1000) {
+                    return Err(format!(
+                        "{m} master; flows not echoing: {}",
+                        t.why_not_flowing(1000).join("; ")
+                    ));
+                }
+                // The nodes must agree with what the neighbours see: only m says master.
+                for (vm, st) in r.firewalls() {
+                    let st = st.map_err(|e| format!("{m} master; {vm}: {e}"))?;
+                    if st.is_master() != (vm == m) {
+                        return Err(format!(
+                            "{m} master on the wire, but {vm} reports {}",
+                            st.summary()
+                        ));
+                    }
+                }
+                Ok(m)
             },
         )
     }
@@ -260,6 +340,11 @@ impl<'a> Run<'a> {
 const SETTLE: Duration = Duration::from_secs(240);
 const FAILOVER: Duration = Duration::from_secs(60);
 
+/// A master counts as settled once it held this many advert intervals without a change.
+const STABLE_ADVERTS: u64 = 10;
+/// ... and at least this long.
+const STABLE_MIN: Duration = Duration::from_secs(1);
+
 /// A link fault on the master's `segment`: the VIPs must move to the peer, flows survive.
 fn cut_master(r: &mut Run<'_>, segment: &str) -> Result<(), ScenarioError> {
     let m = r.settled(SETTLE)?;
@@ -317,7 +402,32 @@ fn boot(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         }),
         claims.join(", "),
     );
-    r.traffic(true)?;
+    // What happened to the flows while the pair came up (before this scenario's window):
+    // a flow that connected through the first node up and then met the preempting node
+    // without its state stalls (tcp_loose=0) until the agent gives up on it.
+    let before = r.traffic(true)?;
+    let broke: Vec<String> = before
+        .flows
+        .iter()
+        .filter(|f| f.resets + f.stalls > 0)
+        .map(|f| {
+            format!(
+                "flow {}: {} resets, {} stalls, longest gap {} ms ({})",
+                f.id,
+                f.resets,
+                f.stalls,
+                f.longest_gap_ms,
+                f.last_error.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    if !broke.is_empty() {
+        r.report.notes.push(format!(
+            "while the pair came up {} TCP flows broke and reconnected: {}",
+            broke.len(),
+            broke.join("; ")
+        ));
+    }
     std::thread::sleep(Duration::from_secs(3));
     r.finish_traffic()?;
     r.check(
@@ -364,23 +474,108 @@ fn kill_master(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     Ok(())
 }
 
+/// Both firewalls' sync state, one line each.
+fn sync_lines(fws: &BTreeMap<String, Result<FirewallState, String>>) -> String {
+    fws.iter()
+        .map(|(vm, s)| match s {
+            Ok(s) => format!("{vm}: {}", s.summary()),
+            Err(e) => format!("{vm}: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Whether a node's sync state shows the alarm of a lost sync link: peer down, or the
+/// caches not (known to be) consistent.
+fn sync_alarm(s: &FirewallState) -> bool {
+    s.sync
+        .as_ref()
+        .is_some_and(|y| !y.peer_up || y.alarm || y.consistent == Some(false))
+}
+
+/// Caches converged: both peers up, no alarm, the backup's copy matched the master's
+/// digest, and the master's table and the backup's copy hold the same number of entries
+/// within `max(2, 10 %)` (flows open and close meanwhile).
+fn caches_converged(
+    fws: &BTreeMap<String, Result<FirewallState, String>>,
+    master: &str,
+) -> Result<(u64, u64), String> {
+    let get = |vm: &str| -> Result<&FirewallState, String> {
+        match fws.get(vm) {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(format!("{vm}: {e}")),
+            None => Err(format!("{vm}: no status")),
+        }
+    };
+    let m = get(master)?;
+    let b = fws
+        .keys()
+        .find(|k| *k != master)
+        .ok_or("no backup status")?;
+    let b = get(b)?;
+    let (Some(ms), Some(bs)) = (&m.sync, &b.sync) else {
+        return Err("a sync service did not answer".into());
+    };
+    if !ms.peer_up || !bs.peer_up || ms.alarm || bs.alarm || bs.consistent != Some(true) {
+        return Err(format!("not synced yet: {}", sync_lines(fws)));
+    }
+    let (a, e) = (ms.internal_entries, bs.external_entries);
+    let tolerance = (a.max(e) / 10).max(2);
+    if a.abs_diff(e) > tolerance {
+        return Err(format!(
+            "entries differ: {a} on {} vs {e} held by {} (tolerance {tolerance})",
+            m.vm, b.vm
+        ));
+    }
+    Ok((a, e))
+}
+
 fn cut_sync(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     let m = r.settled(SETTLE)?;
+    let peer = r.peer_of(&m);
     r.report.master_before = Some(m.clone());
     r.traffic(true)?;
     let t = lock(r.lab).cut(&format!("{m}:sync"), true)?;
     r.report.fault_at_ms = Some(t);
-    // Watch for ten advert intervals' worth of seconds: the VIPs must stay put.
+    let fw = r.reads_firewalls();
+    // Watch for at least 30 advert intervals (3 s): the VIPs must stay put; meanwhile
+    // both nodes must raise the sync alarm themselves (peer down / not synced).
     let advert = u64::from(lock(r.lab).advert_ms);
-    let until = Instant::now() + Duration::from_millis((advert * 30).max(3000));
+    let start = Instant::now();
+    let watch = Duration::from_millis((advert * 30).max(3000));
     let mut moved = None;
-    while Instant::now() < until {
+    let mut alarm_after: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_fw = String::new();
+    loop {
         let st = r.status();
         if sole_master(&st).as_deref() != Some(m.as_str()) {
             moved = Some(format!(
                 "holders {:?}, split brain {}",
                 st.vip_holders, st.split_brain
             ));
+            break;
+        }
+        if fw {
+            let fws = r.firewalls();
+            for (vm, s) in &fws {
+                if let Ok(s) = s {
+                    if vm == &peer && s.is_master() {
+                        moved = Some(format!("{peer} reports itself master: {}", s.summary()));
+                    }
+                    if sync_alarm(s) {
+                        alarm_after
+                            .entry(vm.clone())
+                            .or_insert(lock(r.lab).switch.now_ms().saturating_sub(t));
+                    }
+                }
+            }
+            last_fw = sync_lines(&fws);
+            if moved.is_some() {
+                break;
+            }
+        }
+        let both = !fw || alarm_after.len() == 2;
+        if (start.elapsed() >= watch && both) || start.elapsed() >= FAILOVER {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -390,10 +585,82 @@ fn cut_sync(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         moved.is_none(),
         moved.unwrap_or_else(|| format!("{m} kept every VIP")),
     );
+    if fw {
+        r.check(
+            "both firewalls raise the sync alarm (peer down / not synced)",
+            alarm_after.len() == 2,
+            format!("alarm after (ms) {alarm_after:?}; {last_fw}"),
+        );
+    }
     r.check_no_flow_broken("no flow was reset")?;
     r.observe_from(t);
     r.heal_and_settle()?;
+    if fw {
+        let healed = lock(r.lab).switch.now_ms();
+        let master = r.report.master_after.clone().unwrap_or(m);
+        let conv = r.wait_why("the caches converged", FAILOVER, |r| {
+            caches_converged(&r.firewalls(), &master)
+        });
+        let took = lock(r.lab).switch.now_ms().saturating_sub(healed);
+        r.check(
+            "after the heal the caches converge (synced, entry counts equal within max(2, 10 %))",
+            conv.is_ok(),
+            match &conv {
+                Ok((a, e)) => format!(
+                    "{a} entries on {master}, {e} held by the peer; {took} ms after the pair settled"
+                ),
+                Err(e) => e.to_string(),
+            },
+        );
+    }
     Ok(())
+}
+
+/// After a heal that ended a split brain: how long until the loser's last master advert
+/// (`Err`: never one master within [`FAILOVER`]).
+fn one_master_after_heal(r: &Run<'_>, h: u64, a: &str, b: &str) -> Result<u64, ScenarioError> {
+    r.wait("one master after the heal", FAILOVER, |r| {
+        let winner = sole_master(&r.status())?;
+        let loser = if winner == a { b } else { a };
+        // The loser's last master advert after the heal ends the split brain.
+        let lab = lock(r.lab);
+        let core = lab.switch.core();
+        let last = lab
+            .vips
+            .iter()
+            .filter_map(|v| {
+                let port = core.port(&format!("{loser}:{}", v.zone)).ok()?;
+                core.advert(port, v.vrid)
+                    .filter(|a| a.priority > 0)
+                    .map(|a| a.last_ms)
+            })
+            .max()
+            .unwrap_or(h);
+        Some(last.saturating_sub(h))
+    })
+}
+
+/// Both nodes say they are master (of some router), as read from their own status.
+fn both_report_master(r: &Run<'_>) -> Result<String, String> {
+    let fws = r.firewalls();
+    let masters: Vec<String> = fws
+        .iter()
+        .filter_map(|(vm, s)| {
+            let s = s.as_ref().ok()?;
+            s.vrrp
+                .iter()
+                .any(|g| g.state == "master" || g.routers.iter().any(|x| x.state == "master"))
+                .then(|| vm.clone())
+        })
+        .collect();
+    if masters.len() >= 2 {
+        Ok(sync_lines(&fws))
+    } else {
+        Err(format!(
+            "masters by their own word: {masters:?}; {}",
+            sync_lines(&fws)
+        ))
+    }
 }
 
 fn partition(r: &mut Run<'_>) -> Result<(), ScenarioError> {
@@ -411,27 +678,20 @@ fn partition(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         split.is_ok(),
         format!("split brain seen: {}", split.is_ok()),
     );
+    if r.reads_firewalls() {
+        let own = r.wait_why("both nodes reporting master", FAILOVER, both_report_master);
+        r.check(
+            "the firewalls themselves report the split brain (both master)",
+            own.is_ok(),
+            match own {
+                Ok(s) => s,
+                Err(e) => e.to_string(),
+            },
+        );
+    }
     let h = lock(r.lab).heal(None)?;
     let advert = u64::from(lock(r.lab).advert_ms);
-    let one = r.wait("one master after the heal", FAILOVER, |r| {
-        let winner = sole_master(&r.status())?;
-        let loser = if winner == m { &peer } else { &m };
-        // The loser's last master advert after the heal ends the split brain.
-        let lab = lock(r.lab);
-        let core = lab.switch.core();
-        let last = lab
-            .vips
-            .iter()
-            .filter_map(|v| {
-                let port = core.port(&format!("{loser}:{}", v.zone)).ok()?;
-                core.advert(port, v.vrid)
-                    .filter(|a| a.priority > 0)
-                    .map(|a| a.last_ms)
-            })
-            .max()
-            .unwrap_or(h);
-        Some(last.saturating_sub(h))
-    });
+    let one = one_master_after_heal(r, h, &m, &peer);
     r.report.converged_after_heal_ms = one.as_ref().ok().copied();
     r.check(
         "one master within 3 adverts of the heal",
@@ -471,6 +731,11 @@ fn flap(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     Ok(())
 }
 
+/// The expected outcome of a one-way advert loss: the backup that stops hearing the
+/// master's adverts on inside takes over after Master_Down_Interval and advertises too,
+/// so the split brain is visible (on the wire and in its own status); the master, which
+/// still hears everything, stays master. On heal the lower-priority node yields: one
+/// master within 3 adverts.
 fn one_way(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     let m = r.settled(SETTLE)?;
     let peer = r.peer_of(&m);
@@ -480,19 +745,63 @@ fn one_way(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     // sends still arrives: the classic one-way failure.
     let t = lock(r.lab).cut_one_way(&format!("{peer}:inside"), Dir::Tx)?;
     r.report.fault_at_ms = Some(t);
-    std::thread::sleep(Duration::from_secs(5));
+    let split = r.wait(
+        "the deaf backup advertising too (split brain)",
+        FAILOVER,
+        |r| {
+            let st = r.status();
+            let inside = st.vips.iter().find(|v| v.segment == "inside")?;
+            (st.split_brain
+                && inside
+                    .masters
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{peer}:"))))
+            .then(|| lock(r.lab).switch.now_ms().saturating_sub(t))
+        },
+    );
+    r.check(
+        "the backup that hears no adverts becomes master: split brain visible",
+        split.is_ok(),
+        format!("split brain on inside after {:?} ms", split.as_ref().ok()),
+    );
+    if r.reads_firewalls() {
+        let own = r.wait_why("both nodes reporting master", FAILOVER, both_report_master);
+        r.check(
+            "the firewalls themselves report it (both master)",
+            own.is_ok(),
+            match own {
+                Ok(s) => s,
+                Err(e) => e.to_string(),
+            },
+        );
+    }
     let st = r.status();
     r.check(
-        "the lab reports the state (one master or a visible split brain)",
-        sole_master(&st).is_some() || st.split_brain,
+        "the master that still hears everything stays master",
+        st.vips
+            .iter()
+            .all(|v| v.masters.iter().any(|p| p.starts_with(&format!("{m}:")))),
         format!(
-            "holders {:?}, split brain {}",
-            st.vip_holders, st.split_brain
+            "advertising: {:?}",
+            st.vips
+                .iter()
+                .map(|v| (v.vrid, v.masters.clone()))
+                .collect::<Vec<_>>()
         ),
     );
     r.finish_traffic()?;
     r.observe_from(t);
-    r.heal_and_settle()?;
+    let h = lock(r.lab).heal(None)?;
+    let advert = u64::from(lock(r.lab).advert_ms);
+    let one = one_master_after_heal(r, h, &m, &peer);
+    r.report.converged_after_heal_ms = one.as_ref().ok().copied();
+    r.check(
+        "on heal one master within 3 adverts",
+        one.as_ref().is_ok_and(|ms| *ms <= 3 * advert),
+        format!("{:?} ms (3 adverts = {} ms)", one.ok(), 3 * advert),
+    );
+    let back = r.settled(SETTLE)?;
+    r.report.master_after = Some(back);
     Ok(())
 }
 
@@ -513,6 +822,9 @@ fn summary(r: &Report) -> String {
     ));
     for c in r.checks.iter().filter(|c| !c.ok) {
         s.push_str(&format!("; FAILED: {} ({})", c.what, c.detail));
+    }
+    for n in &r.notes {
+        s.push_str(&format!("; note: {n}"));
     }
     s
 }

@@ -379,7 +379,7 @@ mod tests {
         assert!(
             p.config
                 .unwrap()
-                .ends_with("shared/examples/seed-pair.toml")
+                .ends_with("testkit/topologies/seed-pair/cluster.toml")
         );
     }
 

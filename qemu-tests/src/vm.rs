@@ -3,9 +3,12 @@
 //! image serves every VM and is never written), the serial console captured to a file,
 //! a QMP socket, every data NIC a `-netdev dgram` endpoint of the lab switch, and an
 //! optional management NIC (`-netdev user,restrict=on`) whose only use is to forward
-//! loopback ports to guest services.
+//! loopback ports to guest services. QEMU binds each forward's host port itself (port 0)
+//! and the lab reads the port back over QMP (`info usernet`): a port reserved by the lab
+//! and bound later by QEMU could be taken by another process in between.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +22,7 @@ pub const KVM_ENV: &str = "TWINWALL_LAB_KVM";
 /// The slirp network of management NICs: a documentation range, private to each QEMU
 /// (`restrict=on`: nothing is routed out of it).
 pub const MGMT_NET: &str = "192.0.2.64/26";
-/// The guest's address on the management NIC (what `hostfwd` forwards to).
+/// The lab hosts' address on the management NIC (what `hostfwd` forwards to).
 pub const MGMT_GUEST: &str = "192.0.2.80";
 /// Prefix length of [`MGMT_NET`].
 pub const MGMT_PREFIX: u8 = 26;
@@ -69,6 +72,18 @@ pub enum VmError {
         /// Console file.
         console: PathBuf,
     },
+    /// A forwarded port could not be read back from QEMU.
+    #[error(
+        "vm {vm}: no host port for the forward to guest port {guest_port} in `info usernet`: {usernet}"
+    )]
+    NoForward {
+        /// VM name.
+        vm: String,
+        /// The guest port.
+        guest_port: u16,
+        /// What QEMU listed.
+        usernet: String,
+    },
     /// QMP failed.
     #[error("vm {vm}: {source}")]
     Qmp {
@@ -107,6 +122,16 @@ pub struct Nic {
     pub endpoint: Endpoint,
 }
 
+/// The management NIC: a restricted user-mode network whose only use is forwarding
+/// loopback ports of the host to guest services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MgmtNic {
+    /// The guest's address on it (in [`MGMT_NET`]).
+    pub guest: Ipv4Addr,
+    /// Guest TCP ports reachable from the host (each on a port QEMU picks).
+    pub ports: Vec<u16>,
+}
+
 /// Everything needed to start one VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -118,9 +143,8 @@ pub struct VmSpec {
     pub boot: Boot,
     /// Data NICs in guest order (`eth0`, `eth1`, ...).
     pub nics: Vec<Nic>,
-    /// Loopback port forwards (host 127.0.0.1 port, guest port) over a management NIC
-    /// that comes after the data NICs. Empty: no management NIC.
-    pub forwards: Vec<(u16, u16)>,
+    /// The management NIC, after the data NICs (`None`: none).
+    pub mgmt: Option<MgmtNic>,
     /// Guest memory in MiB.
     pub memory_mb: u32,
 }
@@ -187,12 +211,10 @@ impl VmSpec {
                 slot = 0x10 + i
             ));
         }
-        if !self.forwards.is_empty() {
+        if let Some(m) = &self.mgmt {
             let mut user = format!("user,id=mgmt,restrict=on,net={MGMT_NET}");
-            for (host, guest) in &self.forwards {
-                user.push_str(&format!(
-                    ",hostfwd=tcp:127.0.0.1:{host}-{MGMT_GUEST}:{guest}"
-                ));
+            for guest in &m.ports {
+                user.push_str(&format!(",hostfwd=tcp:127.0.0.1:0-{}:{guest}", m.guest));
             }
             a.push("-netdev".into());
             a.push(user);
@@ -214,11 +236,18 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// A free TCP port on 127.0.0.1 for a forward (bound, read, released).
-pub fn reserve_tcp_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The host ports of `info usernet`'s `TCP[HOST_FORWARD]` lines, by guest port (pure).
+pub fn parse_usernet_forwards(text: &str) -> BTreeMap<u16, u16> {
+    // Columns: Protocol[State] FD SourceAddress Port DestAddress Port RecvQ SendQ.
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.first() != Some(&"TCP[HOST_FORWARD]") || w.len() < 6 {
+                return None;
+            }
+            Some((w[5].parse().ok()?, w[3].parse().ok()?))
+        })
+        .collect()
 }
 
 /// A running VM; QEMU is killed on drop.
@@ -229,6 +258,8 @@ pub struct Vm {
     /// Its files: `console.log`, `qmp.sock`, `qemu.log`.
     pub dir: PathBuf,
     child: Option<Child>,
+    /// Host port per forwarded guest port, as QEMU bound them.
+    forwards: BTreeMap<u16, u16>,
 }
 
 impl Vm {
@@ -263,11 +294,53 @@ impl Vm {
                 vm: spec.name.clone(),
                 source,
             })?;
-        Ok(Vm {
+        let mut vm = Vm {
             spec,
             dir: dir.to_path_buf(),
             child: Some(child),
-        })
+            forwards: BTreeMap::new(),
+        };
+        vm.read_forwards()?;
+        Ok(vm)
+    }
+
+    /// Asks QEMU which host ports it bound for the management forwards.
+    fn read_forwards(&mut self) -> Result<(), VmError> {
+        let Some(m) = self.spec.mgmt.clone() else {
+            return Ok(());
+        };
+        let qmp_err = |vm: &str| {
+            let vm = vm.to_string();
+            move |source| VmError::Qmp { vm, source }
+        };
+        let mut qmp = match self.qmp() {
+            Ok(q) => q,
+            Err(e) => {
+                // QEMU that exited at start (a port in use, a bad option) says so.
+                self.check_running()?;
+                return Err(e);
+            }
+        };
+        let text = qmp
+            .execute(
+                "human-monitor-command",
+                serde_json::json!({ "command-line": "info usernet" }),
+            )
+            .map_err(qmp_err(&self.spec.name))?;
+        let text = text.as_str().unwrap_or_default().to_string();
+        let found = parse_usernet_forwards(&text);
+        for guest_port in &m.ports {
+            let Some(host) = found.get(guest_port) else {
+                return Err(VmError::NoForward {
+                    vm: self.spec.name.clone(),
+                    guest_port: *guest_port,
+                    usernet: text.trim().to_string(),
+                });
+            };
+            self.forwards.insert(*guest_port, *host);
+        }
+        tracing::info!(vm = %self.spec.name, forwards = ?self.forwards, "host ports of the forwards");
+        Ok(())
     }
 
     /// The console file.
@@ -343,11 +416,9 @@ impl Vm {
 
     /// The loopback address forwarded to guest port `guest`, if any.
     pub fn forwarded(&self, guest: u16) -> Option<SocketAddr> {
-        self.spec
-            .forwards
-            .iter()
-            .find(|(_, g)| *g == guest)
-            .map(|(h, _)| SocketAddr::from(([127, 0, 0, 1], *h)))
+        self.forwards
+            .get(&guest)
+            .map(|h| SocketAddr::from(([127, 0, 0, 1], *h)))
     }
 
     /// Power cut: QMP `quit`, then reap (kill if QEMU does not exit).
@@ -415,7 +486,10 @@ mod tests {
                     endpoint: ep(4010),
                 },
             ],
-            forwards: vec![(5555, 7001)],
+            mgmt: Some(MgmtNic {
+                guest: "192.0.2.81".parse().unwrap(),
+                ports: vec![7001, 9780],
+            }),
             memory_mb: 256,
         };
         let a = spec.qemu_args(Path::new("/r/qmp.sock"), Path::new("/r/console.log"));
@@ -433,10 +507,19 @@ mod tests {
         );
         assert!(s.contains("netdev=inside,id=inside,mac=52:54:00:00:01:01,addr=0x11"));
         assert!(s.contains(
-            "user,id=mgmt,restrict=on,net=192.0.2.64/26,hostfwd=tcp:127.0.0.1:5555-192.0.2.80:7001"
+            "user,id=mgmt,restrict=on,net=192.0.2.64/26,hostfwd=tcp:127.0.0.1:0-192.0.2.81:7001,\
+             hostfwd=tcp:127.0.0.1:0-192.0.2.81:9780"
         ));
         assert!(s.contains("netdev=mgmt,id=mgmt,addr=0x12,romfile="));
         assert!(s.contains("-serial file:/r/console.log"));
         assert!(s.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn usernet_listing_gives_the_host_port_of_each_forward() {
+        // What QEMU 7.2 answers to `info usernet` (two forwards bound to port 0).
+        let text = "Hub -1 (m):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n  TCP[HOST_FORWARD]  11       127.0.0.1 38207      192.0.2.80  7001     0     0\r\n  TCP[HOST_FORWARD]   9       127.0.0.1 37449      192.0.2.80  9780     0     0\r\n  TCP[ESTABLISHED]   12       127.0.0.1 40000      192.0.2.80  7001     0     0\r\n";
+        let f = parse_usernet_forwards(text);
+        assert_eq!(f, BTreeMap::from([(7001, 38207), (9780, 37449)]));
     }
 }

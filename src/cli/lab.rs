@@ -15,6 +15,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use twinwall_control::{Request, Response, socket_path};
 use twinwall_lab::agent::{self, ClientConfig, ClientStats};
+use twinwall_lab::fwstatus::FirewallState;
 use twinwall_lab::lab::{Lab, LabOptions, LabStatus};
 use twinwall_lab::scenario::Report;
 use twinwall_lab::{daemon, topology};
@@ -246,6 +247,10 @@ pub enum AgentCmd {
         /// Time between echoes of a flow (ms).
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
+        /// An established flow without an echo this long (ms) counts as stalled (broken)
+        /// and reconnects.
+        #[arg(long, default_value_t = 10_000)]
+        stall_ms: u64,
         /// No UDP flow.
         #[arg(long)]
         no_udp: bool,
@@ -428,7 +433,7 @@ fn ms(v: u64) -> String {
     format!("{:.1} s", v as f64 / 1000.0)
 }
 
-fn print_status(st: &LabStatus, traffic: Option<&ClientStats>) {
+fn print_status(st: &LabStatus, traffic: Option<&ClientStats>, firewalls: Option<&Value>) {
     println!("lab {} (switch time {})", st.topology, ms(st.now_ms));
     for v in &st.vms {
         let role = match &v.role {
@@ -471,6 +476,22 @@ fn print_status(st: &LabStatus, traffic: Option<&ClientStats>) {
     }
     for (a, b) in &st.partitions {
         println!("partition: {a} | {b}");
+    }
+    if !st.mgmt.is_empty() {
+        println!("firewalls (their own state, GET /status of the management API):");
+    }
+    for (fw, addr) in &st.mgmt {
+        let line = match firewalls.and_then(|f| f.get(fw)) {
+            Some(v) if v.get("error").is_some() => {
+                format!("no answer: {}", v["error"].as_str().unwrap_or_default())
+            }
+            Some(v) => serde_json::from_value::<FirewallState>(v.clone())
+                .map(|s| s.summary())
+                .unwrap_or_else(|e| format!("unreadable: {e}")),
+            None => "not asked".into(),
+        };
+        println!("  {fw:<8} {line}");
+        println!("           API {addr} (twinwall status --to {addr})");
     }
     println!("ports:");
     for p in &st.ports {
@@ -518,7 +539,7 @@ fn print_traffic(t: &ClientStats) {
     );
     for f in &t.flows {
         println!(
-            "  flow {:<2} {:?} {:<9} echoes {:>7} longest gap {:>6} ms now {:>6} ms resets {}",
+            "  flow {:<2} {:?} {:<9} echoes {:>7} longest gap {:>6} ms now {:>6} ms resets {} stalls {}{}",
             f.id,
             f.proto,
             if f.connected || f.proto == agent::Proto::Udp {
@@ -529,7 +550,12 @@ fn print_traffic(t: &ClientStats) {
             f.echoes,
             f.longest_gap_ms,
             f.current_gap_ms,
-            f.resets
+            f.resets,
+            f.stalls,
+            f.last_error
+                .as_deref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
         );
     }
 }
@@ -589,16 +615,19 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
         LabCmd::Status(a) => {
             let v = request(&a.dir.run_dir, "status", Value::Null, SHORT)?;
             let traffic = request(&a.dir.run_dir, "traffic", Value::Null, SHORT).ok();
+            let firewalls = request(&a.dir.run_dir, "firewalls", Value::Null, SHORT).ok();
             if a.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({ "lab": v, "traffic": traffic }))?
+                    serde_json::to_string_pretty(
+                        &json!({ "lab": v, "traffic": traffic, "firewalls": firewalls })
+                    )?
                 );
                 return Ok(());
             }
             let st: LabStatus = serde_json::from_value(v)?;
             let t: Option<ClientStats> = traffic.and_then(|t| serde_json::from_value(t).ok());
-            print_status(&st, t.as_ref());
+            print_status(&st, t.as_ref(), firewalls.as_ref());
             Ok(())
         }
         LabCmd::Cut(a) => {
@@ -721,6 +750,7 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
             target,
             flows,
             interval_ms,
+            stall_ms,
             no_udp,
             stats,
             run_dir,
@@ -732,6 +762,7 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
                 udp: !no_udp,
                 interval: Duration::from_millis(interval_ms),
                 stats,
+                stall_after: Duration::from_millis(stall_ms),
             })?;
             Ok(())
         }

@@ -43,7 +43,9 @@ pub enum SwitchIoError {
 pub struct Endpoint {
     /// The switch's socket.
     pub switch: SocketAddr,
-    /// The VM side (QEMU `-netdev dgram` local address).
+    /// The VM side (QEMU `-netdev dgram` local address): a free port the switch found
+    /// and released for QEMU to bind; a collision with another process shows as a QEMU
+    /// start error naming the address.
     pub vm: SocketAddr,
 }
 
@@ -72,17 +74,14 @@ pub struct RunningSwitch {
     epoch: Instant,
 }
 
-/// A free UDP port on 127.0.0.1 for a VM's side of a link: bound, read, released. QEMU
-/// binds it right after; a collision with another process shows as a QEMU start error.
-pub fn reserve_udp_port() -> std::io::Result<SocketAddr> {
-    UdpSocket::bind("127.0.0.1:0")?.local_addr()
-}
-
 impl RunningSwitch {
     /// Binds one socket per port and starts forwarding.
     pub fn start(specs: Vec<PortSpec>, seed: u64) -> Result<RunningSwitch, SwitchIoError> {
         let mut sockets = Vec::new();
         let mut endpoints = Vec::new();
+        // The VM sides stay bound until every port has one: released one by one, the
+        // kernel could hand the same free port to two of them.
+        let mut held = Vec::new();
         for spec in &specs {
             let bind = |source| SwitchIoError::Bind {
                 port: spec.name(),
@@ -96,13 +95,16 @@ impl RunningSwitch {
                 .map_err(bind)?;
             sock.set_read_timeout(Some(Duration::from_millis(200)))
                 .map_err(bind)?;
-            let vm = reserve_udp_port().map_err(bind)?;
+            let vm_sock = UdpSocket::bind("127.0.0.1:0").map_err(bind)?;
+            let vm = vm_sock.local_addr().map_err(bind)?;
+            held.push(vm_sock);
             endpoints.push(Endpoint {
                 switch: sock.local_addr().map_err(bind)?,
                 vm,
             });
             sockets.push(Arc::new(sock));
         }
+        drop(held);
         let core = Arc::new(Mutex::new(Switch::new(specs, seed)));
         let stop = Arc::new(AtomicBool::new(false));
         let (delay_tx, delay_rx) = mpsc::channel::<Delayed>();
