@@ -124,6 +124,24 @@ struct Inner {
     reverts: u64,
     pushes: u64,
     rate_limited: u64,
+    staged: Option<Staged>,
+}
+
+/// What phase 1 of a two-phase push validated on this node (the peer's side), so that
+/// phase 2 of the same bundle need not verify, compile and `nft -c` it again.
+#[derive(Debug, Clone)]
+struct Staged {
+    /// sha256 of the bundle bytes.
+    sha256: [u8; 32],
+    /// The config version in force when it was validated (the anti-rollback base).
+    based_on: Option<u64>,
+    verified: VerifiedBundle,
+    prepared: Prepared,
+}
+
+fn bundle_sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).into()
 }
 
 /// The management service of one node.
@@ -446,12 +464,30 @@ impl Node {
             return self.install_fail_closed(bytes).await;
         }
         let b = bytes.clone();
-        let (v, p) = self.write(move |n| n.stage(&b, false)).await?;
+        let forward = opts.forward && self.settings.peer.is_some();
+        // Phase 1 on both nodes at once: this node's validation changes nothing, the
+        // peer's only keeps a staged copy, which is aborted if this node refuses.
+        let (local, remote) = tokio::join!(self.write(move |n| n.stage(&b, false)), async {
+            if forward {
+                Some(self.peer_call("/config?phase=stage", &bytes).await)
+            } else {
+                None
+            }
+        });
+        let (v, p) = match local {
+            Ok(x) => x,
+            Err(e) => {
+                if matches!(&remote, Some(Ok(a)) if a.ok()) {
+                    let _ = self.peer_call("/config?phase=abort", &bytes).await;
+                }
+                return Err(e);
+            }
+        };
         let version = v.manifest.version;
         let mut peer = json!(null);
         let mut peer_staged = false;
-        if opts.forward && self.settings.peer.is_some() {
-            match self.peer_call("/config?phase=stage", &bytes).await {
+        if let Some(remote) = remote {
+            match remote {
                 Ok(a) if a.ok() => peer_staged = true,
                 Ok(a) => {
                     return Err(MgmtError::Peer {
@@ -517,8 +553,21 @@ impl Node {
 
     /// `POST /config?phase=stage`.
     pub async fn peer_stage(self: &Arc<Self>, bytes: Bytes) -> Result<Value, MgmtError> {
-        let (v, _) = self.write(move |n| n.stage(&bytes, true)).await?;
-        Ok(json!({"node": self.settings.node, "staged": v.manifest.version}))
+        let version = self
+            .write(move |n| {
+                let (v, p) = n.stage(&bytes, true)?;
+                let version = v.manifest.version;
+                let based_on = n.version();
+                n.lock().staged = Some(Staged {
+                    sha256: bundle_sha256(&bytes),
+                    based_on,
+                    verified: v,
+                    prepared: p,
+                });
+                Ok(version)
+            })
+            .await?;
+        Ok(json!({"node": self.settings.node, "staged": version}))
     }
 
     /// `POST /config?phase=commit`: installs the staged bundle (validating again when
@@ -530,7 +579,17 @@ impl Node {
     ) -> Result<Value, MgmtError> {
         let applied = self
             .write(move |n| {
-                let (v, p) = n.stage(&bytes, false)?;
+                // The bundle phase 1 validated, with nothing installed since: use that
+                // validation; anything else is validated again.
+                // (the version is read first: `n.lock()` is not re-entrant)
+                let in_force = n.version();
+                let staged = n.lock().staged.take();
+                let staged =
+                    staged.filter(|s| s.sha256 == bundle_sha256(&bytes) && s.based_on == in_force);
+                let (v, p) = match staged {
+                    Some(s) => (s.verified, s.prepared),
+                    None => n.stage(&bytes, false)?,
+                };
                 n.commit(&bytes, &v, p, window)
             })
             .await?;
@@ -539,7 +598,11 @@ impl Node {
 
     /// `POST /config?phase=abort`.
     pub async fn peer_abort(self: &Arc<Self>) -> Result<Value, MgmtError> {
-        self.write(|n| Ok(n.store.unstage()?)).await?;
+        self.write(|n| {
+            n.lock().staged = None;
+            Ok(n.store.unstage()?)
+        })
+        .await?;
         Ok(json!({"node": self.settings.node, "aborted": true}))
     }
 
