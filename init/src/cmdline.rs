@@ -13,6 +13,7 @@
 //! | `twinwall.peer_absent_after=SECONDS` | health: how long sync may go without its peer (default 20) |
 //! | `twinwall.install=/dev/DISK` | install the running slot to DISK (`twinwall install`), then power off |
 //! | `twinwall.after_install=poweroff\|reboot` | what to do after a successful install (default poweroff) |
+//! | `twinwall.health_deadline=SECONDS` | health: reboot to the fallback slot when not healthy by then (default 300) |
 
 use crate::sys::PowerAction;
 
@@ -41,6 +42,8 @@ pub struct Cmdline {
     pub install: Option<String>,
     /// `twinwall.after_install`.
     pub after_install: Option<PowerAction>,
+    /// `twinwall.health_deadline`, in seconds.
+    pub health_deadline: Option<u64>,
     /// `twinwall.test_panic=1`.
     pub test_panic: bool,
     /// Options with the `twinwall.` prefix that init does not know (logged, not fatal:
@@ -100,6 +103,10 @@ impl Cmdline {
                 "test_panic" => c.test_panic = value == "1",
                 "peer_absent_after" => match value.parse() {
                     Ok(n) => c.peer_absent_after = Some(n),
+                    Err(_) => c.unknown.push(word.to_string()),
+                },
+                "health_deadline" => match value.parse() {
+                    Ok(n) => c.health_deadline = Some(n),
                     Err(_) => c.unknown.push(word.to_string()),
                 },
                 _ => c.unknown.push(word.to_string()),

@@ -31,7 +31,16 @@ use crate::status::Shared;
 pub trait SlotControl: Send {
     /// Marks `slot` (`a`/`b`) good.
     fn mark_good(&mut self, slot: &str) -> Result<(), String>;
+    /// Whether the slot other than `slot` is a known-good fallback (good and not on
+    /// trial), so that rebooting an unhealthy `slot` boots it.
+    fn has_fallback(&self, _slot: &str) -> bool {
+        false
+    }
 }
+
+/// How long a booted slot may take to become healthy before init reboots so that GRUB's
+/// boot counting falls back (only when a good fallback slot exists).
+pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(300);
 
 /// How long a reachable sync service may go without its peer before health accepts it.
 pub const DEFAULT_PEER_ABSENT_AFTER: Duration = Duration::from_secs(20);
@@ -137,6 +146,9 @@ pub struct Watch {
     /// Ask this process for an orderly shutdown once the report is out (boot tests:
     /// `twinwall.shutdown_when_healthy=`), through the same signals an operator sends.
     pub shutdown: Option<crate::sys::PowerAction>,
+    /// Not healthy this long after the watcher started, with a good fallback slot: reboot
+    /// (the slot on trial is not marked good, so GRUB boots the fallback).
+    pub deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -248,10 +260,21 @@ pub fn watch(
         .spawn(move || {
             let mut up_at: Option<Instant> = None;
             let mut logged: Vec<String> = Vec::new();
+            let started = Instant::now();
             loop {
                 std::thread::sleep(Duration::from_millis(200));
                 let st = shared.snapshot();
                 if st.shutting_down.is_some() {
+                    return;
+                }
+                if let (Some(d), Some(slot)) = (w.deadline, &w.slot)
+                    && started.elapsed() >= d
+                    && w.control.has_fallback(slot)
+                {
+                    let why = if logged.is_empty() { "services not up".to_string() } else { logged.join("; ") };
+                    tracing::error!(slot = %slot, pending = %why, "not healthy by the deadline; rebooting to the fallback slot");
+                    eprintln!("twinwall: health: slot {slot} not healthy within {} s ({why}); rebooting to the fallback slot", d.as_secs());
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
                     return;
                 }
                 if !st.services_up {

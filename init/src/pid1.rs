@@ -618,6 +618,12 @@ pub fn main(
             nft,
             console: true,
             shutdown: booted.cmdline.shutdown_when_healthy,
+            deadline: Some(
+                booted
+                    .cmdline
+                    .health_deadline
+                    .map_or(health::DEFAULT_HEALTH_DEADLINE, Duration::from_secs),
+            ),
         };
         if let Err(e) = health::watch(shared.clone(), opts.run_dir.clone(), policy, w) {
             console(&format!("health watcher not started: {e}"));

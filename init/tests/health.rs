@@ -52,6 +52,7 @@ fn watch(slot: &str, marks: &Arc<Mutex<Vec<String>>>) -> health::Watch {
         nft: None,
         console: false,
         shutdown: None,
+        deadline: None,
     }
 }
 

@@ -79,6 +79,19 @@ impl SlotControl for GrubenvSlots {
         RealSyscalls.sync();
         Ok(())
     }
+
+    fn has_fallback(&self, slot: &str) -> bool {
+        use twinwall_image::slot::{GrubenvFile, SlotControl as _};
+        let esp = std::path::Path::new(twinwall_init::storage::ESP_MOUNT);
+        let (Ok(st), Ok(s)) = (
+            GrubenvFile::new(twinwall_image::slot::esp_grubenv(esp)).state(),
+            slot.parse::<twinwall_image::Slot>(),
+        ) else {
+            return false;
+        };
+        let other = st.flags(s.other());
+        other.ok && !other.tried
+    }
 }
 
 /// Runs `twinwall init`.

@@ -180,6 +180,14 @@ fn render_mgmt(o: &mut String, m: &Value) {
                 .unwrap_or_default()
         );
     }
+    if m["os"]["version"].is_string() {
+        let _ = writeln!(
+            o,
+            "  os      twinwall {} kernel {}",
+            str_of(&m["os"]["version"]),
+            str_of(&m["os"]["kernel"])
+        );
+    }
 }
 
 fn str_of(v: &Value) -> String {

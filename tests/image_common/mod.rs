@@ -168,6 +168,9 @@ pub struct VmSpec {
     pub extra_disks: Vec<PathBuf>,
     /// An SMBIOS type-11 OEM string (`-smbios type=11,value=...`).
     pub oem_string: Option<String>,
+    /// NIC `.0` on a QEMU user-mode network with the `-netdev user` options `.1` (e.g.
+    /// `restrict=on,net=...,hostfwd=...`: the host reaches a guest port) instead of its hub.
+    pub user_nic: Option<(usize, String)>,
 }
 
 /// The MAC of NIC `i` of a [`VmSpec`].
@@ -249,7 +252,10 @@ impl Vm {
             c.args(["-net", "none"]);
         }
         for i in 0..spec.nics {
-            c.arg("-netdev").arg(format!("hubport,id=n{i},hubid={i}"));
+            match &spec.user_nic {
+                Some((n, opts)) if *n == i => c.arg("-netdev").arg(format!("user,id=n{i},{opts}")),
+                _ => c.arg("-netdev").arg(format!("hubport,id=n{i},hubid={i}")),
+            };
             c.arg("-device").arg(format!(
                 "virtio-net-pci,netdev=n{i},mac={},addr=0x{:x},romfile=",
                 nic_mac(i),

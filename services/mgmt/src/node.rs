@@ -124,6 +124,24 @@ struct Inner {
     reverts: u64,
     pushes: u64,
     rate_limited: u64,
+    staged: Option<Staged>,
+}
+
+/// What phase 1 of a two-phase push validated on this node (the peer's side), so that
+/// phase 2 of the same bundle need not verify, compile and `nft -c` it again.
+#[derive(Debug, Clone)]
+struct Staged {
+    /// sha256 of the bundle bytes.
+    sha256: [u8; 32],
+    /// The config version in force when it was validated (the anti-rollback base).
+    based_on: Option<u64>,
+    verified: VerifiedBundle,
+    prepared: Prepared,
+}
+
+fn bundle_sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).into()
 }
 
 /// The management service of one node.
@@ -138,6 +156,53 @@ pub struct Node {
     /// Bytes written into a slot so far (progress of the running update).
     pub update_written: Arc<AtomicU64>,
     started: Instant,
+}
+
+/// The release file the image build writes into every slot (`KEY=value` lines:
+/// `TWINWALL_VERSION`, `KERNEL`, `SOURCE_DATE_EPOCH`): what the running slot is.
+pub const RELEASE_FILE: &str = "/etc/twinwall-release";
+
+/// The running OS release from `path` as `{"version", "kernel", "epoch"}`; `null` when the
+/// file is absent (a host, not an appliance).
+pub fn os_release(path: &std::path::Path) -> Value {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_release(&text),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Parses the release file's `KEY=value` lines. Pure.
+pub fn parse_release(text: &str) -> Value {
+    let mut version = None;
+    let mut kernel = None;
+    let mut epoch = None;
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("TWINWALL_VERSION", v)) => version = Some(v.trim().to_string()),
+            Some(("KERNEL", v)) => kernel = Some(v.trim().to_string()),
+            Some(("SOURCE_DATE_EPOCH", v)) => epoch = v.trim().parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    json!({"version": version, "kernel": kernel, "epoch": epoch})
+}
+
+/// What the kernel enforces: the sha256 of `nft -s list ruleset` (stateless, so counters
+/// do not change it; the same digest init's health report prints) and its line count.
+pub fn kernel_ruleset() -> Value {
+    use sha2::{Digest, Sha256};
+    match std::process::Command::new("nft")
+        .args(["-s", "list", "ruleset"])
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => json!({
+            "sha256": hex::encode(Sha256::digest(&o.stdout)),
+            "lines": o.stdout.iter().filter(|b| **b == b'\n').count(),
+        }),
+        Ok(o) => json!({"error": String::from_utf8_lossy(&o.stderr).trim()}),
+        Err(e) => json!({"error": format!("nft: {e}")}),
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -399,12 +464,30 @@ impl Node {
             return self.install_fail_closed(bytes).await;
         }
         let b = bytes.clone();
-        let (v, p) = self.write(move |n| n.stage(&b, false)).await?;
+        let forward = opts.forward && self.settings.peer.is_some();
+        // Phase 1 on both nodes at once: this node's validation changes nothing, the
+        // peer's only keeps a staged copy, which is aborted if this node refuses.
+        let (local, remote) = tokio::join!(self.write(move |n| n.stage(&b, false)), async {
+            if forward {
+                Some(self.peer_call("/config?phase=stage", &bytes).await)
+            } else {
+                None
+            }
+        });
+        let (v, p) = match local {
+            Ok(x) => x,
+            Err(e) => {
+                if matches!(&remote, Some(Ok(a)) if a.ok()) {
+                    let _ = self.peer_call("/config?phase=abort", &bytes).await;
+                }
+                return Err(e);
+            }
+        };
         let version = v.manifest.version;
         let mut peer = json!(null);
         let mut peer_staged = false;
-        if opts.forward && self.settings.peer.is_some() {
-            match self.peer_call("/config?phase=stage", &bytes).await {
+        if let Some(remote) = remote {
+            match remote {
                 Ok(a) if a.ok() => peer_staged = true,
                 Ok(a) => {
                     return Err(MgmtError::Peer {
@@ -470,8 +553,21 @@ impl Node {
 
     /// `POST /config?phase=stage`.
     pub async fn peer_stage(self: &Arc<Self>, bytes: Bytes) -> Result<Value, MgmtError> {
-        let (v, _) = self.write(move |n| n.stage(&bytes, true)).await?;
-        Ok(json!({"node": self.settings.node, "staged": v.manifest.version}))
+        let version = self
+            .write(move |n| {
+                let (v, p) = n.stage(&bytes, true)?;
+                let version = v.manifest.version;
+                let based_on = n.version();
+                n.lock().staged = Some(Staged {
+                    sha256: bundle_sha256(&bytes),
+                    based_on,
+                    verified: v,
+                    prepared: p,
+                });
+                Ok(version)
+            })
+            .await?;
+        Ok(json!({"node": self.settings.node, "staged": version}))
     }
 
     /// `POST /config?phase=commit`: installs the staged bundle (validating again when
@@ -483,7 +579,17 @@ impl Node {
     ) -> Result<Value, MgmtError> {
         let applied = self
             .write(move |n| {
-                let (v, p) = n.stage(&bytes, false)?;
+                // The bundle phase 1 validated, with nothing installed since: use that
+                // validation; anything else is validated again.
+                // (the version is read first: `n.lock()` is not re-entrant)
+                let in_force = n.version();
+                let staged = n.lock().staged.take();
+                let staged =
+                    staged.filter(|s| s.sha256 == bundle_sha256(&bytes) && s.based_on == in_force);
+                let (v, p) = match staged {
+                    Some(s) => (s.verified, s.prepared),
+                    None => n.stage(&bytes, false)?,
+                };
                 n.commit(&bytes, &v, p, window)
             })
             .await?;
@@ -492,7 +598,11 @@ impl Node {
 
     /// `POST /config?phase=abort`.
     pub async fn peer_abort(self: &Arc<Self>) -> Result<Value, MgmtError> {
-        self.write(|n| Ok(n.store.unstage()?)).await?;
+        self.write(|n| {
+            n.lock().staged = None;
+            Ok(n.store.unstage()?)
+        })
+        .await?;
         Ok(json!({"node": self.settings.node, "aborted": true}))
     }
 
@@ -778,6 +888,7 @@ impl Node {
             },
             "peer": i.peer,
             "slots": boot,
+            "os": os_release(std::path::Path::new(RELEASE_FILE)),
             "update": {
                 "last": i.last_update,
                 "written_bytes": self.update_written.load(Ordering::Relaxed),
@@ -807,6 +918,7 @@ impl Node {
             }
         }
         all.insert("mgmt".into(), self.snapshot());
+        all.insert("ruleset_in_kernel".into(), kernel_ruleset());
         all.insert("unreachable".into(), Value::Object(unreachable));
         Value::Object(all)
     }
@@ -831,5 +943,25 @@ impl Node {
             peer_pending: i.peer.pending,
             update_written: self.update_written.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_release_file_gives_the_baked_in_version() {
+        let v = parse_release(
+            "TWINWALL_VERSION=0.1.0-lab2\nKERNEL=6.1.0-57-amd64\nSOURCE_DATE_EPOCH=17\n",
+        );
+        assert_eq!(v["version"], "0.1.0-lab2");
+        assert_eq!(v["kernel"], "6.1.0-57-amd64");
+        assert_eq!(v["epoch"], 17);
+        assert_eq!(parse_release("junk\n")["version"], Value::Null);
+        assert_eq!(
+            os_release(std::path::Path::new("/nonexistent/release")),
+            Value::Null
+        );
     }
 }
