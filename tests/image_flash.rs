@@ -272,13 +272,7 @@ fn larger_loop_device_is_flashed_verified_and_gpt_fixed() {
     let (code, out, err) = run(args!["flash", &img, &lo.dev, "--node", "fw-b"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("backup GPT moved"), "{out}");
-    let v = Command::new("sgdisk")
-        .arg("--verify")
-        .arg(&lo.dev)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&v.stdout);
-    assert!(text.contains("No problems found"), "{text}");
+    assert_gpt_verifies(&lo.dev);
     drop(lo);
     assert_eq!(config_file(&backing, &dir, "node"), b"fw-b\n");
     let _ = std::fs::remove_dir_all(&dir);

@@ -116,13 +116,7 @@ fn install_to_a_larger_loop_device_moves_the_backup_gpt() {
     let (code, out, err) = run_twinwall(args!["install", &lo.dev, "--from", &img]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("backup GPT moved"), "{out}");
-    let v = Command::new("sgdisk")
-        .arg("--verify")
-        .arg(&lo.dev)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&v.stdout);
-    assert!(text.contains("No problems found"), "{text}");
+    assert_gpt_verifies(&lo.dev);
     let p = Command::new("sgdisk")
         .arg("--print")
         .arg(&lo.dev)

@@ -450,3 +450,14 @@ pub fn run_twinwall(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// Asserts that `sgdisk --verify` finds no problem in the GPT of `dev`.
+pub fn assert_gpt_verifies(dev: &Path) {
+    let v = Command::new("sgdisk")
+        .arg("--verify")
+        .arg(dev)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(text.contains("No problems found"), "{text}");
+}
