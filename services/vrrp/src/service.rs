@@ -132,6 +132,19 @@ struct Shell {
     tracked: HashMap<u32, Vec<(usize, usize)>>,
     link_up: HashMap<u32, bool>,
     mismatch_logged: Vec<Vec<bool>>,
+    /// (group, router) -> the repeats of its running announcement (at most one each).
+    /// The shell's own timers send them, so leaving Master stops them before the next
+    /// action of that step: a node that is no longer master never announces a VIP.
+    garp: BTreeMap<(usize, usize), Repeat>,
+}
+
+/// The rest of one router's announcement (`garp_count` GARP/NA in all).
+#[derive(Debug, Clone, Copy)]
+struct Repeat {
+    /// When the next one goes out.
+    next: Time,
+    /// How many are still to go out.
+    left: u32,
 }
 
 /// Runs the service until `shutdown` completes, then steps down cleanly.
@@ -348,6 +361,7 @@ pub async fn run(
         tracked,
         link_up: HashMap::new(),
         mismatch_logged,
+        garp: BTreeMap::new(),
     };
     shell.snapshot();
     for l in links.values() {
@@ -367,14 +381,25 @@ pub async fn run(
             .iter()
             .min_by_key(|(_, t)| **t)
             .map(|(k, t)| (*k, *t));
-        let sleep_until = next
-            .map(|(_, t)| shell.epoch + t)
+        let next_garp = shell
+            .garp
+            .iter()
+            .min_by_key(|(_, r)| r.next)
+            .map(|(k, r)| (*k, r.next));
+        let wake = [next.map(|(_, t)| t), next_garp.map(|(_, t)| t)]
+            .into_iter()
+            .flatten()
+            .min();
+        let sleep_until = wake
+            .map(|t| shell.epoch + t)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            () = tokio::time::sleep_until(sleep_until), if next.is_some() => {
-                if let Some(((gi, target, timer), _)) = next {
+            () = tokio::time::sleep_until(sleep_until), if wake.is_some() => {
+                if let Some((key, at)) = next_garp.filter(|(_, at)| Some(*at) == wake) {
+                    shell.repeat_garp(key, at);
+                } else if let Some(((gi, target, timer), _)) = next {
                     shell.timers.remove(&(gi, target, timer));
                     let ev = match (target, timer) {
                         (Target::Group, _) => GroupEvent::CommitTimeout,
@@ -572,6 +597,13 @@ impl Shell {
             );
             let (g, actions) = group::step(g, now, ev);
             self.groups[gi] = g;
+            // A router that left Master stops announcing before anything else of this
+            // step goes out (its priority-0 advert included).
+            for ri in 0..self.groups[gi].routers.len() {
+                if self.groups[gi].routers[ri].state != State::Master {
+                    self.stop_garp(gi, ri, "left master");
+                }
+            }
             for a in actions {
                 self.execute(gi, a).await;
             }
@@ -679,6 +711,8 @@ impl Shell {
                 }
             }
             Action::RemoveVips => {
+                self.stop_garp(gi, ri, "VIPs removed");
+                let rio = &self.io[gi][ri];
                 for rt in self.routes_of(gi, ri) {
                     if let Err(e) = self
                         .nl
@@ -695,30 +729,61 @@ impl Shell {
                 }
             }
             Action::SendGarp => {
-                let ann = rio.announcer.clone();
-                let vips: Vec<IpAddr> = rio.vips.iter().map(|n| n.addr()).collect();
                 let count = self.plan.garp_count.max(1);
-                let interval = self.plan.garp_interval;
-                let device = rio.device.clone();
-                // The first announcement goes out now, not when the loop next yields: it is
-                // what moves the neighbours' traffic to us.
-                for v in &vips {
-                    if let Err(e) = ann.announce(*v) {
-                        tracing::debug!(%device, vip = %v, error = %e, "GARP/NA not sent");
-                    }
+                tracing::info!(group = %self.plan.groups[gi].name, vrid = r.params.vrid,
+                    device = %rio.device, count, interval_ms = self.plan.garp_interval.as_millis() as u64,
+                    "announcing the VIPs (gratuitous ARP / unsolicited NA)");
+                // The first announcement goes out now: it is what moves the neighbours'
+                // traffic to us. The repeats replace any series still running.
+                self.announce(gi, ri);
+                if count > 1 {
+                    let next = self.now() + self.plan.garp_interval;
+                    self.garp.insert(
+                        (gi, ri),
+                        Repeat {
+                            next,
+                            left: count - 1,
+                        },
+                    );
+                } else {
+                    self.garp.remove(&(gi, ri));
                 }
-                tokio::spawn(async move {
-                    for _ in 1..count {
-                        tokio::time::sleep(interval).await;
-                        for v in &vips {
-                            if let Err(e) = ann.announce(*v) {
-                                tracing::debug!(%device, vip = %v, error = %e, "GARP/NA not sent");
-                            }
-                        }
-                    }
-                });
             }
             Action::SetTimer { .. } | Action::CancelTimer { .. } | Action::Publish(_) => {}
+        }
+    }
+
+    /// Sends one GARP/NA for every VIP of router `ri` of group `gi`.
+    fn announce(&self, gi: usize, ri: usize) {
+        let rio = &self.io[gi][ri];
+        for v in &rio.vips {
+            if let Err(e) = rio.announcer.announce(v.addr()) {
+                tracing::debug!(device = %rio.device, vip = %v, error = %e, "GARP/NA not sent");
+            }
+        }
+    }
+
+    /// Sends the due repeat of `key`'s announcement and schedules the next.
+    fn repeat_garp(&mut self, key: (usize, usize), due: Time) {
+        self.announce(key.0, key.1);
+        let now = self.now();
+        let interval = self.plan.garp_interval;
+        if let Some(r) = self.garp.get_mut(&key) {
+            r.left -= 1;
+            // After a stall the next one is an interval away, not a burst of catch-ups.
+            r.next = (due + interval).max(now);
+            if r.left == 0 {
+                self.garp.remove(&key);
+            }
+        }
+    }
+
+    /// Stops router `ri`'s announcement, if one is still repeating.
+    fn stop_garp(&mut self, gi: usize, ri: usize, why: &'static str) {
+        if let Some(r) = self.garp.remove(&(gi, ri)) {
+            tracing::info!(group = %self.plan.groups[gi].name, vrid = self.groups[gi].routers[ri].params.vrid,
+                device = %self.io[gi][ri].device, skipped = r.left, reason = why,
+                "announcement repeats stopped");
         }
     }
 
