@@ -65,13 +65,14 @@ fn vrrp_failover_keeps_every_synced_flow() {
     assert_eq!(c.vrrp_role(1), "master");
     assert!(
         s.survived as f64 >= 0.999 * s.flows as f64,
-        "only {} of {} flows survived (TCP {}/{}, UDP {}/{})\n{}",
+        "only {} of {} flows survived (TCP {}/{}, UDP {}/{})\n{}\n{}",
         s.survived,
         s.flows,
         s.tcp.1,
         s.tcp.0,
         s.udp.1,
         s.udp.0,
+        c.diagnosis(),
         c.logs()
     );
 }

@@ -119,27 +119,41 @@ impl Flows {
     pub fn start(targets: &[(Proto, SocketAddr)], interval: Duration) -> std::io::Result<Flows> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
-        for &(proto, target) in targets {
-            let stop = stop.clone();
-            let h = match proto {
+        for (k, &(proto, target)) in targets.iter().enumerate() {
+            let flow_stop = stop.clone();
+            let started = match proto {
                 Proto::Tcp => {
-                    let s = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
-                    s.set_nodelay(true)?;
-                    s.set_read_timeout(Some(Duration::from_millis(100)))?;
-                    std::thread::Builder::new()
-                        .stack_size(64 * 1024)
-                        .spawn(move || tcp_flow(s, target, interval, stop))?
+                    TcpStream::connect_timeout(&target, Duration::from_secs(5)).and_then(|s| {
+                        s.set_nodelay(true)?;
+                        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+                        std::thread::Builder::new()
+                            .stack_size(64 * 1024)
+                            .spawn(move || tcp_flow(s, target, interval, flow_stop))
+                    })
                 }
-                Proto::Udp => {
-                    let s = UdpSocket::bind("0.0.0.0:0")?;
+                Proto::Udp => UdpSocket::bind("0.0.0.0:0").and_then(|s| {
                     s.connect(target)?;
                     s.set_read_timeout(Some(Duration::from_millis(100)))?;
                     std::thread::Builder::new()
                         .stack_size(64 * 1024)
-                        .spawn(move || udp_flow(s, target, interval, stop))?
-                }
+                        .spawn(move || udp_flow(s, target, interval, flow_stop))
+                }),
             };
-            handles.push(h);
+            match started {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // The flows already running stop; the error names the one that failed.
+                    let _ = Flows { stop, handles }.stop();
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{proto:?} flow {} of {} to {target} (the first {k} had started): {e}",
+                            k + 1,
+                            targets.len()
+                        ),
+                    ));
+                }
+            }
         }
         Ok(Flows { stop, handles })
     }

@@ -30,6 +30,8 @@ pub const NODE: [&str; 2] = ["lj-fw-1", "lj-fw-2"];
 pub const SERVER: &str = "203.0.113.254";
 /// The outside VIP.
 pub const VIP_OUT: &str = "203.0.113.1";
+/// The inside VIP (the client's gateway).
+pub const VIP_IN: &str = "198.51.100.1";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -432,6 +434,47 @@ impl Cluster {
             .map_err(|e| LabError::Invalid(format!("kill -{signal} {pid}: {e}")))
     }
 
+    /// Who the traffic goes to, for failure messages: the client's and the server's
+    /// neighbour caches (which MAC the VIPs resolve to), each firewall's MACs, VIPs,
+    /// VRRP role, conntrack count and sync role.
+    pub fn diagnosis(&self) -> String {
+        let mut out = String::new();
+        for h in ["client", "server"] {
+            let neigh = self
+                .lab
+                .ns(h)
+                .ip(["neigh", "show"])
+                .unwrap_or_else(|e| format!("({e})"));
+            out.push_str(&format!("{h} ip neigh:\n{}", neigh));
+        }
+        for (i, fw) in FW.iter().enumerate() {
+            let ns = self.lab.ns(fw);
+            let mac = |d: &str| ns.mac(d).unwrap_or_else(|e| format!("({e})"));
+            let vip = |d: &str, a: &str| {
+                ns.ip(["-4", "-o", "addr", "show", "dev", d])
+                    .is_ok_and(|o| o.contains(&format!("{a}/")))
+            };
+            let count = ns
+                .run("conntrack", ["-C"])
+                .map(|o| o.trim().to_string())
+                .unwrap_or_else(|e| format!("({e})"));
+            let sync = self.sync_status(i);
+            out.push_str(&format!(
+                "{fw}: eth0 {} (VIP {VIP_OUT}: {}), eth1 {} (VIP {VIP_IN}: {}), vrrp {}, \
+                 conntrack entries {count}, sync role {} internal {} external {}\n",
+                mac("eth0"),
+                vip("eth0", VIP_OUT),
+                mac("eth1"),
+                vip("eth1", VIP_IN),
+                self.vrrp_role(i),
+                sync["role"],
+                sync["internal_entries"],
+                sync["external_entries"],
+            ));
+        }
+        out
+    }
+
     /// Every service log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -585,7 +628,12 @@ impl Cluster {
             .lab
             .ns("client")
             .enter(move || Flows::start(&targets, Duration::from_millis(100)))?
-            .map_err(|e| fail(format!("flows through fw1 did not start: {e}")))?;
+            .map_err(|e| {
+                fail(format!(
+                    "flows through fw1 did not start: {e}\n{}",
+                    self.diagnosis()
+                ))
+            })?;
         if opts.sync {
             let want = (tcp + udp + opts.preload) as u64;
             let synced = wait_for(
@@ -603,10 +651,11 @@ impl Cluster {
             );
             if !synced {
                 return Err(fail(format!(
-                    "fw2 never held the {want} flows (roles fw1 {}, fw2 {}; fw2 sync {})",
+                    "fw2 never held the {want} flows (roles fw1 {}, fw2 {}; fw2 sync {})\n{}",
                     self.vrrp_role(0),
                     self.vrrp_role(1),
-                    self.sync_status(1)
+                    self.sync_status(1),
+                    self.diagnosis()
                 )));
             }
         }
