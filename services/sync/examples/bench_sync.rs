@@ -8,7 +8,8 @@
 //!
 //! Environment: `RAW_ONLY=1` the commit floor only; `VRRP_ONLY=1` the failovers with VRRP
 //! in the loop only; `INJECT_RT=1` the injector under SCHED_FIFO; `PERF=FILE` /
-//! `PERF_REPL=FILE` record the takeover commit / the master while replicating with perf.
+//! `PERF_REPL=FILE` record the takeover commit / the master while replicating with perf;
+//! `TW_ONLY=1` the replication table for twinwall only (no conntrackd, no failovers).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +38,72 @@ fn rss_mb(pid: u32) -> f64 {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0)
         / 1024.0
+}
+
+/// Where a process's resident memory is (MB): total, peak, the main heap (`[heap]`),
+/// anonymous mappings (thread arenas, large allocations, stacks), file-backed (binary,
+/// libraries).
+fn mem_breakdown(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut heap, mut anon, mut file) = (0.0, 0.0, 0.0);
+    let mut kind = 0;
+    for l in smaps.lines() {
+        let mut w = l.split_whitespace();
+        let first = w.next().unwrap_or("");
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            let name = l.split_whitespace().nth(5).unwrap_or("");
+            kind = if name == "[heap]" {
+                0
+            } else if name.is_empty() || name.starts_with('[') {
+                1
+            } else {
+                2
+            };
+        } else if first == "Rss:" {
+            let kb = w.next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0;
+            match kind {
+                0 => heap += kb,
+                1 => anon += kb,
+                _ => file += kb,
+            }
+        }
+    }
+    format!(
+        "RSS {:.1} MB (peak {:.1}): heap {heap:.1}, anon {anon:.1}, file {file:.1}",
+        field("VmRSS:"),
+        field("VmHWM:")
+    )
+}
+
+/// One sample of the replication tail: ms after the injection, master pending, unacked,
+/// retransmits, backup entries held, backup NACKs.
+type Sample = (f64, u64, u64, u64, u64, u64);
+
+/// UDP counters of a namespace (`/proc/net/snmp`): (RcvbufErrors, SndbufErrors, InErrors).
+fn udp_errors(ns: &twinwall_testkit::Netns) -> (u64, u64, u64) {
+    let text = ns.run("cat", ["/proc/net/snmp"]).unwrap_or_default();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let get = |k: &str| {
+        rows.first()
+            .and_then(|h| h.iter().position(|x| *x == k))
+            .and_then(|i| rows.get(1)?.get(i)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("RcvbufErrors"), get("SndbufErrors"), get("InErrors"))
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -221,10 +288,52 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         cpu1.1 - cpu0.1
     );
     assert_eq!(r.failed, 0, "{r:?}");
+    // The tail: from the end of the injection until the peer holds all, where the entries
+    // are (master: queued / in flight; backup: held), sampled every 5 ms.
+    let t_end = Instant::now();
+    let mut trace = Vec::new();
     let ok = wait_until(Duration::from_secs(120), || {
-        status(&socks[1])["external_entries"].as_u64().unwrap_or(0) >= n as u64
+        let (m, b) = (status(&socks[0]), status(&socks[1]));
+        let held = b["external_entries"].as_u64().unwrap_or(0);
+        trace.push((
+            t_end.elapsed().as_secs_f64() * 1e3,
+            m["pending"].as_u64().unwrap_or(0),
+            m["unacked"].as_u64().unwrap_or(0),
+            m["retransmits"].as_u64().unwrap_or(0),
+            held,
+            b["nacks_sent"].as_u64().unwrap_or(0),
+        ));
+        held >= n as u64
     });
     let sync_s = t0.elapsed().as_secs_f64();
+    let tail_ms = t_end.elapsed().as_secs_f64() * 1e3;
+    let first = |f: &dyn Fn(&Sample) -> bool| {
+        trace
+            .iter()
+            .find(|x| f(x))
+            .map(|x| format!("{:.0} ms", x.0))
+            .unwrap_or_else(|| "never".into())
+    };
+    if let (Some(a), Some(z)) = (trace.first(), trace.last()) {
+        eprintln!(
+            "tail {tail_ms:.0} ms after the injection: at its end master pending {} unacked {}, \
+             backup missing {}; master queue empty after {}, nothing in flight after {}; \
+             retransmits {} -> {}, backup NACKs {} -> {}; UDP (rcvbuf, sndbuf, in) errors \
+             master {:?} backup {:?}; {} samples",
+            a.1,
+            a.2,
+            n as u64 - a.4.min(n as u64),
+            first(&|x| x.1 == 0),
+            first(&|x| x.1 == 0 && x.2 == 0),
+            a.3,
+            z.3,
+            a.5,
+            z.5,
+            udp_errors(&pair.fw[0]),
+            udp_errors(&pair.fw[1]),
+            trace.len()
+        );
+    }
     assert!(ok, "backup never held {n} entries: {}", status(&socks[1]));
     let daemons1 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let repl_cpu = (daemons1[0].0 - daemons0[0].0, daemons1[1].0 - daemons0[1].0);
@@ -263,6 +372,11 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     let tx = st["tx_bytes"].as_u64().unwrap_or(0).saturating_sub(tx0);
     let rss_backup_mb = rss_mb(procs[1].0.id());
     let rss_master_mb = rss_mb(procs[0].0.id());
+    eprintln!(
+        "memory at {n}: master {}; backup {}",
+        mem_breakdown(procs[0].0.id()),
+        mem_breakdown(procs[1].0.id())
+    );
     // Our own pipeline without the injection bound: the backup restarts and the master
     // streams its whole table (a full resync) until the new backup holds it.
     let cpu = proc_cpu;
@@ -821,6 +935,19 @@ fn main() {
         return;
     }
     let tw = bench_twinwall(&bin, n, &dir);
+    if std::env::var("TW_ONLY").is_ok() {
+        println!(
+            "twinwall only, {n} entries: injection {:.3} s, peer holds all {:.3} s ({:.0}/s), \
+             RSS backup {:.1} MB, master {:.1} MB, commit {:.3} s",
+            tw.inject_s,
+            tw.sync_s,
+            n as f64 / tw.sync_s,
+            tw.rss_backup_mb,
+            tw.rss_master_mb,
+            tw.commit_s
+        );
+        return;
+    }
     let cd = bench_conntrackd(n, &dir);
     println!("conntrack sync, {n} entries (netns, same run)");
     println!(

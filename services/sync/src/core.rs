@@ -102,6 +102,9 @@ pub enum Output {
     Send(Body),
     /// Dump the kernel table and feed [`Input::Dump`].
     Dump,
+    /// Large buffers were just released (the send queue after a burst, a dump's working
+    /// set): a good moment for the shell to return free memory to the system.
+    Released,
 }
 
 /// The consistency check as the backup sees it.
@@ -269,6 +272,10 @@ pub struct Core {
 const OVERHEAD: usize = 80;
 /// Pending changes that surely fill a datagram (IPv4 TCP entries are ~50 bytes).
 const FULL_DATAGRAM: usize = 30;
+/// Capacity the send queue keeps once drained. A burst (an injection of 100k entries, a
+/// full resync) grows the queue and its key set to the table's size, ~20 MB at 100k, and
+/// neither shrinks by itself: they go back to this after the burst.
+const QUEUE_KEEP: usize = 4096;
 
 impl Core {
     /// A core in `role` that ignores what `filter` rejects.
@@ -369,6 +376,8 @@ impl Core {
         // Kernel events only fill datagrams; partly filled ones wait for the next tick
         // (a few ms), so that a burst travels in full datagrams.
         let partial = !matches!(input, Input::Kernel(_));
+        // A dump's entries and working set are freed by the time the step returns.
+        let mut released = matches!(input, Input::Dump(_));
         match input {
             Input::Tick => self.tick(now_us, &mut out),
             Input::Kernel(events) => {
@@ -401,6 +410,14 @@ impl Core {
             }
         }
         self.flush(now_us, partial, &mut out);
+        if self.pending.is_empty() && self.pending.capacity() > 2 * QUEUE_KEEP {
+            self.pending.shrink_to(QUEUE_KEEP);
+            self.pending_keys.shrink_to(QUEUE_KEEP);
+            released = true;
+        }
+        if released {
+            out.push(Output::Released);
+        }
         out
     }
 

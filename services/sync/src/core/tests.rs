@@ -27,6 +27,8 @@ struct Pair {
     sent: u64,
     link_up: bool,
     max_len: usize,
+    /// `Output::Released` seen.
+    released: usize,
 }
 
 fn node(role: Role, epoch: u64) -> Node {
@@ -50,6 +52,7 @@ impl Pair {
             sent: 0,
             link_up: true,
             max_len: 0,
+            released: 0,
         }
     }
 
@@ -79,6 +82,7 @@ impl Pair {
                     let dump = self.nodes[i].kernel.values().copied().collect();
                     self.input(i, Input::Dump(dump));
                 }
+                Output::Released => self.released += 1,
             }
         }
     }
@@ -175,6 +179,27 @@ fn master_replicates_new_and_destroyed_entries() {
     let s = p.nodes[0].core.status(p.now);
     assert!(s.tx_updates >= 2001);
     assert_eq!(s.unacked, 0, "everything acked");
+}
+
+#[test]
+fn the_send_queue_shrinks_back_after_a_burst() {
+    let mut p = Pair::new();
+    // 30k changes at once: more than the window holds, so most of them queue.
+    p.kernel_new(0, flows(1000..31_000));
+    let m = &p.nodes[0].core;
+    assert!(m.pending.len() > 2 * QUEUE_KEEP, "{}", m.pending.len());
+    let grown = (m.pending.capacity(), m.pending_keys.capacity());
+    p.run(100);
+    assert!(p.converged(0));
+    let m = &p.nodes[0].core;
+    assert!(m.pending.is_empty());
+    assert!(
+        m.pending.capacity() <= 2 * QUEUE_KEEP && m.pending_keys.capacity() <= 2 * QUEUE_KEEP,
+        "queue capacity {} / key set {} after the burst (grown to {grown:?})",
+        m.pending.capacity(),
+        m.pending_keys.capacity()
+    );
+    assert!(p.released >= 1, "the shell was not told to return memory");
 }
 
 #[test]
