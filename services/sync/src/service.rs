@@ -204,6 +204,8 @@ pub struct Service {
     control: Option<Server>,
     threads: Vec<std::thread::JoinHandle<()>>,
     last_dump: Option<Instant>,
+    /// Kernel events handled since free memory was last returned (see `allocator`).
+    since_trim: usize,
     pause: EventPause,
     pause_commits: bool,
 }
@@ -294,6 +296,7 @@ impl Service {
             control: None,
             threads,
             last_dump: None,
+            since_trim: 0,
             pause,
             pause_commits,
             settings,
@@ -348,6 +351,11 @@ impl Service {
             match self.rx.recv_timeout(wait) {
                 Ok(Msg::Stop) => break,
                 Ok(msg) => self.handle(msg),
+                // Idle after a burst: the event batches it queued are freed by now.
+                Err(RecvTimeoutError::Timeout) if self.since_trim >= TRIM_AFTER_EVENTS => {
+                    self.since_trim = 0;
+                    allocator::trim();
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -364,7 +372,10 @@ impl Service {
     fn handle(&mut self, msg: Msg) {
         let now = self.now_us();
         let outs = match msg {
-            Msg::Events(events, _at) => self.core.step(now, Input::Kernel(events)),
+            Msg::Events(events, _at) => {
+                self.since_trim += events.len();
+                self.core.step(now, Input::Kernel(events))
+            }
             // A dump started after the overrun already reflects everything that was lost.
             Msg::Overrun(at) if self.last_dump.is_some_and(|d| d > at) => {
                 self.core.status_mut().enobufs += 1;
@@ -532,7 +543,10 @@ impl Service {
                     }
                 }
                 Output::Dump => self.dump(),
-                Output::Released => allocator::trim(),
+                Output::Released => {
+                    self.since_trim = 0;
+                    allocator::trim();
+                }
             }
         }
     }
@@ -646,6 +660,11 @@ mod allocator {
         }
     }
 }
+
+/// Kernel events after which an idle main loop returns free memory: a burst's event
+/// batches (~110 bytes per event) are freed in this thread but belong to the reader's
+/// heap, which only a trim gives back.
+const TRIM_AFTER_EVENTS: usize = 16 * 1024;
 
 fn spawn(
     name: &'static str,

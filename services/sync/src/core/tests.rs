@@ -203,6 +203,45 @@ fn the_send_queue_shrinks_back_after_a_burst() {
 }
 
 #[test]
+fn a_backup_that_acks_late_but_steadily_gets_no_timer_retransmits() {
+    let mut p = Pair::new();
+    p.kernel_new(0, flows(1000..21_000));
+    // The backup reads 32 datagrams per 50 ms (its thread behind on a loaded machine):
+    // the oldest unacked datagram is soon far older than the RTO, but every round moves
+    // the window.
+    for _ in 0..400 {
+        let mut to_backup = 0;
+        let mut later = VecDeque::new();
+        while let Some((to, bytes)) = p.wire.pop_front() {
+            if to == 1 && to_backup == 32 {
+                later.push_back((to, bytes));
+                continue;
+            }
+            to_backup += usize::from(to == 1);
+            let d = wire::open(&p.key, &bytes).expect("authentic");
+            let fresh = p.nodes[to].window.check(d.epoch, d.counter).expect("fresh");
+            p.input(
+                to,
+                Input::Peer {
+                    fresh,
+                    body: d.body,
+                    bytes: bytes.len(),
+                },
+            );
+        }
+        p.wire = later;
+        p.now += 50_000;
+        p.input(0, Input::Tick);
+        p.input(1, Input::Tick);
+        if p.converged(0) && p.wire.is_empty() {
+            break;
+        }
+    }
+    assert!(p.converged(0));
+    assert_eq!(p.nodes[0].core.status(p.now).retransmits, 0);
+}
+
+#[test]
 fn losing_a_third_of_the_datagrams_still_converges() {
     let mut p = Pair::new();
     p.drop = Box::new(|n| n % 3 == 0);
