@@ -33,7 +33,7 @@ pub enum ApplyError {
         /// Cause.
         source: twinwall_ruleset::CompileError,
     },
-    /// nft refused the script (check or apply); the previous ruleset stays.
+    /// nft refused the script (one transaction); the previous ruleset stays.
     #[error("ruleset for node {node}: {source}")]
     Nft {
         /// This node.
@@ -171,6 +171,8 @@ pub struct Applied {
     pub restarted: Vec<String>,
     /// Restarts that could not be done, one line each.
     pub warnings: Vec<String>,
+    /// How long the `nft -f` transaction took (`None`: the ruleset did not change).
+    pub nft_ms: Option<f64>,
 }
 
 /// The IO shell of a live apply.
@@ -185,14 +187,6 @@ pub struct LiveApplier {
 }
 
 impl LiveApplier {
-    /// Phase 1: `nft -c` of the new script (changes nothing).
-    pub fn validate(&self, p: &Prepared) -> Result<(), ApplyError> {
-        self.nft.check(&p.script).map_err(|source| ApplyError::Nft {
-            node: p.view.node.clone(),
-            source,
-        })
-    }
-
     /// Phase 2: apply `new` over `old`.
     pub fn apply(&self, old: Option<&Prepared>, new: &Prepared) -> Result<Applied, ApplyError> {
         let plan = plan(
@@ -201,13 +195,18 @@ impl LiveApplier {
             old.map(|o| o.script.as_str()),
             &new.script,
         );
+        let mut nft_ms = None;
         if plan.ruleset {
+            let t0 = std::time::Instant::now();
+            // One transaction: the kernel takes the whole script or nothing of it, so no
+            // separate `nft -c` is needed before (a refusal leaves the old ruleset).
             self.nft
                 .apply(&new.script)
                 .map_err(|source| ApplyError::Nft {
                     node: new.view.node.clone(),
                     source,
                 })?;
+            nft_ms = Some(crate::timing::ms(t0.elapsed()));
         }
         twinwall_bundle::fsio::write_bytes_atomic(
             &self.running_config,
@@ -229,6 +228,7 @@ impl LiveApplier {
             plan,
             restarted,
             warnings,
+            nft_ms,
         })
     }
 }
