@@ -474,11 +474,14 @@ impl Node {
             return Err("no peer".into());
         };
         let t = Duration::from_secs(10);
+        // The peer is one link away: a connect that takes longer than this means it is
+        // down (a dead host sends no RST), and the push goes on with it pending.
+        let connect = Duration::from_secs(3);
         let kept = self.peer_conn.lock().await.take().filter(Conn::usable);
         let reused = kept.is_some();
         let mut conn = match kept {
             Some(c) => c,
-            None => Conn::open(peer, t).await.map_err(|e| e.to_string())?,
+            None => Conn::open(peer, connect).await.map_err(|e| e.to_string())?,
         };
         let mut r = conn
             .request("POST", path, bytes_body(bytes.clone()), t)
@@ -486,7 +489,7 @@ impl Node {
         if reused && matches!(r, Err(client::ClientError::Closed { .. })) {
             // The peer closed the idle connection as this request went out: it was not
             // sent, so a fresh connection may carry it.
-            conn = Conn::open(peer, t).await.map_err(|e| e.to_string())?;
+            conn = Conn::open(peer, connect).await.map_err(|e| e.to_string())?;
             r = conn
                 .request("POST", path, bytes_body(bytes.clone()), t)
                 .await;
@@ -973,9 +976,13 @@ impl Node {
                 None
             }
             Err(e) => {
-                let mut i = self.lock();
-                i.peer.reachable = false;
-                i.peer.last_error = Some(e.to_string());
+                {
+                    let mut i = self.lock();
+                    i.peer.reachable = false;
+                    i.peer.last_error = Some(e.to_string());
+                }
+                // a connection kept to a peer that went away would only time out
+                *self.peer_conn.lock().await = None;
                 return;
             }
         };
