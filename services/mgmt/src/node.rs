@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use twinwall_bundle::{Kind, Policy, VerifiedBundle, verify};
 use twinwall_control::{Request, socket_path};
 
-use crate::apply::{Applied, LiveApplier, Prepared, prepare};
+use crate::apply::{Applied, ArmedNft, LiveApplier, Prepared, prepare};
 use crate::client::{self, Conn, bytes_body};
 use crate::error::MgmtError;
 use crate::store::{ConfigStore, Which};
@@ -130,7 +130,7 @@ struct Inner {
 
 /// What phase 1 of a two-phase push validated on this node (the peer's side), so that
 /// phase 2 of the same bundle need not verify and compile it again.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Staged {
     /// sha256 of the bundle bytes.
     sha256: [u8; 32],
@@ -138,6 +138,8 @@ struct Staged {
     based_on: Option<u64>,
     verified: VerifiedBundle,
     prepared: Prepared,
+    /// The nft started for phase 2 (killed unused when the push is aborted).
+    armed: Option<ArmedNft>,
 }
 
 fn bundle_sha256(bytes: &[u8]) -> [u8; 32] {
@@ -340,9 +342,10 @@ impl Node {
         }
     }
 
-    /// Phase 1: verify and compile for this node; with `keep`, stage the bundle on the
-    /// partition (written and synced, so that phase 2 only renames it). Changes nothing
-    /// in force.
+    /// Phase 1: verify and compile for this node; with `arm`, start the `nft -f -` that
+    /// phase 2 will feed ([`ArmedNft`]). Changes nothing in force and nothing on the
+    /// partition: the staged push lives in memory (verified bundle, compiled script,
+    /// waiting nft) until phase 2 installs it.
     ///
     /// There is no `nft -c` here: phase 2's `nft -f` is one atomic transaction, which the
     /// kernel refuses whole or applies whole, so a separate check would only run the same
@@ -352,10 +355,24 @@ impl Node {
     pub fn stage(
         &self,
         bytes: &[u8],
-        keep: bool,
+        arm: bool,
         t: &mut Timings,
-    ) -> Result<(VerifiedBundle, Prepared), MgmtError> {
+    ) -> Result<(VerifiedBundle, Prepared, Option<ArmedNft>), MgmtError> {
         let node = self.node_name()?.to_string();
+        let t0 = Instant::now();
+        let armed = if arm {
+            // started first, so that its start-up overlaps the verification below
+            match self.applier.arm(&node) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start nft ahead; phase 2 starts it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        t.since("arm", t0);
         let t0 = Instant::now();
         let v = self.verify(bytes, self.installed()?, Kind::Config)?;
         t.since("verify", t0);
@@ -363,22 +380,19 @@ impl Node {
         let text = v.config.clone().unwrap_or_default();
         let p = prepare(&text, &node).map_err(MgmtError::Invalid)?;
         t.since("compile", t0);
-        if keep {
-            let t0 = Instant::now();
-            self.store.stage(bytes)?;
-            t.since("stage", t0);
-        }
-        Ok((v, p))
+        Ok((v, p, armed))
     }
 
-    /// Phase 2: install as active (previous kept) and apply live; on an apply failure the
-    /// previous bundle is restored and re-applied.
+    /// Phase 2: install as active (previous kept) and apply live, both at once (the
+    /// partition's two flushes overlap the nft transaction); when either fails, the
+    /// previous bundle and ruleset are restored.
     pub fn commit(
         &self,
         bytes: &[u8],
         v: &VerifiedBundle,
         p: Prepared,
         window: Option<Duration>,
+        armed: Option<ArmedNft>,
         t: &mut Timings,
     ) -> Result<Applied, MgmtError> {
         let (old, old_version) = {
@@ -387,18 +401,35 @@ impl Node {
         };
         let version = v.manifest.version;
         let t0 = Instant::now();
-        self.store.install(
-            bytes,
-            version,
-            old_version.or(Some(version)),
-            window.is_some(),
-        )?;
-        t.since("install", t0);
-        let t0 = Instant::now();
-        let applied = self.applier.apply(old.as_ref(), &p);
-        t.since("apply", t0);
-        match applied {
-            Ok(applied) => {
+        let (installed, applied) = std::thread::scope(|s| {
+            let install = s.spawn(|| {
+                let t0 = Instant::now();
+                let r = self.store.install(
+                    bytes,
+                    version,
+                    old_version.or(Some(version)),
+                    window.is_some(),
+                );
+                (r, t0.elapsed())
+            });
+            let applied = self.applier.apply_armed(old.as_ref(), &p, armed);
+            let apply_d = t0.elapsed();
+            let (installed, install_d) = install.join().unwrap_or_else(|_| {
+                (
+                    Err(crate::store::StoreError::Invalid {
+                        path: self.store.dir().to_owned(),
+                        reason: "the install thread panicked".into(),
+                    }),
+                    Duration::ZERO,
+                )
+            });
+            t.set("install", install_d);
+            t.set("apply", apply_d);
+            (installed, applied)
+        });
+        t.since("install+apply", t0);
+        match (installed, applied) {
+            (Ok(()), Ok(applied)) => {
                 if let Some(nft) = applied.nft_ms {
                     t.set("apply.nft", Duration::from_secs_f64(nft / 1000.0));
                 }
@@ -413,17 +444,35 @@ impl Node {
                 i.last_apply = Some(applied.clone());
                 Ok(applied)
             }
-            Err(e) => {
-                tracing::error!(error = %e, version, "apply failed; restoring the previous config");
-                if old.is_some() {
-                    self.store.revert()?;
-                    if let Some(old) = &old
-                        && let Err(e2) = self.applier.apply(Some(&p), old)
+            (installed, applied) => {
+                let err = match (installed, applied) {
+                    (Err(se), Ok(_)) => {
+                        tracing::error!(error = %se, version, "install failed; restoring the previous config");
+                        MgmtError::Store(se)
+                    }
+                    (_, Err(e)) => {
+                        tracing::error!(error = %e, version, "apply failed; restoring the previous config");
+                        MgmtError::ApplyFailed(e)
+                    }
+                    (Ok(()), Ok(_)) => unreachable!("handled above"),
+                };
+                if let Some(old) = &old {
+                    // the partition back to the previous bundle when the new one got in
+                    if self
+                        .store
+                        .read_bundle(Which::Active)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|a| a == bytes)
+                        && let Err(e) = self.store.revert()
                     {
+                        tracing::error!(error = %e, "restoring the previous bundle failed");
+                    }
+                    if let Err(e2) = self.applier.apply(Some(&p), old) {
                         tracing::error!(error = %e2, "re-applying the previous config failed too");
                     }
                 }
-                Err(MgmtError::ApplyFailed(e))
+                Err(err)
             }
         }
     }
@@ -473,10 +522,12 @@ impl Node {
         let Some(peer) = self.settings.peer else {
             return Err("no peer".into());
         };
-        let t = Duration::from_secs(10);
         // The peer is one link away: a connect that takes longer than this means it is
-        // down (a dead host sends no RST), and the push goes on with it pending.
+        // down (a dead host sends no RST), and the push goes on with it pending. A peer
+        // that accepted the connection is up, only slow (an nft run under TCG on a loaded
+        // host can take seconds): its answer is waited for much longer.
         let connect = Duration::from_secs(3);
+        let t = Duration::from_secs(60);
         let kept = self.peer_conn.lock().await.take().filter(Conn::usable);
         let reused = kept.is_some();
         let mut conn = match kept {
@@ -503,9 +554,10 @@ impl Node {
     /// before either node applies (two phases); a peer that does not answer gets the
     /// bundle when it returns.
     ///
-    /// Both phases run on the two nodes at the same time: phase 1 (verify, compile, stage
-    /// on the partition) changes nothing in force on either; phase 2 (install, `nft -f`)
-    /// runs here while the peer does its own. If one side's apply fails, that side is
+    /// Both phases run on the two nodes at the same time: phase 1 (verify, compile, start
+    /// the nft that will apply) changes nothing in force on either; phase 2 (install on
+    /// the partition while the waiting nft gets its script) runs here while the peer
+    /// does its own. If one side's apply fails, that side is
     /// back on its previous config by itself and the other is rolled back
     /// (`POST /rollback` to the peer, a revert here), so the pair never stays split. The
     /// answer comes once both kernels enforce the new ruleset (or the peer is marked
@@ -522,8 +574,8 @@ impl Node {
         let mut t = Timings::default();
         let b = bytes.clone();
         let forward = opts.forward && self.settings.peer.is_some();
-        // Phase 1 on both nodes at once: neither changes anything in force; a staged copy
-        // is dropped again if the other side refuses.
+        // Phase 1 on both nodes at once: neither changes anything in force or on the
+        // partition; a refusal on either side drops both staged pushes.
         let (local, remote) = tokio::join!(
             async {
                 let t0 = Instant::now();
@@ -548,7 +600,7 @@ impl Node {
             }
         );
         let (local, local_d) = local;
-        let ((v, p), lt) = match local {
+        let ((v, p, armed), lt) = match local {
             Ok(x) => x,
             Err(e) => {
                 if matches!(&remote, Some((Ok(a), _)) if a.ok()) {
@@ -581,7 +633,7 @@ impl Node {
                     t.extend("phase1.peer", &a.json()["timings_ms"]);
                 }
                 Ok(a) => {
-                    self.unstage_quietly().await;
+                    // (this node's waiting nft is killed as `armed` goes out of scope)
                     return Err(MgmtError::Peer {
                         peer: self.lock().peer.address.clone().unwrap_or_default(),
                         status: a.status,
@@ -611,7 +663,7 @@ impl Node {
                 let r = self
                     .write(move |n| {
                         let mut lt = Timings::default();
-                        n.commit(&b, &v, p, window, &mut lt).map(|a| (a, lt))
+                        n.commit(&b, &v, p, window, armed, &mut lt).map(|a| (a, lt))
                     })
                     .await;
                 (r, t0.elapsed())
@@ -629,7 +681,7 @@ impl Node {
         t.set("phase2.local", local_d);
         let applied = match local {
             Ok((a, lt)) => {
-                for k in ["install", "apply", "apply.nft"] {
+                for k in ["install", "apply", "apply.nft", "install+apply"] {
                     if let Some(ms) = lt.get(k) {
                         t.set(
                             &format!("phase2.local.{k}"),
@@ -703,32 +755,21 @@ impl Node {
         }))
     }
 
-    /// Drops this node's staged copy after the peer refused phase 1.
-    async fn unstage_quietly(self: &Arc<Self>) {
-        if let Err(e) = self
-            .write(|n| {
-                n.lock().staged = None;
-                Ok(n.store.unstage()?)
-            })
-            .await
-        {
-            tracing::warn!(error = %e, "cannot drop the staged bundle");
-        }
-    }
-
     /// `POST /config?phase=stage`.
     pub async fn peer_stage(self: &Arc<Self>, bytes: Bytes) -> Result<Value, MgmtError> {
         let (version, t) = self
             .write(move |n| {
                 let mut t = Timings::default();
-                let (v, p) = n.stage(&bytes, true, &mut t)?;
+                let (v, p, armed) = n.stage(&bytes, true, &mut t)?;
                 let version = v.manifest.version;
                 let based_on = n.version();
+                // (a staged push replaced here kills its waiting nft)
                 n.lock().staged = Some(Staged {
                     sha256: bundle_sha256(&bytes),
                     based_on,
                     verified: v,
                     prepared: p,
+                    armed,
                 });
                 tracing::info!(version, timings = %t.line(), "push staged for the peer");
                 Ok((version, t))
@@ -754,11 +795,11 @@ impl Node {
                 let staged = n.lock().staged.take();
                 let staged =
                     staged.filter(|s| s.sha256 == bundle_sha256(&bytes) && s.based_on == in_force);
-                let (v, p) = match staged {
-                    Some(s) => (s.verified, s.prepared),
+                let (v, p, armed) = match staged {
+                    Some(s) => (s.verified, s.prepared, s.armed),
                     None => n.stage(&bytes, false, &mut t)?,
                 };
-                let a = n.commit(&bytes, &v, p, window, &mut t)?;
+                let a = n.commit(&bytes, &v, p, window, armed, &mut t)?;
                 tracing::info!(version = v.manifest.version, timings = %t.line(), "peer push applied");
                 Ok((a, t))
             })

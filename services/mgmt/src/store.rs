@@ -392,8 +392,9 @@ impl ConfigStore {
         })
     }
 
-    /// Phase 1 of a push: keeps the verified bundle as `bundles/staged.bundle`, its data
-    /// synced, so that [`ConfigStore::install`] of the same bytes only has to rename it.
+    /// Keeps a verified bundle as `bundles/staged.bundle`, its data synced, so that
+    /// [`ConfigStore::install`] of the same bytes only has to rename it. (A push keeps its
+    /// phase 1 in memory and does not use this: its install overlaps the nft apply.)
     /// (Its name needs no directory sync: a staged copy lost in a crash is only a push
     /// that did not happen; the install's `syncfs` makes the rename durable.)
     pub fn stage(&self, bundle: &[u8]) -> Result<(), StoreError> {
