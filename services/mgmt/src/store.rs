@@ -12,7 +12,7 @@
 //! node, trusted/*.pub, sync.key, installed-version
 //! bundles/active.bundle     in force
 //! bundles/previous.bundle   the one before (what a revert goes back to)
-//! bundles/staged.bundle     phase 1 of a two-phase peer push (verified, not in force)
+//! bundles/staged.bundle     a staged copy (verified, not in force; a push keeps its phase 1 in memory)
 //! bundles/unconfirmed       the active bundle's version while its confirm window runs
 //! bundles/slot-a.bundle     the config bundle last validated with slot A (pinned)
 //! bundles/slot-b.bundle     ... with slot B
