@@ -132,6 +132,10 @@ impl Answer {
     }
 }
 
+/// Lower bound of the `TCP_USER_TIMEOUT` every connection gets (its connect timeout,
+/// at least this).
+pub const MIN_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// An open HTTP/1.1 connection to one node, kept alive across requests (the CLI's push
 /// and its confirm; a node's phase 1, phase 2 and confirm to its peer), which saves a
 /// TCP handshake and a server-side connection task per request.
@@ -157,6 +161,16 @@ impl Conn {
                 .await
                 .map_err(|e| io(format!("cannot connect: {e}")))?;
             let _ = tcp.set_nodelay(true);
+            // Data the node has not acknowledged for this long ends the connection: a
+            // kept-alive connection to a host that died (no RST, no FIN) fails within
+            // seconds instead of waiting out the answer timeout, while a node that is up
+            // but slow to answer still acknowledges at once (its kernel does).
+            let user_timeout = timeout.max(MIN_USER_TIMEOUT).as_millis() as u32;
+            let _ = nix::sys::socket::setsockopt(
+                &tcp,
+                nix::sys::socket::sockopt::TcpUserTimeout,
+                &user_timeout,
+            );
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| io(e.to_string()))?;
