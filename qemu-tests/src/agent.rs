@@ -14,7 +14,8 @@
 //!
 //! Stats protocol: the host connects, writes `stats\n` (or `reset\n`: the numbers are
 //! returned and then zeroed, so the next `stats` covers only what came after), reads one
-//! JSON line ([`ClientStats`]) and the connection closes.
+//! JSON line ([`ClientStats`]) and the connection closes. `probe\n` instead runs one new
+//! connection to the server and answers with what it saw ([`crate::probe`]).
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -355,7 +356,12 @@ pub fn run_client(cfg: ClientConfig) -> Result<(), AgentError> {
             }
             snap
         };
-        let mut out = serde_json::to_string(&snapshot).unwrap_or_default();
+        let mut out = if line.trim() == crate::probe::COMMAND {
+            // a fresh connection through the firewalls (`crate::probe`)
+            serde_json::to_string(&crate::probe::run(cfg.target)).unwrap_or_default()
+        } else {
+            serde_json::to_string(&snapshot).unwrap_or_default()
+        };
         out.push('\n');
         let _ = s.write_all(out.as_bytes());
     }

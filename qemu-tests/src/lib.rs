@@ -8,6 +8,7 @@ pub mod agent;
 pub mod daemon;
 pub mod fwstatus;
 pub mod lab;
+pub mod probe;
 pub mod qmp;
 pub mod scenario;
 pub mod switch;

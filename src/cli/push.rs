@@ -6,13 +6,17 @@
 //! succeeded — if the new config cut this host off, the confirm cannot arrive and the
 //! pair reverts. With `--confirm-within D` the operator checks first and confirms with
 //! `twinwall push BUNDLE --to HOST --confirm`.
+//!
+//! The node answers the upload once the new ruleset is enforced in its kernel and in its
+//! peer's (both `nft -f` transactions done) or the peer is marked pending; the command
+//! prints that time (`enforced ... after N ms`) and then the time of the confirm.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::Value;
+use serde_json::{Value, json};
 use twinwall_mgmt::client::{self, bytes_body};
 
 /// Arguments of `twinwall push`.
@@ -85,11 +89,20 @@ pub fn run(a: PushArgs) -> anyhow::Result<()> {
             "/config?forward={fwd}&confirm_within={}",
             window.as_secs().max(1)
         );
-        let ans = client::request(addr, "POST", &path, bytes_body(bytes.clone()), t).await?;
+        // One connection for the push and its confirm.
+        let start = Instant::now();
+        let mut conn = client::Conn::open(addr, t).await?;
+        let ans = conn
+            .request("POST", &path, bytes_body(bytes.clone()), t)
+            .await?;
         if !ans.ok() {
             return Err(fail(&format!("{} refused the bundle", a.to), &ans));
         }
-        let pushed = ans.json();
+        // The node answers once the new ruleset is in its kernel and in its peer's (or
+        // the peer is marked pending): this is upload-to-enforced as the operator sees it.
+        let enforced = start.elapsed();
+        let mut pushed = ans.json();
+        pushed["client_ms"] = json!({"enforced": ms(enforced)});
         if a.confirm_within.is_some() {
             print(&a, &pushed, "applied")?;
             peer_failed(&pushed)?;
@@ -101,14 +114,25 @@ pub fn run(a: PushArgs) -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        let c = client::request(
-            addr,
-            "POST",
-            &format!("/confirm?forward={fwd}"),
-            bytes_body(bytes),
-            t,
-        )
-        .await;
+        let c = if conn.usable() {
+            conn.request(
+                "POST",
+                &format!("/confirm?forward={fwd}"),
+                bytes_body(bytes),
+                t,
+            )
+            .await
+        } else {
+            client::request(
+                addr,
+                "POST",
+                &format!("/confirm?forward={fwd}"),
+                bytes_body(bytes),
+                t,
+            )
+            .await
+        };
+        pushed["client_ms"]["confirmed"] = json!(ms(start.elapsed()));
         match c {
             Ok(c) if c.ok() => {
                 print(&a, &pushed, "applied and confirmed")?;
@@ -125,6 +149,10 @@ pub fn run(a: PushArgs) -> anyhow::Result<()> {
             ),
         }
     })
+}
+
+fn ms(d: Duration) -> f64 {
+    twinwall_mgmt::timing::ms(d)
 }
 
 /// A peer that refused phase 2 is a failure of the push (the pair now differs); a peer
@@ -175,6 +203,17 @@ fn print(a: &PushArgs, v: &Value, what: &str) -> anyhow::Result<()> {
         );
         for w in ap["warnings"].as_array().into_iter().flatten() {
             println!("  warning: {}", w.as_str().unwrap_or_default());
+        }
+    }
+    if let Some(e) = v["client_ms"]["enforced"].as_f64() {
+        let both = if v["peer"]["state"] == "applied" {
+            "on both nodes"
+        } else {
+            "on this node"
+        };
+        match v["client_ms"]["confirmed"].as_f64() {
+            Some(c) => println!("  enforced {both} after {e} ms, confirmed after {c} ms"),
+            None => println!("  enforced {both} after {e} ms"),
         }
     }
     match &v["peer"] {

@@ -33,7 +33,7 @@ pub enum ApplyError {
         /// Cause.
         source: twinwall_ruleset::CompileError,
     },
-    /// nft refused the script (check or apply); the previous ruleset stays.
+    /// nft refused the script (one transaction); the previous ruleset stays.
     #[error("ruleset for node {node}: {source}")]
     Nft {
         /// This node.
@@ -171,6 +171,84 @@ pub struct Applied {
     pub restarted: Vec<String>,
     /// Restarts that could not be done, one line each.
     pub warnings: Vec<String>,
+    /// How long the `nft -f` transaction took (`None`: the ruleset did not change).
+    pub nft_ms: Option<f64>,
+}
+
+/// An `nft -f -` started ahead of its apply (phase 1 of a push): the exec, the dynamic
+/// linking and nft's own set-up — about half of an `nft -f` run's CPU time, and under
+/// TCG much of a push — happen while the push is still being validated; phase 2 only
+/// writes the script to its stdin and waits. nft reads its whole input before it does
+/// anything, so one dropped without [`ArmedNft::apply`] is killed before it read a byte
+/// and has applied nothing.
+#[derive(Debug)]
+pub struct ArmedNft {
+    program: String,
+    child: Option<std::process::Child>,
+}
+
+impl ArmedNft {
+    /// Starts `nft -f -` (as `nft` runs it: in a namespace for tests) waiting for its
+    /// script.
+    pub fn spawn(nft: &Nft) -> Result<ArmedNft, NftError> {
+        use std::process::{Command, Stdio};
+        let argv = nft.argv();
+        let program = argv.join(" ");
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NftError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        Ok(ArmedNft {
+            program,
+            child: Some(child),
+        })
+    }
+
+    /// Hands `script` to the waiting nft and waits for its one transaction.
+    pub fn apply(mut self, script: &str) -> Result<(), NftError> {
+        use std::io::Write;
+        let Some(mut child) = self.child.take() else {
+            return Err(NftError::Apply {
+                stderr: "nft was already used".into(),
+            });
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            // A write error (nft exited early) shows up as nft's own failure below.
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|source| NftError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(NftError::Apply {
+            stderr: if stderr.is_empty() {
+                format!("nft exited with {}", out.status)
+            } else {
+                stderr
+            },
+        })
+    }
+}
+
+impl Drop for ArmedNft {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Killed before its stdin was closed: it has read nothing and applied nothing.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// The IO shell of a live apply.
@@ -185,29 +263,47 @@ pub struct LiveApplier {
 }
 
 impl LiveApplier {
-    /// Phase 1: `nft -c` of the new script (changes nothing).
-    pub fn validate(&self, p: &Prepared) -> Result<(), ApplyError> {
-        self.nft.check(&p.script).map_err(|source| ApplyError::Nft {
-            node: p.view.node.clone(),
+    /// Starts an nft for a later [`LiveApplier::apply_armed`] (phase 1) on `node`.
+    pub fn arm(&self, node: &str) -> Result<ArmedNft, ApplyError> {
+        ArmedNft::spawn(&self.nft).map_err(|source| ApplyError::Nft {
+            node: node.to_string(),
             source,
         })
     }
 
     /// Phase 2: apply `new` over `old`.
     pub fn apply(&self, old: Option<&Prepared>, new: &Prepared) -> Result<Applied, ApplyError> {
+        self.apply_armed(old, new, None)
+    }
+
+    /// Phase 2 with an nft started in phase 1 (`None`: one is started now). An armed nft
+    /// the plan does not need (the ruleset did not change) is dropped: killed unused.
+    pub fn apply_armed(
+        &self,
+        old: Option<&Prepared>,
+        new: &Prepared,
+        armed: Option<ArmedNft>,
+    ) -> Result<Applied, ApplyError> {
         let plan = plan(
             old.map(|o| &o.view),
             &new.view,
             old.map(|o| o.script.as_str()),
             &new.script,
         );
+        let mut nft_ms = None;
         if plan.ruleset {
-            self.nft
-                .apply(&new.script)
-                .map_err(|source| ApplyError::Nft {
-                    node: new.view.node.clone(),
-                    source,
-                })?;
+            let t0 = std::time::Instant::now();
+            // One transaction: the kernel takes the whole script or nothing of it, so no
+            // separate `nft -c` is needed before (a refusal leaves the old ruleset).
+            let r = match armed {
+                Some(a) => a.apply(&new.script),
+                None => self.nft.apply(&new.script),
+            };
+            r.map_err(|source| ApplyError::Nft {
+                node: new.view.node.clone(),
+                source,
+            })?;
+            nft_ms = Some(crate::timing::ms(t0.elapsed()));
         }
         twinwall_bundle::fsio::write_bytes_atomic(
             &self.running_config,
@@ -229,6 +325,7 @@ impl LiveApplier {
             plan,
             restarted,
             warnings,
+            nft_ms,
         })
     }
 }

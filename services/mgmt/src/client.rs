@@ -1,6 +1,7 @@
-//! A small HTTP/1.1 client for the management API (hyper's connection API, one
-//! connection per request): used by `twinwall push/update/status --to` and by a node
-//! forwarding a push to its peer over the sync link.
+//! A small HTTP/1.1 client for the management API (hyper's connection API; a [`Conn`]
+//! is kept alive across requests, [`request`] uses one connection per request): used by
+//! `twinwall push/update/status --to` and by a node forwarding a push to its peer over
+//! the sync link.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -32,6 +33,13 @@ pub enum ClientError {
         addr: SocketAddr,
         /// What went wrong.
         reason: String,
+    },
+    /// The connection was closed before the request was sent (a kept-alive connection
+    /// the server has closed): the request did not reach the node and may be sent again.
+    #[error("{addr}: connection closed before the request was sent")]
+    Closed {
+        /// The node.
+        addr: SocketAddr,
     },
     /// No answer in time.
     #[error("{addr}: no answer within {secs} s")]
@@ -124,7 +132,125 @@ impl Answer {
     }
 }
 
-/// Sends one request to `addr` and reads the whole answer, within `timeout`.
+/// Lower bound of the `TCP_USER_TIMEOUT` every connection gets (its connect timeout,
+/// at least this).
+pub const MIN_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An open HTTP/1.1 connection to one node, kept alive across requests (the CLI's push
+/// and its confirm; a node's phase 1, phase 2 and confirm to its peer), which saves a
+/// TCP handshake and a server-side connection task per request.
+#[derive(Debug)]
+pub struct Conn {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Conn {
+    /// Connects to `addr` within `timeout`.
+    pub async fn open(addr: SocketAddr, timeout: Duration) -> Result<Conn, ClientError> {
+        let io = |reason: String| ClientError::Io { addr, reason };
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| io(format!("cannot connect: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            // Data the node has not acknowledged for this long ends the connection: a
+            // kept-alive connection to a host that died (no RST, no FIN) fails within
+            // seconds instead of waiting out the answer timeout, while a node that is up
+            // but slow to answer still acknowledges at once (its kernel does).
+            let user_timeout = timeout.max(MIN_USER_TIMEOUT).as_millis() as u32;
+            let _ = nix::sys::socket::setsockopt(
+                &tcp,
+                nix::sys::socket::sockopt::TcpUserTimeout,
+                &user_timeout,
+            );
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| io(e.to_string()))?;
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Conn {
+                addr,
+                sender,
+                driver,
+            })
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                addr,
+                secs: timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// The node.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the connection can carry another request (the server has not closed it).
+    pub fn usable(&self) -> bool {
+        !self.sender.is_closed() && !self.driver.is_finished()
+    }
+
+    /// Sends one request and reads the whole answer, within `timeout`.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Answer, ClientError> {
+        let addr = self.addr;
+        let io = |reason: String| ClientError::Io { addr, reason };
+        let work = async {
+            self.sender
+                .ready()
+                .await
+                .map_err(|_| ClientError::Closed { addr })?;
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, addr.to_string())
+                .body(body)
+                .map_err(|e| io(e.to_string()))?;
+            let resp = self.sender.send_request(req).await.map_err(|e| {
+                if e.is_canceled() {
+                    ClientError::Closed { addr }
+                } else {
+                    io(format!("request failed: {e}"))
+                }
+            })?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| io(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                addr,
+                secs: timeout.as_secs(),
+            }),
+        }
+    }
+}
+
+/// Sends one request to `addr` on a connection of its own and reads the whole answer,
+/// within `timeout`.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
@@ -132,36 +258,9 @@ pub async fn request(
     body: Body,
     timeout: Duration,
 ) -> Result<Answer, ClientError> {
-    let io = |reason: String| ClientError::Io { addr, reason };
     let work = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| io(format!("cannot connect: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| io(e.to_string()))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, addr.to_string())
-            .body(body)
-            .map_err(|e| io(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| io(format!("request failed: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| io(format!("reading the answer: {e}")))?
-            .to_bytes();
-        driver.abort();
-        Ok(Answer { status, body })
+        let mut conn = Conn::open(addr, timeout).await?;
+        conn.request(method, path, body, timeout).await
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,

@@ -14,7 +14,7 @@ pub enum MgmtError {
     /// The bundle was rejected by verification.
     #[error("bundle rejected: {0}")]
     Rejected(#[from] VerifyError),
-    /// The config cannot run on this node (compile or `nft -c`); nothing changed.
+    /// The config cannot run on this node (it does not compile for it); nothing changed.
     #[error("config rejected: {0}")]
     Invalid(ApplyError),
     /// Applying failed after the config was installed; the previous config was restored.

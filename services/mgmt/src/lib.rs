@@ -10,6 +10,7 @@
 //! * [`update`]: streaming an OS update into the inactive slot, read-back, try-once.
 //! * [`rolling`]: the `--cluster` rolling update as a pure state machine.
 //! * [`client`]: the HTTP client used by the CLI and for the peer.
+//! * [`timing`]: step timings of a push (logged and answered).
 //!
 //! Writes are authorised by the bundle signature alone: every write request carries a
 //! signed bundle that verifies against the partition's `trusted/*.pub`.
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod node;
 pub mod rolling;
 pub mod store;
+pub mod timing;
 pub mod update;
 
 use std::future::Future;

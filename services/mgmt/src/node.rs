@@ -20,10 +20,11 @@ use serde_json::{Value, json};
 use twinwall_bundle::{Kind, Policy, VerifiedBundle, verify};
 use twinwall_control::{Request, socket_path};
 
-use crate::apply::{Applied, LiveApplier, Prepared, prepare};
-use crate::client::{self, bytes_body};
+use crate::apply::{Applied, ArmedNft, LiveApplier, Prepared, prepare};
+use crate::client::{self, Conn, bytes_body};
 use crate::error::MgmtError;
 use crate::store::{ConfigStore, Which};
+use crate::timing::Timings;
 use crate::update::{self, Slots, UpdateReport};
 
 /// Size and rate limits of the API.
@@ -128,8 +129,8 @@ struct Inner {
 }
 
 /// What phase 1 of a two-phase push validated on this node (the peer's side), so that
-/// phase 2 of the same bundle need not verify, compile and `nft -c` it again.
-#[derive(Debug, Clone)]
+/// phase 2 of the same bundle need not verify and compile it again.
+#[derive(Debug)]
 struct Staged {
     /// sha256 of the bundle bytes.
     sha256: [u8; 32],
@@ -137,6 +138,8 @@ struct Staged {
     based_on: Option<u64>,
     verified: VerifiedBundle,
     prepared: Prepared,
+    /// The nft started for phase 2 (killed unused when the push is aborted).
+    armed: Option<ArmedNft>,
 }
 
 fn bundle_sha256(bytes: &[u8]) -> [u8; 32] {
@@ -153,6 +156,8 @@ pub struct Node {
     applier: LiveApplier,
     inner: Mutex<Inner>,
     write: tokio::sync::Mutex<()>,
+    /// The kept-alive connection to the peer's API.
+    peer_conn: tokio::sync::Mutex<Option<Conn>>,
     /// Bytes written into a slot so far (progress of the running update).
     pub update_written: Arc<AtomicU64>,
     started: Instant,
@@ -237,6 +242,7 @@ impl Node {
                 ..Inner::default()
             }),
             write: tokio::sync::Mutex::new(()),
+            peer_conn: tokio::sync::Mutex::new(None),
             update_written: Arc::default(),
             started: Instant::now(),
         }
@@ -336,42 +342,97 @@ impl Node {
         }
     }
 
-    /// Phase 1: verify, compile for this node and `nft -c`; with `keep`, stage the bundle
-    /// on the partition. Changes nothing in force.
-    pub fn stage(&self, bytes: &[u8], keep: bool) -> Result<(VerifiedBundle, Prepared), MgmtError> {
+    /// Phase 1: verify and compile for this node; with `arm`, start the `nft -f -` that
+    /// phase 2 will feed ([`ArmedNft`]). Changes nothing in force and nothing on the
+    /// partition: the staged push lives in memory (verified bundle, compiled script,
+    /// waiting nft) until phase 2 installs it.
+    ///
+    /// There is no `nft -c` here: phase 2's `nft -f` is one atomic transaction, which the
+    /// kernel refuses whole or applies whole, so a separate check would only run the same
+    /// netlink batch twice (one more nft run per node on the path of every push). A node
+    /// whose kernel refuses the script is back on its previous config at once, and the
+    /// pushing node then reverts the pair ([`Node::push`]).
+    pub fn stage(
+        &self,
+        bytes: &[u8],
+        arm: bool,
+        t: &mut Timings,
+    ) -> Result<(VerifiedBundle, Prepared, Option<ArmedNft>), MgmtError> {
         let node = self.node_name()?.to_string();
+        let t0 = Instant::now();
+        let armed = if arm {
+            // started first, so that its start-up overlaps the verification below
+            match self.applier.arm(&node) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start nft ahead; phase 2 starts it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        t.since("arm", t0);
+        let t0 = Instant::now();
         let v = self.verify(bytes, self.installed()?, Kind::Config)?;
+        t.since("verify", t0);
+        let t0 = Instant::now();
         let text = v.config.clone().unwrap_or_default();
         let p = prepare(&text, &node).map_err(MgmtError::Invalid)?;
-        self.applier.validate(&p).map_err(MgmtError::Invalid)?;
-        if keep {
-            self.store.stage(bytes)?;
-        }
-        Ok((v, p))
+        t.since("compile", t0);
+        Ok((v, p, armed))
     }
 
-    /// Phase 2: install as active (previous kept) and apply live; on an apply failure the
-    /// previous bundle is restored and re-applied.
+    /// Phase 2: install as active (previous kept) and apply live, both at once (the
+    /// partition's two flushes overlap the nft transaction); when either fails, the
+    /// previous bundle and ruleset are restored.
     pub fn commit(
         &self,
         bytes: &[u8],
         v: &VerifiedBundle,
         p: Prepared,
         window: Option<Duration>,
+        armed: Option<ArmedNft>,
+        t: &mut Timings,
     ) -> Result<Applied, MgmtError> {
         let (old, old_version) = {
             let i = self.lock();
             (i.current.clone(), i.version)
         };
         let version = v.manifest.version;
-        self.store.install(
-            bytes,
-            version,
-            old_version.or(Some(version)),
-            window.is_some(),
-        )?;
-        match self.applier.apply(old.as_ref(), &p) {
-            Ok(applied) => {
+        let t0 = Instant::now();
+        let (installed, applied) = std::thread::scope(|s| {
+            let install = s.spawn(|| {
+                let t0 = Instant::now();
+                let r = self.store.install(
+                    bytes,
+                    version,
+                    old_version.or(Some(version)),
+                    window.is_some(),
+                );
+                (r, t0.elapsed())
+            });
+            let applied = self.applier.apply_armed(old.as_ref(), &p, armed);
+            let apply_d = t0.elapsed();
+            let (installed, install_d) = install.join().unwrap_or_else(|_| {
+                (
+                    Err(crate::store::StoreError::Invalid {
+                        path: self.store.dir().to_owned(),
+                        reason: "the install thread panicked".into(),
+                    }),
+                    Duration::ZERO,
+                )
+            });
+            t.set("install", install_d);
+            t.set("apply", apply_d);
+            (installed, applied)
+        });
+        t.since("install+apply", t0);
+        match (installed, applied) {
+            (Ok(()), Ok(applied)) => {
+                if let Some(nft) = applied.nft_ms {
+                    t.set("apply.nft", Duration::from_secs_f64(nft / 1000.0));
+                }
                 let mut i = self.lock();
                 i.current = Some(p);
                 i.version = Some(version);
@@ -383,17 +444,35 @@ impl Node {
                 i.last_apply = Some(applied.clone());
                 Ok(applied)
             }
-            Err(e) => {
-                tracing::error!(error = %e, version, "apply failed; restoring the previous config");
-                if old.is_some() {
-                    self.store.revert()?;
-                    if let Some(old) = &old
-                        && let Err(e2) = self.applier.apply(Some(&p), old)
+            (installed, applied) => {
+                let err = match (installed, applied) {
+                    (Err(se), Ok(_)) => {
+                        tracing::error!(error = %se, version, "install failed; restoring the previous config");
+                        MgmtError::Store(se)
+                    }
+                    (_, Err(e)) => {
+                        tracing::error!(error = %e, version, "apply failed; restoring the previous config");
+                        MgmtError::ApplyFailed(e)
+                    }
+                    (Ok(()), Ok(_)) => unreachable!("handled above"),
+                };
+                if let Some(old) = &old {
+                    // the partition back to the previous bundle when the new one got in
+                    if self
+                        .store
+                        .read_bundle(Which::Active)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|a| a == bytes)
+                        && let Err(e) = self.store.revert()
                     {
+                        tracing::error!(error = %e, "restoring the previous bundle failed");
+                    }
+                    if let Err(e2) = self.applier.apply(Some(&p), old) {
                         tracing::error!(error = %e2, "re-applying the previous config failed too");
                     }
                 }
-                Err(MgmtError::ApplyFailed(e))
+                Err(err)
             }
         }
     }
@@ -437,24 +516,52 @@ impl Node {
             .map_err(|e| MgmtError::Unavailable(format!("worker failed: {e}")))?
     }
 
+    /// A POST to the peer's API over a kept-alive connection (opened on first use, or
+    /// again when the peer closed it).
     async fn peer_call(&self, path: &str, bytes: &Bytes) -> Result<client::Answer, String> {
         let Some(peer) = self.settings.peer else {
             return Err("no peer".into());
         };
-        client::request(
-            peer,
-            "POST",
-            path,
-            bytes_body(bytes.clone()),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| e.to_string())
+        // The peer is one link away: a connect that takes longer than this means it is
+        // down (a dead host sends no RST), and the push goes on with it pending. A peer
+        // that accepted the connection is up, only slow (an nft run under TCG on a loaded
+        // host can take seconds): its answer is waited for much longer.
+        let connect = Duration::from_secs(3);
+        let t = Duration::from_secs(60);
+        let kept = self.peer_conn.lock().await.take().filter(Conn::usable);
+        let reused = kept.is_some();
+        let mut conn = match kept {
+            Some(c) => c,
+            None => Conn::open(peer, connect).await.map_err(|e| e.to_string())?,
+        };
+        let mut r = conn
+            .request("POST", path, bytes_body(bytes.clone()), t)
+            .await;
+        if reused && matches!(r, Err(client::ClientError::Closed { .. })) {
+            // The peer closed the idle connection as this request went out: it was not
+            // sent, so a fresh connection may carry it.
+            conn = Conn::open(peer, connect).await.map_err(|e| e.to_string())?;
+            r = conn
+                .request("POST", path, bytes_body(bytes.clone()), t)
+                .await;
+        }
+        let a = r.map_err(|e| e.to_string())?;
+        *self.peer_conn.lock().await = Some(conn);
+        Ok(a)
     }
 
     /// `POST /config`: the whole push. With `forward`, the peer stages and validates too
     /// before either node applies (two phases); a peer that does not answer gets the
     /// bundle when it returns.
+    ///
+    /// Both phases run on the two nodes at the same time: phase 1 (verify, compile, start
+    /// the nft that will apply) changes nothing in force on either; phase 2 (install on
+    /// the partition while the waiting nft gets its script) runs here while the peer
+    /// does its own. If one side's apply fails, that side is
+    /// back on its previous config by itself and the other is rolled back
+    /// (`POST /rollback` to the peer, a revert here), so the pair never stays split. The
+    /// answer comes once both kernels enforce the new ruleset (or the peer is marked
+    /// pending), with each node's step timings (`timings_ms`).
     pub async fn push(
         self: &Arc<Self>,
         bytes: Bytes,
@@ -463,33 +570,70 @@ impl Node {
         if self.settings.fail_closed {
             return self.install_fail_closed(bytes).await;
         }
+        let started = Instant::now();
+        let mut t = Timings::default();
         let b = bytes.clone();
         let forward = opts.forward && self.settings.peer.is_some();
-        // Phase 1 on both nodes at once: this node's validation changes nothing, the
-        // peer's only keeps a staged copy, which is aborted if this node refuses.
-        let (local, remote) = tokio::join!(self.write(move |n| n.stage(&b, false)), async {
-            if forward {
-                Some(self.peer_call("/config?phase=stage", &bytes).await)
-            } else {
-                None
+        // Phase 1 on both nodes at once: neither changes anything in force or on the
+        // partition; a refusal on either side drops both staged pushes.
+        let (local, remote) = tokio::join!(
+            async {
+                let t0 = Instant::now();
+                let r = self
+                    .write(move |n| {
+                        let mut lt = Timings::default();
+                        n.stage(&b, true, &mut lt).map(|x| (x, lt))
+                    })
+                    .await;
+                (r, t0.elapsed())
+            },
+            async {
+                if forward {
+                    let t0 = Instant::now();
+                    Some((
+                        self.peer_call("/config?phase=stage", &bytes).await,
+                        t0.elapsed(),
+                    ))
+                } else {
+                    None
+                }
             }
-        });
-        let (v, p) = match local {
+        );
+        let (local, local_d) = local;
+        let ((v, p, armed), lt) = match local {
             Ok(x) => x,
             Err(e) => {
-                if matches!(&remote, Some(Ok(a)) if a.ok()) {
+                if matches!(&remote, Some((Ok(a), _)) if a.ok()) {
                     let _ = self.peer_call("/config?phase=abort", &bytes).await;
                 }
                 return Err(e);
             }
         };
+        t.set("phase1.local", local_d);
+        for (k, v) in [
+            ("verify", "verify"),
+            ("compile", "compile"),
+            ("stage", "stage"),
+        ] {
+            if let Some(ms) = lt.get(k) {
+                t.set(
+                    &format!("phase1.local.{v}"),
+                    Duration::from_secs_f64(ms / 1000.0),
+                );
+            }
+        }
         let version = v.manifest.version;
         let mut peer = json!(null);
         let mut peer_staged = false;
-        if let Some(remote) = remote {
+        if let Some((remote, d)) = remote {
+            t.set("phase1.peer", d);
             match remote {
-                Ok(a) if a.ok() => peer_staged = true,
+                Ok(a) if a.ok() => {
+                    peer_staged = true;
+                    t.extend("phase1.peer", &a.json()["timings_ms"]);
+                }
                 Ok(a) => {
+                    // (this node's waiting nft is killed as `armed` goes out of scope)
                     return Err(MgmtError::Peer {
                         peer: self.lock().peer.address.clone().unwrap_or_default(),
                         status: a.status,
@@ -506,24 +650,68 @@ impl Node {
                 }
             }
         }
+        // Phase 2 on both nodes at once.
         let b = bytes.clone();
         let window = opts.confirm_within;
-        let applied = match self.write(move |n| n.commit(&b, &v, p, window)).await {
-            Ok(a) => a,
-            Err(e) => {
+        let q = match window {
+            Some(w) => format!("/config?phase=commit&confirm_within={}", w.as_secs().max(1)),
+            None => "/config?phase=commit".to_string(),
+        };
+        let (local, remote) = tokio::join!(
+            async {
+                let t0 = Instant::now();
+                let r = self
+                    .write(move |n| {
+                        let mut lt = Timings::default();
+                        n.commit(&b, &v, p, window, armed, &mut lt).map(|a| (a, lt))
+                    })
+                    .await;
+                (r, t0.elapsed())
+            },
+            async {
                 if peer_staged {
-                    let _ = self.peer_call("/config?phase=abort", &bytes).await;
+                    let t0 = Instant::now();
+                    Some((self.peer_call(&q, &bytes).await, t0.elapsed()))
+                } else {
+                    None
+                }
+            }
+        );
+        let (local, local_d) = local;
+        t.set("phase2.local", local_d);
+        let applied = match local {
+            Ok((a, lt)) => {
+                for k in ["install", "apply", "apply.nft", "install+apply"] {
+                    if let Some(ms) = lt.get(k) {
+                        t.set(
+                            &format!("phase2.local.{k}"),
+                            Duration::from_secs_f64(ms / 1000.0),
+                        );
+                    }
+                }
+                a
+            }
+            Err(e) => {
+                // This node is back on its previous config (commit restored it); a peer
+                // that applied goes back too, one that only staged drops its copy.
+                match &remote {
+                    Some((Ok(a), _)) if a.ok() => {
+                        tracing::warn!(version, "local apply failed; rolling the peer back");
+                        let _ = self.peer_call("/rollback", &bytes).await;
+                    }
+                    Some(_) => {
+                        let _ = self.peer_call("/config?phase=abort", &bytes).await;
+                    }
+                    None => {}
                 }
                 return Err(e);
             }
         };
-        if peer_staged {
-            let q = match window {
-                Some(w) => format!("/config?phase=commit&confirm_within={}", w.as_secs().max(1)),
-                None => "/config?phase=commit".to_string(),
-            };
-            peer = match self.peer_call(&q, &bytes).await {
+        if let Some((remote, d)) = remote {
+            t.set("phase2.peer", d);
+            peer = match remote {
                 Ok(a) if a.ok() => {
+                    t.extend("phase2.peer", &a.json()["timings_ms"]);
                     let mut i = self.lock();
                     i.peer.version = Some(version);
                     i.peer.pending = false;
@@ -531,8 +719,21 @@ impl Node {
                     json!({"state": "applied", "result": a.json()})
                 }
                 Ok(a) => {
+                    // The peer refused or failed to apply and is on its previous config:
+                    // this node goes back too, so the pair runs one version.
+                    tracing::error!(version, status = a.status, reason = %a.reason(), "peer could not apply; reverting this node");
                     self.lock().peer.last_error = Some(a.reason());
-                    json!({"state": "failed", "status": a.status, "error": a.reason()})
+                    let back = self
+                        .write(|n| n.revert_now("the peer could not apply"))
+                        .await;
+                    return Err(MgmtError::Peer {
+                        peer: self.lock().peer.address.clone().unwrap_or_default(),
+                        status: a.status,
+                        message: match back {
+                            Ok(v) => format!("{} (this node went back to version {v})", a.reason()),
+                            Err(e) => format!("{} (going back here failed too: {e})", a.reason()),
+                        },
+                    });
                 }
                 Err(e) => {
                     let mut i = self.lock();
@@ -542,32 +743,39 @@ impl Node {
                 }
             };
         }
+        t.since("total", started);
+        tracing::info!(version, forward, timings = %t.line(), "push applied");
         Ok(json!({
             "node": self.settings.node,
             "version": version,
             "applied": applied,
             "confirm_within_s": window.map(|w| w.as_secs()),
             "peer": peer,
+            "timings_ms": t,
         }))
     }
 
     /// `POST /config?phase=stage`.
     pub async fn peer_stage(self: &Arc<Self>, bytes: Bytes) -> Result<Value, MgmtError> {
-        let version = self
+        let (version, t) = self
             .write(move |n| {
-                let (v, p) = n.stage(&bytes, true)?;
+                let mut t = Timings::default();
+                let (v, p, armed) = n.stage(&bytes, true, &mut t)?;
                 let version = v.manifest.version;
                 let based_on = n.version();
+                // (a staged push replaced here kills its waiting nft)
                 n.lock().staged = Some(Staged {
                     sha256: bundle_sha256(&bytes),
                     based_on,
                     verified: v,
                     prepared: p,
+                    armed,
                 });
-                Ok(version)
+                tracing::info!(version, timings = %t.line(), "push staged for the peer");
+                Ok((version, t))
             })
             .await?;
-        Ok(json!({"node": self.settings.node, "staged": version}))
+        Ok(json!({"node": self.settings.node, "staged": version, "timings_ms": t}))
     }
 
     /// `POST /config?phase=commit`: installs the staged bundle (validating again when
@@ -577,8 +785,9 @@ impl Node {
         bytes: Bytes,
         window: Option<Duration>,
     ) -> Result<Value, MgmtError> {
-        let applied = self
+        let (applied, t) = self
             .write(move |n| {
+                let mut t = Timings::default();
                 // The bundle phase 1 validated, with nothing installed since: use that
                 // validation; anything else is validated again.
                 // (the version is read first: `n.lock()` is not re-entrant)
@@ -586,14 +795,18 @@ impl Node {
                 let staged = n.lock().staged.take();
                 let staged =
                     staged.filter(|s| s.sha256 == bundle_sha256(&bytes) && s.based_on == in_force);
-                let (v, p) = match staged {
-                    Some(s) => (s.verified, s.prepared),
-                    None => n.stage(&bytes, false)?,
+                let (v, p, armed) = match staged {
+                    Some(s) => (s.verified, s.prepared, s.armed),
+                    None => n.stage(&bytes, false, &mut t)?,
                 };
-                n.commit(&bytes, &v, p, window)
+                let a = n.commit(&bytes, &v, p, window, armed, &mut t)?;
+                tracing::info!(version = v.manifest.version, timings = %t.line(), "peer push applied");
+                Ok((a, t))
             })
             .await?;
-        Ok(json!({"node": self.settings.node, "version": self.version(), "applied": applied}))
+        Ok(
+            json!({"node": self.settings.node, "version": self.version(), "applied": applied, "timings_ms": t}),
+        )
     }
 
     /// `POST /config?phase=abort`.
@@ -621,15 +834,17 @@ impl Node {
         )
     }
 
-    /// `POST /confirm` (body: the bundle being confirmed).
+    /// `POST /confirm` (body: the bundle being confirmed). Here and on the peer at the
+    /// same time.
     pub async fn confirm(
         self: &Arc<Self>,
         bytes: Bytes,
         forward: bool,
     ) -> Result<Value, MgmtError> {
         let b = bytes.clone();
-        let version = self
-            .write(move |n| {
+        let forward = forward && self.settings.peer.is_some();
+        let (local, remote) = tokio::join!(
+            self.write(move |n| {
                 let v = n.verify(&b, None, Kind::Config)?;
                 let version = v.manifest.version;
                 let window = n.lock().window;
@@ -646,15 +861,21 @@ impl Node {
                         n.version()
                     ))),
                 }
-            })
-            .await?;
-        let mut peer = json!(null);
-        if forward && self.settings.peer.is_some() {
-            peer = match self.peer_call("/confirm?forward=0", &bytes).await {
-                Ok(a) => json!({"status": a.status, "result": a.json()}),
-                Err(e) => json!({"error": e}),
-            };
-        }
+            }),
+            async {
+                if forward {
+                    Some(self.peer_call("/confirm?forward=0", &bytes).await)
+                } else {
+                    None
+                }
+            }
+        );
+        let version = local?;
+        let peer = match remote {
+            None => json!(null),
+            Some(Ok(a)) => json!({"status": a.status, "result": a.json()}),
+            Some(Err(e)) => json!({"error": e}),
+        };
         Ok(json!({"node": self.settings.node, "confirmed": version, "peer": peer}))
     }
 
@@ -796,9 +1017,13 @@ impl Node {
                 None
             }
             Err(e) => {
-                let mut i = self.lock();
-                i.peer.reachable = false;
-                i.peer.last_error = Some(e.to_string());
+                {
+                    let mut i = self.lock();
+                    i.peer.reachable = false;
+                    i.peer.last_error = Some(e.to_string());
+                }
+                // a connection kept to a peer that went away would only time out
+                *self.peer_conn.lock().await = None;
                 return;
             }
         };

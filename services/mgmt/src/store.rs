@@ -12,7 +12,7 @@
 //! node, trusted/*.pub, sync.key, installed-version
 //! bundles/active.bundle     in force
 //! bundles/previous.bundle   the one before (what a revert goes back to)
-//! bundles/staged.bundle     phase 1 of a two-phase peer push (verified, not in force)
+//! bundles/staged.bundle     a staged copy (verified, not in force; a push keeps its phase 1 in memory)
 //! bundles/unconfirmed       the active bundle's version while its confirm window runs
 //! bundles/slot-a.bundle     the config bundle last validated with slot A (pinned)
 //! bundles/slot-b.bundle     ... with slot B
@@ -110,8 +110,9 @@ impl Remount for MountRemount {
         self.remount(nix::mount::MsFlags::empty(), "read-write")
     }
     fn readonly(&self) -> Result<(), StoreError> {
-        // Flush first so that the read-only remount does not fail with EBUSY on dirty data.
-        nix::unistd::sync();
+        // Flush this partition first (not every filesystem, as `sync()` would); the
+        // read-only remount then has nothing left to write.
+        sync_fs(&self.path)?;
         self.remount(nix::mount::MsFlags::MS_RDONLY, "read-only")
     }
 }
@@ -279,7 +280,15 @@ impl ConfigStore {
     /// Installs `bundle` (already verified) as active: the current active becomes
     /// previous, the floor becomes the previous version (so one step back stays possible,
     /// anything older is refused), and with `unconfirmed` the marker records the version
-    /// whose confirm window runs. A staged copy is removed.
+    /// whose confirm window runs. A staged copy of the same bytes ([`ConfigStore::stage`],
+    /// already synced) is renamed into place instead of written again; any staged copy
+    /// is gone afterwards.
+    ///
+    /// Two flushes in all (instead of one per file and directory): every new file is
+    /// written under a temporary name, then one `syncfs` makes all of them durable, then
+    /// the renames (the new active last), then a second `syncfs` makes the renames
+    /// durable. A crash before the last rename leaves the old active with a floor that
+    /// allows it (its own version); a crash after it leaves the new one.
     pub fn install(
         &self,
         bundle: &[u8],
@@ -290,37 +299,56 @@ impl ConfigStore {
         self.change(|b| {
             let active = b.join("active.bundle");
             let new = b.join("active.bundle.new");
-            // 1. the new bundle on disk, synced, under a temporary name
-            write_bytes_atomic(&new, bundle, 0o644, true)?;
-            // 2. the old active kept as previous (a hard link, then an atomic rename: the
-            //    old previous is replaced only once the copy exists)
-            if active.exists() {
-                let tmp = b.join("previous.bundle.new");
-                let _ = fs::remove_file(&tmp);
-                fs::hard_link(&active, &tmp)
-                    .and_then(|()| fs::rename(&tmp, b.join("previous.bundle")))
-                    .map_err(|source| io(&tmp, "keeping the previous bundle as", source))?;
+            let staged = b.join("staged.bundle");
+            // 1. the new bundle under a temporary name: the staged copy when it is this
+            //    bundle (written and synced by phase 1), else written now
+            let from_stage = self
+                .read_opt(&staged)?
+                .is_some_and(|s| s.as_slice() == bundle);
+            if from_stage {
+                fs::rename(&staged, &new).map_err(|source| io(&new, "renaming into", source))?;
+            } else {
+                write_file(&new, bundle)?;
+                remove(&staged)?;
             }
-            // 3. the floor, before the new active is visible: a crash in between leaves
-            //    the old active, which the floor (its own version) still allows
+            // 2. the old active kept as previous (a hard link: the old previous is
+            //    replaced only by the rename below, once the link exists)
+            let prev_new = b.join("previous.bundle.new");
+            let keep_previous = active.exists();
+            if keep_previous {
+                let _ = fs::remove_file(&prev_new);
+                fs::hard_link(&active, &prev_new)
+                    .map_err(|source| io(&prev_new, "keeping the previous bundle as", source))?;
+            }
+            // 3. the floor and the marker, under temporary names
+            let floor = self.dir.join("installed-version");
+            let floor_new = self.dir.join("installed-version.new");
             if let Some(prev) = previous_version {
-                write_bytes_atomic(
-                    &self.dir.join("installed-version"),
-                    format!("{prev}\n").as_bytes(),
-                    0o644,
-                    true,
-                )?;
+                write_file(&floor_new, format!("{prev}\n").as_bytes())?;
             }
             let marker = b.join("unconfirmed");
+            let marker_new = b.join("unconfirmed.new");
             if unconfirmed {
-                write_bytes_atomic(&marker, format!("{version}\n").as_bytes(), 0o644, true)?;
+                write_file(&marker_new, format!("{version}\n").as_bytes())?;
+            }
+            // 4. everything new is durable before any of it becomes visible
+            sync_fs(b)?;
+            if keep_previous {
+                rename(&prev_new, &b.join("previous.bundle"))?;
+            }
+            // the floor before the new active: a crash in between leaves the old active,
+            // which the floor (its own version) still allows
+            if previous_version.is_some() {
+                rename(&floor_new, &floor)?;
+            }
+            if unconfirmed {
+                rename(&marker_new, &marker)?;
             } else {
                 remove(&marker)?;
             }
-            // 4. the switch
-            fs::rename(&new, &active).map_err(|source| io(&active, "renaming into", source))?;
-            remove(&b.join("staged.bundle"))?;
-            sync_dir(b)
+            // 5. the switch, made durable
+            rename(&new, &active)?;
+            sync_fs(b)
         })
     }
 
@@ -364,15 +392,19 @@ impl ConfigStore {
         })
     }
 
-    /// Phase 1 of a peer push: keeps the verified bundle as `bundles/staged.bundle`.
+    /// Keeps a verified bundle as `bundles/staged.bundle`, its data synced, so that
+    /// [`ConfigStore::install`] of the same bytes only has to rename it. (A push keeps its
+    /// phase 1 in memory and does not use this: its install overlaps the nft apply.)
+    /// (Its name needs no directory sync: a staged copy lost in a crash is only a push
+    /// that did not happen; the install's `syncfs` makes the rename durable.)
     pub fn stage(&self, bundle: &[u8]) -> Result<(), StoreError> {
         self.change(|b| {
-            Ok(write_bytes_atomic(
-                &b.join("staged.bundle"),
-                bundle,
-                0o644,
-                true,
-            )?)
+            let tmp = b.join("staged.bundle.new");
+            write_file(&tmp, bundle)?;
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_data())
+                .map_err(|source| io(&tmp, "syncing", source))?;
+            rename(&tmp, &b.join("staged.bundle"))
         })
     }
 
@@ -440,6 +472,32 @@ fn remove(path: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(io(path, "removing", source)),
     }
+}
+
+/// Writes `bytes` to a new file at `path` (mode 0644), without syncing: callers make a
+/// batch of such files durable with one [`sync_fs`] before renaming them into place.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|source| io(path, "writing", source))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), StoreError> {
+    fs::rename(from, to).map_err(|source| io(to, "renaming into", source))
+}
+
+/// Flushes the whole filesystem holding `dir` (`syncfs`: one journal commit for every
+/// change made so far, where a `fsync` per file and directory would be one each).
+fn sync_fs(dir: &Path) -> Result<(), StoreError> {
+    let d = fs::File::open(dir).map_err(|source| io(dir, "opening", source))?;
+    nix::unistd::syncfs(&d).map_err(|e| io(dir, "syncing the filesystem of", e.into()))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

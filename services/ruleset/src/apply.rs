@@ -67,6 +67,12 @@ impl Nft {
         }
     }
 
+    /// The program and its leading arguments (`["nft"]`, or `ip netns exec NS nft`), for
+    /// a caller that starts nft itself (mgmt starts `nft -f -` ahead of its apply).
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
     /// Checks a script with `nft -c -f -` (needs CAP_NET_ADMIN, changes nothing).
     pub fn check(&self, script: &str) -> Result<(), ApplyError> {
         self.run(&["-c", "-f", "-"], script)?
