@@ -154,7 +154,7 @@ boot() {
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing"
   [ -f "$out/initramfs.cpio.gz" ] || die "run '$0 build' first"
   local console="$out/console.log" append rc=0
-  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check twinwall.root=initramfs twinwall.services=none"
+  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check mitigations=off twinwall.root=initramfs twinwall.services=none"
   append="$append twinwall.shutdown_when_up=poweroff ${TWINWALL_QEMU_APPEND:-}"
   log "booting (accel $accel, timeout ${timeout_s}s); console: $console"
   # An isolated hub port: the guest has a NIC to bring up, and no frame leaves QEMU.
@@ -195,7 +195,7 @@ boot_node() {
   cfg=${TWINWALL_QEMU_CONFIG:-$root/../shared/examples/seed-pair.toml}
   node=${TWINWALL_QEMU_NODE:-lj-fw-1}
   config_disk "$bin" "$cfg" "$node"
-  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check twinwall.root=initramfs twinwall.peer_absent_after=5"
+  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check mitigations=off twinwall.root=initramfs twinwall.peer_absent_after=5"
   append="$append twinwall.shutdown_when_healthy=poweroff ${TWINWALL_QEMU_APPEND:-}"
   log "booting node $node of $cfg (accel $accel, timeout ${timeout_s}s); console: $console"
   timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine "$machine" -m 512 -nographic -no-reboot \
@@ -219,7 +219,7 @@ boot_panic() {
   # -no-reboot: the guest's reboot ends QEMU (exit 0).
   timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine "$machine" -m 512 -nographic -no-reboot \
     -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.gz" \
-    -append "console=ttyS0 quiet panic=-1 no_timer_check twinwall.root=initramfs twinwall.services=none twinwall.test_panic=1" \
+    -append "console=ttyS0 quiet panic=-1 no_timer_check mitigations=off twinwall.root=initramfs twinwall.services=none twinwall.test_panic=1" \
     -net none </dev/null >"$console" 2>&1 || rc=$?
   grep -q "twinwall: PANIC in init: " "$console" || { tail -n 40 "$console" >&2; die "no panic line on the console (qemu exit $rc)"; }
   grep -q "reboot: Restarting system" "$console" || { tail -n 20 "$console" >&2; die "the panic did not reboot (qemu exit $rc)"; }

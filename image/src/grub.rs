@@ -49,8 +49,14 @@ pub const MODULES: &[&str] = &[
 /// virtual CPU fails: under TCG on a loaded host it panicked boots with "IO-APIC + timer
 /// doesn't work!" (docs/init.md); it is the usual option for virtual machines and a no-op
 /// on hardware whose timer works.
-pub const CMDLINE: &str =
-    "console=tty0 console=ttyS0,115200n8 panic=10 loglevel=6 cryptomgr.notests no_timer_check";
+/// `mitigations=off`: the CPU vulnerability mitigations (on QEMU's default CPU the
+/// retpolines around every indirect branch; PTI is not enabled there) guard against code
+/// running on the machine spying on other processes or the kernel. The appliance runs no
+/// untrusted code — no shell, no logins, only twinwall's own services, as root — so they
+/// protect nothing here, and they cost boot time under TCG and throughput on hardware
+/// (docs/init.md has the A/B). Someone who adds untrusted local workloads must remove it.
+pub const CMDLINE: &str = "console=tty0 console=ttyS0,115200n8 panic=10 loglevel=6 \
+     cryptomgr.notests no_timer_check mitigations=off";
 
 /// Errors of the GRUB steps.
 #[derive(Debug, Error)]
