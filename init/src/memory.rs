@@ -1,7 +1,6 @@
-//! PID 1's own memory: once the services are up, the pages of its code and read-only
-//! data that boot touched once (netlink, trust, storage code) are handed back with
-//! `madvise(MADV_PAGEOUT)` (not before the services start: they run the same binary and
-//! would fault the evicted pages in again from the squashfs). They are clean file pages of the slot's `/bin/twinwall`
+//! PID 1's own memory: after the boot phases, the pages of its code and read-only data
+//! that boot touched once (netlink, trust, storage code) are handed back with
+//! `madvise(MADV_PAGEOUT)`. They are clean file pages of the slot's `/bin/twinwall`
 //! (squashfs page cache after the re-exec), so the kernel drops them and faults in again
 //! only what the supervisor touches later.
 

@@ -629,9 +629,9 @@ pub fn main(
             console(&format!("health watcher not started: {e}"));
         }
     }
-    // The boot phases' code is not needed again: its pages are handed back once the
-    // services are up (see memory.rs and `SupervisorConfig::page_out_at_up`).
-    cfg.page_out_at_up = true;
+    // The boot phases' code is not needed again: hand its pages back (see memory.rs).
+    let paged = crate::memory::page_out_own_image();
+    tracing::info!(bytes = paged, "own image paged out after the boot phases");
     let start = std::time::Instant::now();
     let action = match Supervisor::new(&sys, booted.specs, cfg, shared.clone()) {
         Ok(mut sup) => sup.run(),

@@ -116,12 +116,6 @@ pub struct SupervisorConfig {
     /// Sysctls written when the `ruleset` one-shot has completed (IP forwarding: never
     /// before a ruleset is in force).
     pub after_ruleset: Vec<(String, String)>,
-    /// Once all services are up, hand back the pages of the own image that the boot
-    /// touched (`memory::page_out_own_image`, PID 1). Done then, not before the services
-    /// start: the services run the same binary, and pages evicted just before they
-    /// start would be read and decompressed from the squashfs again on their critical
-    /// path; pages the services share stay resident (the kernel skips shared pages).
-    pub page_out_at_up: bool,
 }
 
 impl SupervisorConfig {
@@ -133,10 +127,9 @@ impl SupervisorConfig {
             stop_timeout: Duration::from_secs(10),
             log_capacity: DEFAULT_CAPACITY,
             echo_logs: false,
-            ready_poll: Duration::from_millis(20),
+            ready_poll: Duration::from_millis(50),
             shutdown_when_up: None,
             after_ruleset: Vec::new(),
-            page_out_at_up: false,
         }
     }
 }
@@ -215,15 +208,6 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 tracing::info!(services = self.services.len(), "services up");
                 let mut err = std::io::stderr();
                 let _ = writeln!(err, "twinwall: services up");
-                if self.cfg.page_out_at_up {
-                    let t = Instant::now();
-                    let bytes = crate::memory::page_out_own_image();
-                    tracing::info!(
-                        bytes,
-                        duration_us = t.elapsed().as_micros() as u64,
-                        "own image paged out after services up"
-                    );
-                }
                 let f = self.footprint();
                 let _ = writeln!(
                     err,
