@@ -68,7 +68,7 @@ for i in $(seq "$boots"); do
       -device "virtio-net-pci,netdev=n$n,addr=0x1$n,mac=52:54:00:77:00:0$n,romfile=")
   done
   # Stopped once the health report is out (or after the failure guard).
-  timeout 400 qemu-system-x86_64 -accel tcg -m 768 -nographic -display none -serial stdio \
+  timeout 400 qemu-system-x86_64 -accel tcg -machine q35 -m 768 -nographic -display none -serial stdio \
     -monitor none -no-reboot -drive "file=$work/fw1.img,format=raw,if=virtio" "${nics[@]}" \
     </dev/null >"$log" 2>&1 &
   q=$!

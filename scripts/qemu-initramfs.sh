@@ -16,6 +16,11 @@
 #        TWINWALL_QEMU_TIMEOUT  seconds to wait for the boot (default 60)
 #        TWINWALL_QEMU_ACCEL tcg (default) or kvm (opt-in; KVM does not work on the CI machines)
 #        TWINWALL_QEMU_APPEND extra kernel command line words
+#        TWINWALL_QEMU_MACHINE  QEMU machine type (default q35: on the older `pc` (i440FX)
+#                            machine the ACPI interrupt routing of each PCI device the kernel
+#                            enables (QEMU's generated _PRT method, an AML loop over 128
+#                            entries) made virtio_pci's probe cost 0.3-0.5 s per device under
+#                            TCG; pci=noacpi or q35 remove it, see docs/init.md)
 # Prints: the console log path and, after a boot, "measure: pid1_rss_kb=N services_up_ms=N".
 set -euo pipefail
 
@@ -27,6 +32,7 @@ cache=${TWINWALL_KERNEL_CACHE:-$root/build/cache/kernel}
 out=${TWINWALL_QEMU_OUT:-$root/build/qemu-init}
 timeout_s=${TWINWALL_QEMU_TIMEOUT:-60}
 accel=${TWINWALL_QEMU_ACCEL:-tcg}
+machine=${TWINWALL_QEMU_MACHINE:-q35}
 mkdir -p "$cache" "$out"
 
 log() { echo "qemu-initramfs: $*" >&2; }
@@ -82,6 +88,21 @@ static_binary() {
   echo "$bin"
 }
 
+# Copies a kernel module without its appended signature (the image build does the same,
+# image/src/modules.rs strip_signature): the kernel verifies an appended PKCS#7
+# signature at every finit_module even when it does not enforce signatures, which is
+# slow under TCG, and the module ships inside the image it was built into anyway. Layout:
+# MODULE | SIGNATURE | 12-byte info (big-endian u32 sig_len last) | marker (28 bytes).
+copy_unsigned() {
+  local src=$1 dst=$2 size siglen
+  cp "$src" "$dst"
+  [ "$(tail -c 28 "$src")" = "~Module signature appended~" ] || return 0
+  size=$(stat -c %s "$src")
+  siglen=$(tail -c 32 "$src" | head -c 4 | od -An -tu1 | awk '{print $1*16777216 + $2*65536 + $3*256 + $4}')
+  [ $((siglen + 40)) -lt "$size" ] || die "$src: malformed module signature (length $siglen)"
+  truncate -s $((size - 40 - siglen)) "$dst"
+}
+
 build() {
   command -v cpio >/dev/null || die "cpio is missing (scripts/deps.sh image)"
   command -v depmod >/dev/null || die "depmod is missing (package kmod)"
@@ -117,7 +138,7 @@ build() {
       rel=${path#*/lib/modules/$release/}
       grep -qxF "$rel" "$list" && continue
       mkdir -p "$stage/lib/modules/$release/$(dirname "$rel")"
-      cp "$modroot/$rel" "$stage/lib/modules/$release/$rel"
+      copy_unsigned "$modroot/$rel" "$stage/lib/modules/$release/$rel"
       echo "$rel" >>"$list"
     done
   done <"$root/init/qemu/modules.txt"
@@ -133,11 +154,11 @@ boot() {
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing"
   [ -f "$out/initramfs.cpio.gz" ] || die "run '$0 build' first"
   local console="$out/console.log" append rc=0
-  append="console=ttyS0 quiet panic=-1 cryptomgr.notests twinwall.root=initramfs twinwall.services=none"
+  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check mitigations=off twinwall.root=initramfs twinwall.services=none"
   append="$append twinwall.shutdown_when_up=poweroff ${TWINWALL_QEMU_APPEND:-}"
   log "booting (accel $accel, timeout ${timeout_s}s); console: $console"
   # An isolated hub port: the guest has a NIC to bring up, and no frame leaves QEMU.
-  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 512 -nographic -no-reboot \
+  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine "$machine" -m 512 -nographic -no-reboot \
     -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.gz" -append "$append" \
     -netdev hubport,id=n0,hubid=0 -device virtio-net-pci,netdev=n0 \
     </dev/null >"$console" 2>&1 || rc=$?
@@ -174,10 +195,10 @@ boot_node() {
   cfg=${TWINWALL_QEMU_CONFIG:-$root/../shared/examples/seed-pair.toml}
   node=${TWINWALL_QEMU_NODE:-lj-fw-1}
   config_disk "$bin" "$cfg" "$node"
-  append="console=ttyS0 quiet panic=-1 cryptomgr.notests twinwall.root=initramfs twinwall.peer_absent_after=5"
+  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check mitigations=off twinwall.root=initramfs twinwall.peer_absent_after=5"
   append="$append twinwall.shutdown_when_healthy=poweroff ${TWINWALL_QEMU_APPEND:-}"
   log "booting node $node of $cfg (accel $accel, timeout ${timeout_s}s); console: $console"
-  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 512 -nographic -no-reboot \
+  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine "$machine" -m 512 -nographic -no-reboot \
     -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.gz" -append "$append" \
     -drive "file=$out/config.img,format=raw,if=virtio" \
     -netdev hubport,id=n0,hubid=0 -device virtio-net-pci,netdev=n0,addr=0x10,mac=52:54:00:77:00:00,romfile= \
@@ -196,9 +217,9 @@ boot_panic() {
   local console="$out/console.log" rc=0
   log "booting with twinwall.test_panic=1 (accel $accel, timeout ${timeout_s}s); console: $console"
   # -no-reboot: the guest's reboot ends QEMU (exit 0).
-  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -m 512 -nographic -no-reboot \
+  timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine "$machine" -m 512 -nographic -no-reboot \
     -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.gz" \
-    -append "console=ttyS0 quiet panic=-1 twinwall.root=initramfs twinwall.services=none twinwall.test_panic=1" \
+    -append "console=ttyS0 quiet panic=-1 no_timer_check mitigations=off twinwall.root=initramfs twinwall.services=none twinwall.test_panic=1" \
     -net none </dev/null >"$console" 2>&1 || rc=$?
   grep -q "twinwall: PANIC in init: " "$console" || { tail -n 40 "$console" >&2; die "no panic line on the console (qemu exit $rc)"; }
   grep -q "reboot: Restarting system" "$console" || { tail -n 20 "$console" >&2; die "the panic did not reboot (qemu exit $rc)"; }

@@ -45,8 +45,18 @@ pub const MODULES: &[&str] = &[
 /// algorithm: `initcall_debug` showed them as the slowest initcall by far
 /// (`crypto_algapi_init`, 6.1 s of a 25 s kernel start under TCG on a loaded host, see
 /// docs/init.md); the appliance does not run in FIPS mode, which would require them.
-pub const CMDLINE: &str =
-    "console=tty0 console=ttyS0,115200n8 panic=10 loglevel=6 cryptomgr.notests";
+/// `no_timer_check` skips the IO-APIC timer check, a timing loop that a slow or busy
+/// virtual CPU fails: under TCG on a loaded host it panicked boots with "IO-APIC + timer
+/// doesn't work!" (docs/init.md); it is the usual option for virtual machines and a no-op
+/// on hardware whose timer works.
+/// `mitigations=off`: the CPU vulnerability mitigations (on QEMU's default CPU the
+/// retpolines around every indirect branch; PTI is not enabled there) guard against code
+/// running on the machine spying on other processes or the kernel. The appliance runs no
+/// untrusted code — no shell, no logins, only twinwall's own services, as root — so they
+/// protect nothing here, and they cost boot time under TCG and throughput on hardware
+/// (docs/init.md has the A/B). Someone who adds untrusted local workloads must remove it.
+pub const CMDLINE: &str = "console=tty0 console=ttyS0,115200n8 panic=10 loglevel=6 \
+     cryptomgr.notests no_timer_check mitigations=off";
 
 /// Errors of the GRUB steps.
 #[derive(Debug, Error)]

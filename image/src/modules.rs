@@ -57,6 +57,14 @@ pub enum ModulesError {
         /// Kernel version.
         version: String,
     },
+    /// A module's appended signature is malformed.
+    #[error("{path}: {message}")]
+    Signature {
+        /// The module file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// depmod failed.
     #[error(transparent)]
     Tool(#[from] ToolError),
@@ -238,6 +246,47 @@ impl ModuleDb {
     }
 }
 
+/// The trailer the kernel's `sign-file` appends after a module's PKCS#7 signature.
+pub const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
+
+/// `struct module_signature` (include/linux/module_signature.h): algo, hash, id_type,
+/// signer_len, key_id_len, 3 bytes padding, big-endian u32 sig_len.
+const SIGNATURE_INFO_LEN: usize = 12;
+
+/// The module without its appended signature (unchanged when it has none). Pure.
+///
+/// Debian signs every module, and the kernel verifies an appended signature at
+/// `finit_module` even when it does not enforce signatures: a PKCS#7 parse, a SHA-256 of
+/// the module and an RSA verification per module, slow under TCG. The modules ship
+/// inside the slot image, whose sha256 is in the signed update bundle, and the initramfs
+/// inside that slot, so the per-module check adds nothing. The layout is
+/// `MODULE | SIGNATURE | struct module_signature | MARKER` (scripts/sign-file.c); no
+/// crate parses it, and it is a dozen lines. A stripped module taints the kernel once
+/// (`E`, "module verification failed"), and a kernel in lockdown (Secure Boot with
+/// Debian's shim) would refuse it — twinwall's GRUB is not shim-signed, so such a
+/// kernel never boots it anyway (docs/image.md).
+pub fn strip_signature(ko: &[u8]) -> Result<&[u8], String> {
+    let Some(rest) = ko.strip_suffix(SIGNATURE_MARKER) else {
+        return Ok(ko);
+    };
+    let Some(info_at) = rest.len().checked_sub(SIGNATURE_INFO_LEN) else {
+        return Err("signature marker without the signature info block".into());
+    };
+    let info = &rest[info_at..];
+    let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    let Some(end) = info_at.checked_sub(sig_len) else {
+        return Err(format!(
+            "signature length {sig_len} exceeds the module ({} bytes)",
+            ko.len()
+        ));
+    };
+    let body = &rest[..end];
+    if !body.starts_with(b"\x7fELF") {
+        return Err("no ELF module before the signature".into());
+    }
+    Ok(body)
+}
+
 /// The content of `load.list`: absolute paths on the target, one per line.
 pub fn load_list(version: &str, order: &[String]) -> String {
     order
@@ -246,7 +295,8 @@ pub fn load_list(version: &str, order: &[String]) -> String {
         .collect()
 }
 
-/// Copies the modules of `order` from the unpacked kernel into `root`, runs depmod there
+/// Copies the modules of `order` from the unpacked kernel into `root` without their
+/// signatures ([`strip_signature`]), runs depmod there
 /// (so `modules.dep` matches what ships) and writes `root/lib/modules/load.list`.
 pub fn install(
     kernel_root: &Path,
@@ -263,7 +313,13 @@ pub fn install(
     for rel in order {
         let d = dst.join(rel);
         std::fs::create_dir_all(d.parent().expect("module path has a parent")).map_err(io(&d))?;
-        std::fs::copy(src.join(rel), &d).map_err(io(&d))?;
+        let s = src.join(rel);
+        let ko = std::fs::read(&s).map_err(io(&s))?;
+        let body = strip_signature(&ko).map_err(|message| ModulesError::Signature {
+            path: s.clone(),
+            message,
+        })?;
+        std::fs::write(&d, body).map_err(io(&d))?;
     }
     for f in [
         "modules.builtin",
@@ -334,6 +390,36 @@ kernel/net/netfilter/nf_tables.ko:
             .select(Path::new("modules.list"), "v", &wanted, true)
             .unwrap();
         assert_eq!(initrd, ["usb_storage"]);
+    }
+
+    fn signed(body: &[u8], sig: &[u8]) -> Vec<u8> {
+        let mut v = body.to_vec();
+        v.extend_from_slice(sig);
+        v.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        v.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+        v.extend_from_slice(SIGNATURE_MARKER);
+        v
+    }
+
+    #[test]
+    fn signatures_are_stripped_and_unsigned_modules_kept() {
+        let body = b"\x7fELF module code";
+        assert_eq!(strip_signature(&signed(body, &[7u8; 681])).unwrap(), body);
+        assert_eq!(strip_signature(body).unwrap(), body);
+        let mut bad = signed(body, &[7u8; 4]);
+        let n = bad.len() - SIGNATURE_MARKER.len() - 4;
+        bad[n..n + 4].copy_from_slice(&9999u32.to_be_bytes());
+        assert!(
+            strip_signature(&bad)
+                .unwrap_err()
+                .contains("signature length 9999 exceeds")
+        );
+        assert!(strip_signature(SIGNATURE_MARKER).is_err());
+        assert!(
+            strip_signature(&signed(b"not elf", &[1, 2]))
+                .unwrap_err()
+                .contains("no ELF")
+        );
     }
 
     #[test]

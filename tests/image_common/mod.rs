@@ -206,9 +206,14 @@ impl Vm {
     /// Boots a [`VmSpec`].
     pub fn start(fw: Firmware, spec: &VmSpec, log: PathBuf) -> Vm {
         let mut c = Command::new("qemu-system-x86_64");
+        // q35, not the default `pc` (i440FX): there the kernel's ACPI interrupt routing
+        // of each PCI device (QEMU's generated _PRT, an AML loop) made virtio_pci's probe
+        // cost 0.3-0.5 s per device under TCG (docs/init.md, "Measurements").
         c.args([
             "-accel",
             "tcg",
+            "-machine",
+            "q35",
             "-m",
             "768",
             "-nographic",
