@@ -114,6 +114,27 @@ impl Nft {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `nft -j list table inet twinwall`: the loaded table as JSON, with every rule's
+    /// and every set element's counter (parsed by [`crate::counters::parse`]).
+    pub fn list_table_json(&self) -> Result<String, ApplyError> {
+        let out = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .args(["-j", "list", "table", "inet", crate::compile::TABLE])
+            .output()
+            .map_err(|source| ApplyError::Spawn {
+                program: self.argv.join(" "),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ApplyError::List {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        String::from_utf8(out.stdout).map_err(|e| ApplyError::List {
+            stderr: format!("nft -j output is not UTF-8: {e}"),
+        })
+    }
+
     fn run(&self, args: &[&str], script: &str) -> Result<Result<(), String>, ApplyError> {
         run_nft(&self.argv, args, script)
     }
