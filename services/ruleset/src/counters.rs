@@ -50,7 +50,7 @@ pub enum CountersError {
 }
 
 /// One counter statement: `{"counter": {"packets": N, "bytes": M}}`.
-fn counter(v: &Value) -> Option<(u64, u64)> {
+fn counter(v: &Value) -> Option<Count> {
     let c = v.get("counter")?;
     Some((c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?))
 }
@@ -61,13 +61,19 @@ fn lookups(expr: &[Value]) -> impl Iterator<Item = &str> {
         .filter_map(|e| e.get("match")?.get("right")?.as_str()?.strip_prefix('@'))
 }
 
+/// Packets and bytes.
+type Count = (u64, u64);
+
+/// The named elements of one set: (rule name, its counter).
+type NamedElems<'j> = Vec<(&'j str, Count)>;
+
 struct Acc {
     out: Vec<RuleCounter>,
     index: HashMap<String, usize>,
 }
 
 impl Acc {
-    fn add(&mut self, rule: &str, chain: &str, (packets, bytes): (u64, u64), merged: bool) {
+    fn add(&mut self, rule: &str, chain: &str, (packets, bytes): Count, merged: bool) {
         if let Some(&i) = self.index.get(rule) {
             let c = &mut self.out[i];
             c.packets += packets;
@@ -96,7 +102,7 @@ pub fn parse(json: &str) -> Result<Vec<RuleCounter>, CountersError> {
         .and_then(Value::as_array)
         .ok_or(CountersError::Shape)?;
     // Sets whose elements carry a name and a counter: (table, set) -> [(name, counter)].
-    let mut per_element: HashMap<(&str, &str), Vec<(&str, (u64, u64))>> = HashMap::new();
+    let mut per_element: HashMap<(&str, &str), NamedElems> = HashMap::new();
     for s in items.iter().filter_map(|i| i.get("set")) {
         let (Some(table), Some(name)) = (
             s.get("table").and_then(Value::as_str),
@@ -104,7 +110,7 @@ pub fn parse(json: &str) -> Result<Vec<RuleCounter>, CountersError> {
         ) else {
             continue;
         };
-        let elems: Vec<(&str, (u64, u64))> = s
+        let elems: NamedElems = s
             .get("elem")
             .and_then(Value::as_array)
             .into_iter()
@@ -159,4 +165,105 @@ pub fn parse(json: &str) -> Result<Vec<RuleCounter>, CountersError> {
 /// Reads the counters of the loaded twinwall table with one `nft -j list table`.
 pub fn read(nft: &Nft) -> Result<Vec<RuleCounter>, CountersError> {
     parse(&nft.list_table_json()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `nft -j list table inet twinwall` on the host kernel (6.18, nft 1.0.6) after the
+    /// traffic of `firewall_own_ipv6_connections_and_merged_rules` (tests/netns_ruleset.rs,
+    /// captured with `TWINWALL_CAPTURE_COUNTERS=FILE`): three merged runs, plain rules in
+    /// three chains, rules over both families.
+    const CAPTURED: &str = include_str!("../tests/data/counters-own-traffic-v6.json");
+
+    fn of<'c>(c: &'c [RuleCounter], name: &str) -> &'c RuleCounter {
+        c.iter()
+            .find(|c| c.rule == name)
+            .unwrap_or_else(|| panic!("no {name} in {c:?}"))
+    }
+
+    #[test]
+    fn every_config_rule_of_the_capture_gets_its_own_counter() {
+        let c = parse(CAPTURED).unwrap();
+        // Merged runs: each rule by its element, in the chain of the merged rule.
+        for (name, packets, bytes) in [
+            ("client-8001", 1, 80),
+            ("client-8004", 0, 0),
+            ("client-8005", 1, 80),
+            ("http-10", 1, 60),
+            ("http-13", 0, 0),
+            ("mix-2", 1, 60),
+            ("mix-3", 0, 0),
+        ] {
+            let r = of(&c, name);
+            assert_eq!((r.packets, r.bytes), (packets, bytes), "{name}");
+            assert!(r.merged, "{name}");
+            assert_eq!(r.chain, "forward");
+        }
+        // Plain rules.
+        let dns = of(&c, "fw-dns6");
+        assert_eq!((dns.packets, dns.bytes, dns.merged), (2, 134, false));
+        assert_eq!(dns.chain, "output");
+        assert_eq!(of(&c, "fw-ping6-out").packets, 1);
+        // Generated rules in several chains are summed under their name.
+        assert_eq!(of(&c, "default-drop").packets, 8 + 5);
+        assert_eq!(of(&c, "established").packets, 15 + 184 + 12);
+        // The merged nft rules themselves are not counted (their elements are).
+        assert!(!c.iter().any(|r| r.rule.contains(" .. ")), "{c:?}");
+        // Each name once; chain order: input's rules before forward's.
+        let mut names: Vec<&str> = c.iter().map(|r| r.rule.as_str()).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        let pos = |name: &str| c.iter().position(|r| r.rule == name).unwrap();
+        assert!(pos("ipv6-nd") < pos("client-8001"));
+        assert!(pos("client-8001") < pos("client-8002"));
+        assert!(pos("client-8005") < pos("http-10"));
+        assert!(pos("mix-4") < pos("fw-dns6"));
+    }
+
+    #[test]
+    fn a_rule_over_both_families_is_summed() {
+        let json = r#"{"nftables": [
+          {"rule": {"family": "inet", "table": "twinwall", "chain": "forward",
+            "comment": "web", "expr": [{"counter": {"packets": 3, "bytes": 300}}, {"accept": null}]}},
+          {"rule": {"family": "inet", "table": "twinwall", "chain": "forward",
+            "comment": "web", "expr": [{"counter": {"packets": 2, "bytes": 250}}, {"accept": null}]}},
+          {"rule": {"family": "inet", "table": "twinwall", "chain": "forward",
+            "expr": [{"counter": {"packets": 9, "bytes": 900}}, {"accept": null}]}}
+        ]}"#;
+        let c = parse(json).unwrap();
+        assert_eq!(c.len(), 1, "the uncommented rule is left out: {c:?}");
+        assert_eq!((c[0].packets, c[0].bytes), (5, 550));
+    }
+
+    #[test]
+    fn a_set_without_named_elements_does_not_hide_its_rule() {
+        // A plain group set (no element comments or counters): the rule counts itself.
+        let json = r#"{"nftables": [
+          {"set": {"family": "inet", "table": "twinwall", "name": "big_v4",
+            "elem": ["198.51.100.1", "198.51.100.2"]}},
+          {"rule": {"family": "inet", "table": "twinwall", "chain": "forward", "comment": "to-big",
+            "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+              "right": "@big_v4"}}, {"counter": {"packets": 4, "bytes": 400}}, {"accept": null}]}}
+        ]}"#;
+        let c = parse(json).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].rule.as_str(), c[0].packets, c[0].merged),
+            ("to-big", 4, false)
+        );
+    }
+
+    #[test]
+    fn what_is_not_an_nft_listing_is_an_error() {
+        assert!(matches!(parse("not json"), Err(CountersError::Json { .. })));
+        assert!(matches!(
+            parse(r#"{"rules": []}"#),
+            Err(CountersError::Shape)
+        ));
+        assert!(parse(r#"{"nftables": []}"#).unwrap().is_empty());
+    }
 }
