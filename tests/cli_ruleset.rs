@@ -324,13 +324,13 @@ fn counters_name_every_rule_or_say_why_not() {
         return;
     }
     let ns = Netns::new("cli-counters").unwrap();
-    // No twinwall table yet: exit 1 with nft's reason, nothing on stdout.
+    // No twinwall table yet: exit 1 with the reason, nothing on stdout.
     let out = twinwall_in(&ns, &["ruleset", "counters"]);
     assert_eq!(out.status.code(), Some(1), "{}", s(&out.stdout));
     assert!(out.stdout.is_empty());
     let err = s(&out.stderr);
     assert!(
-        err.contains("rule counters") && err.contains("list"),
+        err.contains("rule counters") && err.contains("no table inet twinwall"),
         "{err}"
     );
 

@@ -33,6 +33,9 @@ pub enum ApplyError {
         /// nft's messages.
         stderr: String,
     },
+    /// There is no table `inet twinwall` to read (no ruleset applied yet).
+    #[error("no table inet twinwall is loaded (no ruleset applied here yet)")]
+    NoTable,
     /// `nft -f` failed; the kernel rolled the transaction back.
     #[error("nft failed to apply the ruleset (the previous ruleset stays in force): {stderr}")]
     Apply {
@@ -126,8 +129,12 @@ impl Nft {
                 source,
             })?;
         if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("No such file or directory") {
+                return Err(ApplyError::NoTable);
+            }
             return Err(ApplyError::List {
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                stderr: stderr.trim().to_string(),
             });
         }
         String::from_utf8(out.stdout).map_err(|e| ApplyError::List {
