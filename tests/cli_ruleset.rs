@@ -317,3 +317,55 @@ fn check_and_apply_in_a_netns_and_failed_apply_changes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(list(), applied);
 }
+
+#[test]
+fn counters_name_every_rule_or_say_why_not() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("cli-counters").unwrap();
+    // No twinwall table yet: exit 1 with the reason, nothing on stdout.
+    let out = twinwall_in(&ns, &["ruleset", "counters"]);
+    assert_eq!(out.status.code(), Some(1), "{}", s(&out.stdout));
+    assert!(out.stdout.is_empty());
+    let err = s(&out.stderr);
+    assert!(
+        err.contains("rule counters") && err.contains("no table inet twinwall"),
+        "{err}"
+    );
+
+    let out = twinwall_in(
+        &ns,
+        &["ruleset", "apply", path(&seed()), "--node", "lj-fw-1"],
+    );
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let out = twinwall_in(&ns, &["ruleset", "counters"]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let text = s(&out.stdout);
+    assert!(text.starts_with("RULE "), "{text}");
+    for rule in [
+        "lan-to-internet",
+        "web-from-internet",
+        "admin-ssh-to-firewall",
+        "default-drop",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(rule))
+            .unwrap_or_else(|| panic!("{rule} not in\n{text}"));
+        // A fresh table: nothing counted yet (no traffic in this namespace).
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[cols.len() - 2..], ["0", "0"], "{line}");
+    }
+    let out = twinwall_in(&ns, &["ruleset", "counters", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["rule"] == "web-from-internet")
+        .unwrap();
+    assert_eq!(web["chain"], "forward");
+    assert_eq!(web["packets"], 0);
+    assert_eq!(web["merged"], false);
+}

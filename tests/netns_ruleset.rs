@@ -502,4 +502,129 @@ fn firewall_own_ipv6_connections_and_merged_rules() {
     assert!(counter_of(&all, "fw-dns6") >= 2, "{all}");
     assert!(counter_of(&all, "fw-ping6-out") >= 1, "{all}");
     assert!(counter_of(&all, "default-drop") >= 1, "{all}");
+
+    // The same counters by rule name from the JSON listing (`ruleset counters`,
+    // `/metrics`): the policy rules' numbers equal what `nft list ruleset` shows (no
+    // traffic since), each merged rule by its own element, the merged nft rule itself
+    // is not counted twice.
+    let json = fw
+        .run("nft", ["-j", "list", "table", "inet", "twinwall"])
+        .unwrap();
+    if let Ok(path) = std::env::var("TWINWALL_CAPTURE_COUNTERS") {
+        std::fs::write(path, &json).unwrap();
+    }
+    let counters = twinwall_ruleset::counters::parse(&json).unwrap();
+    let by_name = |n: &str| {
+        counters
+            .iter()
+            .find(|c| c.rule == n)
+            .unwrap_or_else(|| panic!("no counter for {n}: {counters:?}"))
+    };
+    let policy = [
+        "fw-dns6",
+        "fw-ping6-out",
+        "client-8001",
+        "client-8002",
+        "client-8003",
+        "client-8004",
+        "client-8005",
+        "http-10",
+        "http-11",
+        "http-12",
+        "http-13",
+        "mix-1",
+        "mix-2",
+        "mix-3",
+        "mix-4",
+    ];
+    for name in policy {
+        assert_eq!(by_name(name).packets, counter_of(&all, name), "{name}");
+        assert!(
+            by_name(name).bytes >= by_name(name).packets * 40,
+            "{name}: {:?}",
+            by_name(name)
+        );
+    }
+    assert!(by_name("client-8001").merged && !by_name("fw-dns6").merged);
+    assert_eq!(by_name("client-8001").chain, "forward");
+    assert_eq!(by_name("fw-dns6").chain, "output");
+    assert!(
+        !counters.iter().any(|c| c.rule.contains(" .. ")),
+        "a merged rule counted as a whole: {counters:?}"
+    );
+    let merged_total: u64 = ["client-8001", "client-8002", "client-8003", "client-8005"]
+        .iter()
+        .map(|n| by_name(n).packets)
+        .sum();
+    assert_eq!(
+        merged_total,
+        counter_of(&all, "client-8001 .. client-8005"),
+        "the elements add up to the merged rule's own counter"
+    );
+
+    // The CLI reads the same, in the namespace.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", fw.name(), env!("CARGO_BIN_EXE_twinwall")])
+        .args(["ruleset", "counters", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let cli_of = |n: &str| {
+        cli.iter()
+            .find(|c| c["rule"] == n)
+            .unwrap_or_else(|| panic!("{n} not in {cli:?}"))["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cli_of("mix-1"), by_name("mix-1").packets);
+    assert_eq!(cli_of("client-8004"), 0);
+
+    // /metrics of the management service: one sample per rule name, from one cached
+    // read. More traffic through client-8002 shows up after the cache's lifetime.
+    let cache = twinwall_mgmt::metrics::RuleCounterCache::new(
+        Nft::in_netns(fw.name()),
+        Duration::from_millis(300),
+    );
+    let metrics = |c: &twinwall_mgmt::metrics::RuleCounters| {
+        let mut o = String::new();
+        twinwall_mgmt::metrics::render_rule_counters(&mut o, c);
+        o
+    };
+    let sample = |text: &str, family: &str, rule: &str| -> u64 {
+        let key = format!("{family}{{rule=\"{rule}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let first = metrics(&cache.get());
+    assert!(first.contains("twinwall_rule_counters_up 1\n"), "{first}");
+    let before = sample(&first, "twinwall_rule_packets_total", "client-8002");
+    assert_eq!(before, by_name("client-8002").packets);
+    assert_eq!(
+        sample(&first, "twinwall_rule_bytes_total", "http-10"),
+        by_name("http-10").bytes
+    );
+    assert_eq!(sample(&first, "twinwall_rule_packets_total", "mix-3"), 0);
+    let _l = tcp_listen(client, "[::]:8002");
+    assert_eq!(
+        tcp(server, "[2001:db8:0:2::10]:8002", None),
+        srv6,
+        "tcp6/8002 again"
+    );
+    let again =
+        twinwall_testkit::wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+            sample(
+                &metrics(&cache.get()),
+                "twinwall_rule_packets_total",
+                "client-8002",
+            ) > before
+        });
+    assert!(again, "client-8002's counter did not grow in /metrics");
 }

@@ -66,6 +66,13 @@ pub enum RulesetCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Packets and bytes counted by each rule of the loaded ruleset, by config rule name
+    /// (each rule of a merged run by its own set element; read with `nft -j list table`).
+    Counters {
+        /// Print the counters as JSON (`[{"rule", "chain", "packets", "bytes", "merged"}]`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply (or with --print, print) the built-in fail-closed ruleset.
     Bootstrap {
         /// Print the script instead of applying it.
@@ -135,6 +142,39 @@ pub fn run(c: RulesetCmd) -> anyhow::Result<()> {
             } else {
                 for c in &changes {
                     println!("{c}");
+                }
+            }
+            Ok(())
+        }
+        RulesetCmd::Counters { json } => {
+            let counters = twinwall_ruleset::counters::read(&twinwall_ruleset::Nft::default())
+                .context("rule counters")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&counters)?);
+            } else {
+                let w = counters
+                    .iter()
+                    .map(|c| c.rule.len())
+                    .max()
+                    .unwrap_or(4)
+                    .max(4);
+                println!(
+                    "{:<w$}  {:<11}  {:>12}  {:>14}",
+                    "RULE", "CHAIN", "PACKETS", "BYTES"
+                );
+                for c in &counters {
+                    let chain = if c.merged {
+                        format!("{}*", c.chain)
+                    } else {
+                        c.chain.clone()
+                    };
+                    println!(
+                        "{:<w$}  {:<11}  {:>12}  {:>14}",
+                        c.rule, chain, c.packets, c.bytes
+                    );
+                }
+                if counters.iter().any(|c| c.merged) {
+                    println!("(* merged into one nft rule over a set; counted by its element)");
                 }
             }
             Ok(())

@@ -2,11 +2,17 @@
 //! management service's counters and of the node's state gathered from the control
 //! sockets. Written by hand: it is a dozen lines of `name{labels} value`, and a metrics
 //! registry crate would add a global registry and more dependencies than it saves.
+//! The firewall's rule counters by config rule name (`twinwall_rule_packets_total`,
+//! `twinwall_rule_bytes_total`) come from one `nft -j list table` per scrape, kept for
+//! a second ([`RuleCounterCache`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use twinwall_ruleset::{Nft, RuleCounter};
 
 /// The service's own numbers.
 #[derive(Debug, Clone, Default)]
@@ -46,7 +52,104 @@ fn head(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
 
+/// What one read of the rule counters gave: the counters, or why nft could not list them.
+pub type RuleCounters = Arc<Result<Vec<RuleCounter>, String>>;
+
+/// How long one read of the rule counters serves scrapes.
+pub const RULE_COUNTERS_TTL: Duration = Duration::from_secs(1);
+
+/// The rule counters of the loaded ruleset, read with one `nft -j list table inet
+/// twinwall` and kept for a while, so that many scrapes cost one nft call. Concurrent
+/// scrapes wait for the one read in progress instead of starting their own.
+#[derive(Debug)]
+pub struct RuleCounterCache {
+    nft: Nft,
+    ttl: Duration,
+    last: Mutex<Option<(Instant, RuleCounters)>>,
+}
+
+impl RuleCounterCache {
+    /// A cache that reads with `nft` and keeps a read for `ttl`.
+    pub fn new(nft: Nft, ttl: Duration) -> RuleCounterCache {
+        RuleCounterCache {
+            nft,
+            ttl,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The counters, read now or at most `ttl` ago.
+    pub fn get(&self) -> RuleCounters {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, c)) = last.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return c.clone();
+        }
+        let read = twinwall_ruleset::counters::read(&self.nft).map_err(|e| {
+            tracing::warn!(error = %e, "cannot read the rule counters");
+            e.to_string()
+        });
+        let c = Arc::new(read);
+        *last = Some((Instant::now(), c.clone()));
+        c
+    }
+}
+
+/// The process-wide cache `render` uses: `nft` of this network namespace, one read a
+/// second at most.
+fn rule_counters() -> RuleCounters {
+    static CACHE: OnceLock<RuleCounterCache> = OnceLock::new();
+    CACHE
+        .get_or_init(|| RuleCounterCache::new(Nft::default(), RULE_COUNTERS_TTL))
+        .get()
+}
+
+/// Appends the rule counter families: `twinwall_rule_packets_total{rule="NAME"}`,
+/// `twinwall_rule_bytes_total{rule="NAME"}` (one sample per config rule, including each
+/// rule merged into a set; generated rules by their comment, e.g. `cluster:sync`), and
+/// `twinwall_rule_counters_up` (0 when nft could not list the table: no samples then).
+pub fn render_rule_counters(o: &mut String, counters: &Result<Vec<RuleCounter>, String>) {
+    let rules = counters.as_ref().map(Vec::as_slice).unwrap_or_default();
+    head(
+        o,
+        "twinwall_rule_packets_total",
+        "counter",
+        "Packets matched by each firewall rule (by config rule name).",
+    );
+    for c in rules {
+        let _ = writeln!(
+            o,
+            "twinwall_rule_packets_total{{rule=\"{}\"}} {}",
+            escape(&c.rule),
+            c.packets
+        );
+    }
+    head(
+        o,
+        "twinwall_rule_bytes_total",
+        "counter",
+        "Bytes matched by each firewall rule (by config rule name).",
+    );
+    for c in rules {
+        let _ = writeln!(
+            o,
+            "twinwall_rule_bytes_total{{rule=\"{}\"}} {}",
+            escape(&c.rule),
+            c.bytes
+        );
+    }
+    head(
+        o,
+        "twinwall_rule_counters_up",
+        "gauge",
+        "1 when the rule counters could be read from the kernel.",
+    );
+    let _ = writeln!(o, "twinwall_rule_counters_up {}", counters.is_ok() as u8);
+}
+
 /// Renders the metrics; `status` is the gathered node status (`init`, `vrrp`, `sync`).
+/// The rule counters are read from the kernel (see [`RuleCounterCache`]).
 pub fn render(m: &Input, status: &Value) -> String {
     let mut o = String::new();
     head(
@@ -174,6 +277,7 @@ pub fn render(m: &Input, status: &Value) -> String {
             escape(name)
         );
     }
+    render_rule_counters(&mut o, &rule_counters());
     o
 }
 
@@ -205,5 +309,48 @@ mod tests {
             assert!(value.parse::<f64>().is_ok(), "{line}");
             assert!(name.starts_with("twinwall_"), "{line}");
         }
+    }
+
+    #[test]
+    fn rule_counters_are_one_sample_per_rule_name() {
+        let rules = vec![
+            RuleCounter {
+                rule: "web-in".into(),
+                chain: "forward".into(),
+                packets: 7,
+                bytes: 420,
+                merged: false,
+            },
+            RuleCounter {
+                rule: "say \"hi\"".into(),
+                chain: "forward".into(),
+                packets: 1,
+                bytes: 60,
+                merged: true,
+            },
+        ];
+        let mut o = String::new();
+        render_rule_counters(&mut o, &Ok(rules));
+        assert!(
+            o.contains("twinwall_rule_packets_total{rule=\"web-in\"} 7\n"),
+            "{o}"
+        );
+        assert!(
+            o.contains("twinwall_rule_bytes_total{rule=\"web-in\"} 420\n"),
+            "{o}"
+        );
+        assert!(
+            o.contains("twinwall_rule_packets_total{rule=\"say \\\"hi\\\"\"} 1\n"),
+            "{o}"
+        );
+        assert!(
+            o.contains("# TYPE twinwall_rule_packets_total counter"),
+            "{o}"
+        );
+        assert!(o.contains("twinwall_rule_counters_up 1\n"), "{o}");
+        let mut o = String::new();
+        render_rule_counters(&mut o, &Err("no table".into()));
+        assert!(o.contains("twinwall_rule_counters_up 0\n"), "{o}");
+        assert!(!o.contains("twinwall_rule_packets_total{"), "{o}");
     }
 }

@@ -33,6 +33,9 @@ pub enum ApplyError {
         /// nft's messages.
         stderr: String,
     },
+    /// There is no table `inet twinwall` to read (no ruleset applied yet).
+    #[error("no table inet twinwall is loaded (no ruleset applied here yet)")]
+    NoTable,
     /// `nft -f` failed; the kernel rolled the transaction back.
     #[error("nft failed to apply the ruleset (the previous ruleset stays in force): {stderr}")]
     Apply {
@@ -118,6 +121,31 @@ impl Nft {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `nft -j list table inet twinwall`: the loaded table as JSON, with every rule's
+    /// and every set element's counter (parsed by [`crate::counters::parse`]).
+    pub fn list_table_json(&self) -> Result<String, ApplyError> {
+        let out = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .args(["-j", "list", "table", "inet", crate::compile::TABLE])
+            .output()
+            .map_err(|source| ApplyError::Spawn {
+                program: self.argv.join(" "),
+                source,
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("No such file or directory") {
+                return Err(ApplyError::NoTable);
+            }
+            return Err(ApplyError::List {
+                stderr: stderr.trim().to_string(),
+            });
+        }
+        String::from_utf8(out.stdout).map_err(|e| ApplyError::List {
+            stderr: format!("nft -j output is not UTF-8: {e}"),
+        })
     }
 
     fn run(&self, args: &[&str], script: &str) -> Result<Result<(), String>, ApplyError> {

@@ -316,6 +316,37 @@ fn prefixes_of(nets: &[IpNet], f: Family) -> Vec<IpNet> {
     out
 }
 
+/// A host-only set becomes ranges when that cuts its element count by this factor.
+const RANGE_GAIN: usize = 3;
+/// ... and holds at least this many addresses (smaller sets cost nothing to load).
+const RANGE_MIN: usize = 256;
+
+/// The runs of consecutive addresses of sorted, distinct host prefixes, as
+/// (first, last) integers.
+fn host_runs(p: &[IpNet]) -> Vec<(u128, u128)> {
+    let mut runs: Vec<(u128, u128)> = Vec::new();
+    for n in p {
+        let a = match n.addr() {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        match runs.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(a) => *last = a,
+            _ => runs.push((a, a)),
+        }
+    }
+    runs
+}
+
+/// The address of family `f` with integer value `v` (from [`host_runs`]).
+fn addr_of(f: Family, v: u128) -> IpAddr {
+    match f {
+        // The value came from an IPv4 address, so it fits.
+        Family::Ipv4 => IpAddr::V4(std::net::Ipv4Addr::from(v as u32)),
+        Family::Ipv6 => IpAddr::V6(std::net::Ipv6Addr::from(v)),
+    }
+}
+
 fn port_elem(proto: &str, from: u16, to: u16) -> String {
     if from == to {
         format!("{proto} . {from}")
@@ -477,16 +508,41 @@ impl<'a> Emitter<'a> {
                 // time). The table is only ever replaced as a whole, so the bound never
                 // stops an addition.
                 let mut elems = String::with_capacity(p.len() * 18);
-                for (k, n) in p.iter().enumerate() {
-                    if k > 0 {
-                        elems.push_str(", ");
+                // Many adjacent host addresses: ranges in an interval set. nft pays
+                // about 3x per interval element what it pays per hash element (100k
+                // hosts in 23.8k runs: 0.37 s of CPU as ranges, 0.50 s as hosts), so
+                // only when that leaves a third of the elements or fewer. Nothing is
+                // lost: a plain group set has no per-element counters.
+                // Small sets stay as the config wrote them.
+                let runs = if hosts && p.len() >= RANGE_MIN {
+                    host_runs(p)
+                } else {
+                    Vec::new()
+                };
+                let ranges = !runs.is_empty() && runs.len() * RANGE_GAIN <= p.len();
+                if ranges {
+                    for (k, &(a, b)) in runs.iter().enumerate() {
+                        if k > 0 {
+                            elems.push_str(", ");
+                        }
+                        push_addr(&mut elems, addr_of(f, a));
+                        if b != a {
+                            elems.push('-');
+                            push_addr(&mut elems, addr_of(f, b));
+                        }
                     }
-                    push_addr(&mut elems, n.addr());
-                    if !hosts {
-                        let _ = write!(elems, "/{}", n.prefix_len());
+                } else {
+                    for (k, n) in p.iter().enumerate() {
+                        if k > 0 {
+                            elems.push_str(", ");
+                        }
+                        push_addr(&mut elems, n.addr());
+                        if !hosts {
+                            let _ = write!(elems, "/{}", n.prefix_len());
+                        }
                     }
                 }
-                let (flags, size) = if hosts {
+                let (flags, size) = if hosts && !ranges {
                     ("", Some(p.len()))
                 } else {
                     ("interval", None)

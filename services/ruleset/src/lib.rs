@@ -1,6 +1,7 @@
 //! The ruleset service: the policy -> nftables compiler ([`compile`]), the lints
 //! ([`lint`]), the rule-level diff ([`diff`]), the fail-closed bootstrap ruleset
-//! ([`bootstrap`]) and the atomic apply ([`apply`]).
+//! ([`bootstrap`]), the atomic apply ([`apply`]) and the rule counters read back from
+//! the kernel by config rule name ([`counters`]).
 //!
 //! Everything but [`apply`] is pure: a [`NodeView`](twinwall_config::NodeView) in, text
 //! and data out.
@@ -8,6 +9,7 @@
 pub mod apply;
 pub mod bootstrap;
 pub mod compile;
+pub mod counters;
 pub mod diff;
 pub mod fixtures;
 pub mod icmp;
@@ -17,5 +19,6 @@ mod merge;
 pub use apply::{ApplyError, Nft, apply, check};
 pub use bootstrap::{BootstrapOptions, bootstrap};
 pub use compile::{CompileError, Options, Script, TABLE, compile};
+pub use counters::{CountersError, RuleCounter};
 pub use diff::{Change, ChangeKind, FieldChange, Unit, diff, units};
 pub use lint::{Lint, LintKind, lint};
