@@ -986,9 +986,10 @@ mod tests {
     }
 
     /// The lab's variant must not drift from the fixture: it is seed-pair.toml plus the
-    /// management zone (nodes' `mgmt` interfaces and `[management]`), nothing else.
+    /// management zone (nodes' `mgmt` interfaces and `[management]`) and the merged
+    /// client-echo run, nothing else.
     #[test]
-    fn the_lab_variant_is_the_fixture_plus_a_management_zone() {
+    fn the_lab_variant_is_the_fixture_plus_a_management_zone_and_a_merged_run() {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let read = |p: PathBuf| -> toml::Table {
             toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
@@ -1004,6 +1005,16 @@ mod tests {
             let ifs = node["interfaces"].as_table_mut().unwrap();
             assert_eq!(ifs.remove("mgmt").unwrap()["device"].as_str(), Some("eth3"));
         }
+        // The lab's echo traffic crosses a merged run (client-echo-7000..7003, over the
+        // echo_7000..echo_7003 services), so the lab can read a merged element's counter.
+        let services = variant["objects"]["services"].as_table_mut().unwrap();
+        for p in 7000..=7003 {
+            assert!(services.remove(&format!("echo_{p}")).is_some(), "echo_{p}");
+        }
+        let rules = variant["policy"]["rule"].as_array_mut().unwrap();
+        let before = rules.len();
+        rules.retain(|r| !r["name"].as_str().unwrap().starts_with("client-echo-"));
+        assert_eq!(before - rules.len(), 4, "the client-echo-7000..7003 run");
         assert_eq!(variant, fixture);
     }
 
