@@ -74,6 +74,22 @@ fn status(api: SocketAddr) -> Option<Value> {
         .flatten()
 }
 
+/// A node's `GET /metrics` (Prometheus text), read over a plain HTTP/1.1 connection.
+fn metrics(api: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&api, Duration::from_secs(10)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
+    text
+}
+
 fn digest(v: &Value) -> Option<String> {
     v["ruleset_in_kernel"]["sha256"]
         .as_str()
@@ -192,6 +208,24 @@ fn pushes_to_one_firewall_are_enforced_on_both_and_change_what_new_connections_d
     }
     let p = probe(&lab);
     assert!(p.allowed(), "v1 allows new connections: {p:?}");
+    // The client's echo traffic (tcp/7000) crosses a merged run (client-echo-7000..7003,
+    // one nft rule over a set whose elements carry each rule's counter): the master's
+    // kernel (the appliance's Debian 6.1) counts the new connections on the 7000 element
+    // only, and the management API reports them by rule name.
+    let m = metrics(eps[master_before.as_str()]);
+    let packets = |rule: &str| -> u64 {
+        let key = format!("twinwall_rule_packets_total{{rule=\"{rule}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in {master_before}'s /metrics:\n{m}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(packets("client-echo-7000") >= 1, "{m}");
+    for rule in ["client-echo-7001", "client-echo-7002", "client-echo-7003"] {
+        assert_eq!(packets(rule), 0, "{rule} saw no traffic:\n{m}");
+    }
     lab.lock().unwrap().traffic(true).expect("traffic reset");
 
     // v2 .. v6 pushed to fw1: even versions reject new tcp/7000 connections, odd ones
