@@ -3,6 +3,11 @@
 //! kill, status, traffic). Preparing the disks (keys, signed config bundle, one flashed
 //! disk per firewall, the slot's kernel and initramfs for direct boot) is done with the
 //! twinwall binary's own commands, exactly as an operator would.
+//!
+//! The firewalls boot as on hardware: SeaBIOS, GRUB and its boot counting from their own
+//! flashed disk, so a reboot after an OS update runs the slot GRUB chooses (and falls
+//! back as it would on a real box). Lab hosts boot the slot's kernel directly
+//! (`-kernel`) on a shared snapshot disk: they are never updated.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -91,6 +96,9 @@ pub struct LabOptions {
     pub append: String,
     /// Only these VMs (empty: all of the topology).
     pub only: Vec<String>,
+    /// Boot the firewalls with `-kernel` from slot A too (faster, but a reboot always
+    /// runs slot A again: no OS update can be tried). Default: firmware + GRUB.
+    pub direct_firewalls: bool,
 }
 
 /// What a port looks like now.
@@ -418,6 +426,9 @@ pub fn prepare(opts: &LabOptions, plan: &LabPlan) -> Result<Prepared, LabError> 
                     sync.as_os_str(),
                 ]),
             )?;
+            if !opts.append.is_empty() && !opts.direct_firewalls {
+                append_to_grub_cmdline(&disk, &opts.append)?;
+            }
             firewall_disks.insert(name.to_string(), disk);
         }
     }
@@ -445,6 +456,29 @@ pub fn prepare(opts: &LabOptions, plan: &LabPlan) -> Result<Prepared, LabError> 
         host_disk,
         firewall_disks,
     })
+}
+
+/// Adds `extra` to the kernel command line of every boot entry in the `grub.cfg` on the
+/// ESP of a flashed disk (what `--append` means for a firewall booted by GRUB).
+pub fn append_to_grub_cmdline(disk: &Path, extra: &str) -> Result<(), LabError> {
+    let bad = |reason: String| LabError::Prepare {
+        step: format!(
+            "adding {extra:?} to the GRUB command line of {}",
+            disk.display()
+        ),
+        reason,
+    };
+    let layout = twinwall_image::layout::Layout::plan(twinwall_image::layout::Sizes::default());
+    let esp = twinwall_image::disk::esp(disk, &layout);
+    let cfg = esp.read("/grub/grub.cfg").map_err(|e| bad(e.to_string()))?;
+    let cfg = String::from_utf8(cfg).map_err(|e| bad(format!("grub.cfg: {e}")))?;
+    let base = twinwall_image::grub::CMDLINE;
+    if !cfg.contains(base) {
+        return Err(bad(format!("grub.cfg has no entry with {base:?}")));
+    }
+    let cfg = cfg.replace(base, &format!("{base} {extra}"));
+    esp.write("/grub/grub.cfg", cfg.as_bytes())
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// Reads `GET /status` of each endpoint (in parallel: a guest under TCG answers in tens
@@ -643,18 +677,30 @@ impl Lab {
             if let (VmRole::Firewall { .. }, Some(m)) = (&v.role, &mgmt) {
                 lab.mgmt_ports.insert(v.name.clone(), m.ports[0]);
             }
-            let disk = match &v.role {
-                VmRole::Firewall { .. } => prepared.firewall_disks[&v.name].clone(),
-                VmRole::LabHost { .. } => prepared.host_disk.clone(),
+            let direct = Boot::Direct {
+                kernel: prepared.kernel.clone(),
+                initrd: prepared.initrd.clone(),
+                append: kernel_cmdline(&v.role, nics.len(), mgmt.is_some(), &opts.append),
+            };
+            // A firewall's disk is its own flashed copy (sparse), written in place; the
+            // lab hosts share one base disk, each with a private overlay.
+            let (disk, own_disk, boot) = match &v.role {
+                VmRole::Firewall { .. } => (
+                    prepared.firewall_disks[&v.name].clone(),
+                    true,
+                    if opts.direct_firewalls {
+                        direct
+                    } else {
+                        Boot::Disk
+                    },
+                ),
+                VmRole::LabHost { .. } => (prepared.host_disk.clone(), false, direct),
             };
             let spec = VmSpec {
                 name: v.name.clone(),
                 disk,
-                boot: Boot::Direct {
-                    kernel: prepared.kernel.clone(),
-                    initrd: prepared.initrd.clone(),
-                    append: kernel_cmdline(&v.role, nics.len(), mgmt.is_some(), &opts.append),
-                },
+                own_disk,
+                boot,
                 nics,
                 mgmt,
                 memory_mb: opts.memory_mb,

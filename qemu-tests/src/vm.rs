@@ -1,6 +1,8 @@
 //! The VM launcher: one QEMU process per lab node, TCG only unless `TWINWALL_LAB_KVM=1`,
-//! the disk opened with `snapshot=on` (QEMU keeps a private qcow2 overlay, so one base
-//! image serves every VM and is never written), the serial console captured to a file,
+//! a disk that is either the VM's own (a sparse flashed file written in place, so an OS
+//! update, the grubenv and the config partition survive a reboot, as on hardware) or a
+//! shared base opened with `snapshot=on` (QEMU keeps a private qcow2 overlay, the base is
+//! never written), the serial console captured to a file,
 //! a QMP socket, every data NIC a `-netdev dgram` endpoint of the lab switch, and an
 //! optional management NIC (`-netdev user,restrict=on`) whose only use is to forward
 //! loopback ports to guest services. QEMU binds each forward's host port itself (port 0)
@@ -137,8 +139,12 @@ pub struct MgmtNic {
 pub struct VmSpec {
     /// Lab name, e.g. `fw1`.
     pub name: String,
-    /// Disk image (raw), opened read-only with a private overlay.
+    /// Disk image (raw).
     pub disk: PathBuf,
+    /// The disk is this VM's own and is written in place (zeroes stay holes); else it is
+    /// a shared base opened with `snapshot=on` (writes go to a private overlay that
+    /// QEMU discards when it exits).
+    pub own_disk: bool,
     /// Boot method.
     pub boot: Boot,
     /// Data NICs in guest order (`eth0`, `eth1`, ...).
@@ -175,10 +181,17 @@ impl VmSpec {
         a.push("-qmp".into());
         a.push(format!("unix:{},server=on,wait=off", qmp.display()));
         a.push("-drive".into());
-        a.push(format!(
-            "file={},format=raw,if=virtio,snapshot=on",
-            self.disk.display()
-        ));
+        a.push(if self.own_disk {
+            format!(
+                "file={},format=raw,if=virtio,discard=unmap,detect-zeroes=unmap",
+                self.disk.display()
+            )
+        } else {
+            format!(
+                "file={},format=raw,if=virtio,snapshot=on",
+                self.disk.display()
+            )
+        });
         if let Boot::Direct {
             kernel,
             initrd,
@@ -473,7 +486,12 @@ mod tests {
         let spec = VmSpec {
             name: "fw1".into(),
             disk: "/x/fw1.img".into(),
-            boot: Boot::Disk,
+            own_disk: false,
+            boot: Boot::Direct {
+                kernel: "/b/vmlinuz".into(),
+                initrd: "/b/initrd.img".into(),
+                append: "console=ttyS0".into(),
+            },
             nics: vec![
                 Nic {
                     id: "outside".into(),
@@ -513,6 +531,29 @@ mod tests {
         assert!(s.contains("netdev=mgmt,id=mgmt,addr=0x12,romfile="));
         assert!(s.contains("-serial file:/r/console.log"));
         assert!(s.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
+        assert!(s.contains("-kernel /b/vmlinuz -initrd /b/initrd.img -append console=ttyS0"));
+        assert!(
+            !s.contains("-no-reboot"),
+            "a guest reboot must stay in QEMU: {s}"
+        );
+
+        // A firewall boots firmware + GRUB from its own disk, written in place.
+        let fw = VmSpec {
+            own_disk: true,
+            boot: Boot::Disk,
+            ..spec
+        };
+        let s = fw
+            .qemu_args(Path::new("/r/qmp.sock"), Path::new("/r/console.log"))
+            .join(" ");
+        assert!(
+            s.contains("file=/x/fw1.img,format=raw,if=virtio,discard=unmap,detect-zeroes=unmap"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("snapshot") && !s.contains("-kernel") && !s.contains("-no-reboot"),
+            "{s}"
+        );
     }
 
     #[test]
