@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -655,6 +656,7 @@ impl Lab {
                     id: n.segment.clone(),
                     mac: [0x52, 0x54, 0x00, 0x1a, i as u8, j as u8],
                     endpoint: lab.switch.endpoints()[n.port],
+                    fd: Some(lab.switch.vm_socket(n.port).as_raw_fd()),
                 })
                 .collect();
             let mgmt = match &v.role {
