@@ -492,7 +492,7 @@ fn takeover_timeline(lab: &Lab, old: &str, new: &str, kill_ms: u64, gaps: &Clien
         .iter()
         .enumerate()
         .filter(|(_, p)| p.node == old)
-        .flat_map(|(id, _)| vrids.iter().filter_map(move |v| Some((id, *v))))
+        .flat_map(|(id, _)| vrids.iter().map(move |v| (id, *v)))
         .filter_map(|(id, v)| core.advert(id, v))
         .filter(|a| a.priority > 0 && a.last_ms <= kill_ms)
         .map(|a| a.last_ms)

@@ -214,7 +214,8 @@ async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
             Action::Upload { node } => match upload(addrs[node], &a.bundle, true, false).await {
                 Ok(_) => Some(Event::Uploaded),
                 Err(e) => Some(Event::Failed {
-                    reason: e.to_string(),
+                    reason: format!("{e:#}"),
+                    answers: status(addrs[node]).await.is_some(),
                 }),
             },
             Action::Reboot { .. } => None, // requested with the upload

@@ -83,6 +83,9 @@ pub enum Event {
     Failed {
         /// Why.
         reason: String,
+        /// The node still answers its status (the driver asks after the failure): it
+        /// runs its old slot and serves. `false`: it was cut or died mid-upload.
+        answers: bool,
     },
     /// A status poll of the current node (`None`: it did not answer, e.g. rebooting).
     Polled {
@@ -236,11 +239,15 @@ impl Rolling {
                 let n = self.order[node].clone();
                 vec![Action::Reboot { node: n.clone() }, Action::Poll { node: n }]
             }
-            (State::Uploading { node } | State::Waiting { node, .. }, Event::Failed { reason }) => {
+            (
+                State::Uploading { node } | State::Waiting { node, .. },
+                Event::Failed { reason, answers },
+            ) => {
                 let reason = format!("{}: {reason}", self.order[node]);
-                // Uploading: the slot was never set to be tried, the node runs its old
-                // slot. Waiting (the reboot request failed): the same, it did not boot.
-                self.fail(reason, node, true)
+                // The slot was never set to be tried: a node that still answers runs its
+                // old slot and serves. One that does not (cut, dead) may be all that is
+                // missing of the pair: keep the nodes already switched.
+                self.fail(reason, node, answers)
             }
             (State::Waiting { node, polls, ready }, Event::Polled { info }) => {
                 let name = self.order[node].clone();
@@ -432,11 +439,42 @@ mod tests {
         let (mut r, _) = start();
         let a = r.step(Event::Failed {
             reason: "409 not_newer".into(),
+            answers: true,
         });
         // Nothing was switched: no rollback (fw2 runs its old slot), just stop.
         assert!(matches!(&a[..], [Action::Abort { reason }] if reason.contains("fw2: 409")));
         // nothing further happens
         assert!(r.step(Event::Uploaded).is_empty());
+    }
+
+    #[test]
+    fn a_second_node_cut_during_its_upload_keeps_the_serving_node() {
+        let (mut r, _) = start();
+        r.step(Event::Uploaded);
+        for _ in 0..READY_POLLS {
+            r.step(Event::Polled {
+                info: Some(info("fw2", "backup", 2, true, true)),
+            });
+        }
+        let a = r.step(Event::Failed {
+            reason: "connection reset".into(),
+            answers: false,
+        });
+        assert_eq!(a[..1], [Action::Rollback { node: "fw1".into() }]);
+        assert!(matches!(&a[1], Action::Abort { reason } if reason.contains("fw2 kept")));
+        // A refusal from a node that answers rolls the switched node back instead.
+        let (mut r, _) = start();
+        r.step(Event::Uploaded);
+        for _ in 0..READY_POLLS {
+            r.step(Event::Polled {
+                info: Some(info("fw2", "backup", 2, true, true)),
+            });
+        }
+        let a = r.step(Event::Failed {
+            reason: "HTTP 422".into(),
+            answers: true,
+        });
+        assert_eq!(a[..1], [Action::Rollback { node: "fw2".into() }]);
     }
 
     #[test]
