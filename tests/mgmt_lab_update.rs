@@ -213,7 +213,11 @@ fn a_cluster_update_rolls_the_pair_and_client_flows_survive() {
             .iter()
             .all(|f| f.sync.as_ref().is_some_and(|s| s.peer_up));
         let flowing = l.traffic(false).is_ok_and(|t| t.all_flowing(500));
-        (states.len() == 2 && one_master && synced && flowing).then_some(())
+        // the roll starts only on a pair whose slots are both marked good
+        let good = ["fw1", "fw2"]
+            .iter()
+            .all(|vm| status(eps[*vm]).is_some_and(|s| s["init"]["slot_marked_good"] == true));
+        (states.len() == 2 && one_master && synced && flowing && good).then_some(())
     });
     lab.lock().unwrap().traffic(true).expect("traffic reset");
     let mut child = cluster_update(&run, &os3, &eps, 480);
@@ -221,10 +225,10 @@ fn a_cluster_update_rolls_the_pair_and_client_flows_survive() {
     // slot, cut it (QEMU killed; its peer takes over as in the kill-master scenario).
     let start = Instant::now();
     loop {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the roll ended before fw1's upload"
-        );
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!("the roll ended before fw1's upload:\n{}", text(&out));
+        }
         let written = status(eps["fw1"])
             .and_then(|s| s.pointer("/mgmt/update/written_bytes")?.as_u64())
             .unwrap_or(0);

@@ -155,6 +155,19 @@ async fn status(addr: SocketAddr) -> Option<Value> {
     a.ok().then(|| a.json())
 }
 
+/// The first look at a node before a roll: three tries 2 s apart, so a node that is
+/// slow for a moment (a busy management network, a TCG-starved lab guest) does not stop
+/// a roll that has not changed anything yet.
+async fn status_retried(addr: SocketAddr) -> Option<Value> {
+    for _ in 0..2 {
+        if let Some(v) = status(addr).await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    status(addr).await
+}
+
 async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
     let proof = std::fs::read(
         a.config_bundle
@@ -162,7 +175,7 @@ async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
             .context("--config-bundle is required")?,
     )
     .context("cannot read --config-bundle")?;
-    let s1 = status(first)
+    let s1 = status_retried(first)
         .await
         .context("the node does not answer GET /status")?;
     let peer: SocketAddr = match &a.peer {
@@ -172,7 +185,7 @@ async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
             .and_then(|p| p.parse().ok())
             .context("the node reports no peer address (give one with --peer)")?,
     };
-    let s2 = status(peer)
+    let s2 = status_retried(peer)
         .await
         .with_context(|| format!("the peer {peer} does not answer"))?;
     let mut addrs = std::collections::BTreeMap::new();
