@@ -251,14 +251,14 @@ impl Rolling {
             }
             (State::Waiting { node, polls, ready }, Event::Polled { info }) => {
                 let name = self.order[node].clone();
-                // A node updated before the last one must be backup again: the master,
-                // not yet updated, still runs; a master here is a split brain or a flap.
-                let last = node + 1 == self.order.len();
+                // Master is fine for any node: with preemption the higher-priority node
+                // takes the VIPs back as soon as it returns (requiring "backup" of the
+                // first node stalled a roll whose order came from a momentary flap).
                 let is_ready = info.as_ref().is_some_and(|i| {
                     i.os_version == Some(self.target)
                         && i.healthy
                         && i.synced
-                        && (i.role == "backup" || (last && i.role == "master"))
+                        && (i.role == "backup" || i.role == "master")
                 });
                 let ready = if is_ready { ready + 1 } else { 0 };
                 if ready >= READY_POLLS {
@@ -355,8 +355,7 @@ mod tests {
             }),
             [Action::Poll { node: "fw2".into() }]
         );
-        // ready once is not enough; a flap to master resets the count (fw1, the master,
-        // is not updated yet: an updated fw2 claiming master is a split brain)
+        // ready once is not enough; a poll that finds it not synced resets the count
         let ready2 = Event::Polled {
             info: Some(info("fw2", "backup", 2, true, true)),
         };
@@ -366,7 +365,7 @@ mod tests {
         );
         assert_eq!(
             r.step(Event::Polled {
-                info: Some(info("fw2", "master", 2, true, true))
+                info: Some(info("fw2", "backup", 2, true, false))
             }),
             [Action::Poll { node: "fw2".into() }]
         );
