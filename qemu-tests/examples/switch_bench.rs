@@ -60,10 +60,8 @@ fn pingpong(a: &UdpSocket, b: &UdpSocket, n: u32) -> Duration {
 fn main() {
     core_bench();
     let sw = RunningSwitch::start(vec![spec("a"), spec("b")], 1).unwrap();
-    let e = sw.endpoints().to_vec();
     let nic = |i: usize| {
-        let s = UdpSocket::bind(e[i].vm).unwrap();
-        s.connect(e[i].switch).unwrap();
+        let s = sw.vm_socket(i).try_clone().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s
     };

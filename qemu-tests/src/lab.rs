@@ -3,9 +3,15 @@
 //! kill, status, traffic). Preparing the disks (keys, signed config bundle, one flashed
 //! disk per firewall, the slot's kernel and initramfs for direct boot) is done with the
 //! twinwall binary's own commands, exactly as an operator would.
+//!
+//! The firewalls boot as on hardware: SeaBIOS, GRUB and its boot counting from their own
+//! flashed disk, so a reboot after an OS update runs the slot GRUB chooses (and falls
+//! back as it would on a real box). Lab hosts boot the slot's kernel directly
+//! (`-kernel`) on a shared snapshot disk: they are never updated.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -91,6 +97,9 @@ pub struct LabOptions {
     pub append: String,
     /// Only these VMs (empty: all of the topology).
     pub only: Vec<String>,
+    /// Boot the firewalls with `-kernel` from slot A too (faster, but a reboot always
+    /// runs slot A again: no OS update can be tried). Default: firmware + GRUB.
+    pub direct_firewalls: bool,
 }
 
 /// What a port looks like now.
@@ -418,6 +427,9 @@ pub fn prepare(opts: &LabOptions, plan: &LabPlan) -> Result<Prepared, LabError> 
                     sync.as_os_str(),
                 ]),
             )?;
+            if !opts.append.is_empty() && !opts.direct_firewalls {
+                append_to_grub_cmdline(&disk, &opts.append)?;
+            }
             firewall_disks.insert(name.to_string(), disk);
         }
     }
@@ -445,6 +457,29 @@ pub fn prepare(opts: &LabOptions, plan: &LabPlan) -> Result<Prepared, LabError> 
         host_disk,
         firewall_disks,
     })
+}
+
+/// Adds `extra` to the kernel command line of every boot entry in the `grub.cfg` on the
+/// ESP of a flashed disk (what `--append` means for a firewall booted by GRUB).
+pub fn append_to_grub_cmdline(disk: &Path, extra: &str) -> Result<(), LabError> {
+    let bad = |reason: String| LabError::Prepare {
+        step: format!(
+            "adding {extra:?} to the GRUB command line of {}",
+            disk.display()
+        ),
+        reason,
+    };
+    let layout = twinwall_image::layout::Layout::plan(twinwall_image::layout::Sizes::default());
+    let esp = twinwall_image::disk::esp(disk, &layout);
+    let cfg = esp.read("/grub/grub.cfg").map_err(|e| bad(e.to_string()))?;
+    let cfg = String::from_utf8(cfg).map_err(|e| bad(format!("grub.cfg: {e}")))?;
+    let base = twinwall_image::grub::CMDLINE;
+    if !cfg.contains(base) {
+        return Err(bad(format!("grub.cfg has no entry with {base:?}")));
+    }
+    let cfg = cfg.replace(base, &format!("{base} {extra}"));
+    esp.write("/grub/grub.cfg", cfg.as_bytes())
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// Reads `GET /status` of each endpoint (in parallel: a guest under TCG answers in tens
@@ -621,6 +656,7 @@ impl Lab {
                     id: n.segment.clone(),
                     mac: [0x52, 0x54, 0x00, 0x1a, i as u8, j as u8],
                     endpoint: lab.switch.endpoints()[n.port],
+                    fd: Some(lab.switch.vm_socket(n.port).as_raw_fd()),
                 })
                 .collect();
             let mgmt = match &v.role {
@@ -643,18 +679,30 @@ impl Lab {
             if let (VmRole::Firewall { .. }, Some(m)) = (&v.role, &mgmt) {
                 lab.mgmt_ports.insert(v.name.clone(), m.ports[0]);
             }
-            let disk = match &v.role {
-                VmRole::Firewall { .. } => prepared.firewall_disks[&v.name].clone(),
-                VmRole::LabHost { .. } => prepared.host_disk.clone(),
+            let direct = Boot::Direct {
+                kernel: prepared.kernel.clone(),
+                initrd: prepared.initrd.clone(),
+                append: kernel_cmdline(&v.role, nics.len(), mgmt.is_some(), &opts.append),
+            };
+            // A firewall's disk is its own flashed copy (sparse), written in place; the
+            // lab hosts share one base disk, each with a private overlay.
+            let (disk, own_disk, boot) = match &v.role {
+                VmRole::Firewall { .. } => (
+                    prepared.firewall_disks[&v.name].clone(),
+                    true,
+                    if opts.direct_firewalls {
+                        direct
+                    } else {
+                        Boot::Disk
+                    },
+                ),
+                VmRole::LabHost { .. } => (prepared.host_disk.clone(), false, direct),
             };
             let spec = VmSpec {
                 name: v.name.clone(),
                 disk,
-                boot: Boot::Direct {
-                    kernel: prepared.kernel.clone(),
-                    initrd: prepared.initrd.clone(),
-                    append: kernel_cmdline(&v.role, nics.len(), mgmt.is_some(), &opts.append),
-                },
+                own_disk,
+                boot,
                 nics,
                 mgmt,
                 memory_mb: opts.memory_mb,
@@ -821,11 +869,16 @@ impl Lab {
         Ok(self.switch.now_ms())
     }
 
-    /// Power cut of a VM (QMP `quit`). Returns the switch time.
+    /// Power cut of a VM (QMP `quit`). Returns the switch time at which the quit was
+    /// sent: the guest is gone a little later (QEMU exits within milliseconds, but
+    /// waiting for the exit under load took up to 100 ms, which a time taken after it
+    /// would have subtracted from every takeover measured from the kill).
     pub fn kill(&mut self, name: &str) -> Result<u64, LabError> {
+        self.vm_mut(name)?;
+        let t = self.switch.now_ms();
         self.vm_mut(name)?.quit()?;
         tracing::info!(vm = name, "killed");
-        Ok(self.switch.now_ms())
+        Ok(t)
     }
 
     /// The client agent's stats (`reset`: and start a new window).

@@ -9,13 +9,13 @@
 //! Scenarios expect the state the previous one left (a settled pair) and leave the pair
 //! settled again, except `kill-master`, which leaves one node and so runs last.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::agent::ClientStats;
+use crate::agent::{self, ClientStats};
 use crate::fwstatus::FirewallState;
 use crate::lab::{Lab, LabError, LabStatus, read_firewalls};
 use crate::switch::core::{Dir, Observed, ObservedKind};
@@ -468,10 +468,72 @@ fn kill_master(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     let _ = r.wait("flows echoing again", FAILOVER, |r| {
         r.traffic(false).ok().filter(|t| t.all_flowing(500))
     });
+    let gaps = r.traffic(false)?;
     r.check_no_flow_broken("no established flow was reset")?;
     r.observe_from(t);
     r.report.master_after = sole_master(&r.status());
+    let timeline = takeover_timeline(&lock(r.lab), &m, &peer, t, &gaps);
+    r.report.notes.push(timeline);
     Ok(())
+}
+
+/// Where the client's gap of a killed master goes (issue 8): the old master's last
+/// advert before the kill, the peer's first advert as master (after Master_Down_Interval
+/// counted from that last advert), its first ARP for a VIP, and the longest gap of the
+/// UDP flow (the path itself) next to the TCP flows' (the path plus TCP's own
+/// retransmission timer, which is at least 200 ms on Linux: a segment lost in the
+/// outage is resent only when that timer fires, after the path is back).
+fn takeover_timeline(lab: &Lab, old: &str, new: &str, kill_ms: u64, gaps: &ClientStats) -> String {
+    let core = lab.switch.core();
+    let vrids: BTreeSet<u8> = lab.vips.iter().map(|v| v.vrid).collect();
+    let last_advert = lab
+        .plan
+        .ports
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.node == old)
+        .flat_map(|(id, _)| vrids.iter().map(move |v| (id, *v)))
+        .filter_map(|(id, v)| core.advert(id, v))
+        .filter(|a| a.priority > 0 && a.last_ms <= kill_ms)
+        .map(|a| a.last_ms)
+        .max();
+    let events = core.observed_since(kill_ms);
+    drop(core);
+    let first = |f: &dyn Fn(&ObservedKind) -> bool| {
+        events
+            .iter()
+            .find(|o| o.port.starts_with(&format!("{new}:")) && f(&o.what))
+            .map(|o| o.ms)
+    };
+    let advert = first(&|k| matches!(k, ObservedKind::AdvertStart { .. }));
+    let garp = first(&|k| matches!(k, ObservedKind::Claim { .. }));
+    let rel =
+        |x: Option<u64>| x.map_or("-".into(), |x| format!("+{} ms", x as i64 - kill_ms as i64));
+    let since_last = match (advert, last_advert) {
+        (Some(a), Some(l)) => format!("{} ms", a.saturating_sub(l)),
+        _ => "-".into(),
+    };
+    let gap = |p: agent::Proto| {
+        gaps.flows
+            .iter()
+            .filter(|f| f.proto == p)
+            .map(|f| f.longest_gap_ms)
+            .max()
+            .unwrap_or(0)
+    };
+    let skew = lab.priorities.get(new).map_or(0, |p| {
+        (256 - u64::from(*p)) * u64::from(lab.advert_ms) / 256
+    });
+    format!(
+        "timeline from the kill of {old}: its last advert {}; {new} advertised as master {} ({since_last} after {old}'s last advert; Master_Down_Interval = 3 x {} + skew {skew} = {} ms); {new}'s first ARP for a VIP {}; client longest gap: UDP {} ms, TCP {} ms",
+        last_advert.map_or("-".into(), |l| format!("-{} ms", kill_ms.saturating_sub(l))),
+        rel(advert),
+        lab.advert_ms,
+        3 * u64::from(lab.advert_ms) + skew,
+        rel(garp),
+        gap(agent::Proto::Udp),
+        gap(agent::Proto::Tcp),
+    )
 }
 
 /// Both firewalls' sync state, one line each.

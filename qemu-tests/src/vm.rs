@@ -1,7 +1,11 @@
 //! The VM launcher: one QEMU process per lab node, TCG only unless `TWINWALL_LAB_KVM=1`,
-//! the disk opened with `snapshot=on` (QEMU keeps a private qcow2 overlay, so one base
-//! image serves every VM and is never written), the serial console captured to a file,
-//! a QMP socket, every data NIC a `-netdev dgram` endpoint of the lab switch, and an
+//! a disk that is either the VM's own (a sparse flashed file written in place, so an OS
+//! update, the grubenv and the config partition survive a reboot, as on hardware) or a
+//! shared base opened with `snapshot=on` (QEMU keeps a private qcow2 overlay, the base is
+//! never written), the serial console captured to a file,
+//! a QMP socket, every data NIC a `-netdev dgram` endpoint of the lab switch (QEMU
+//! inherits the switch's already bound VM-side socket as an fd, so no port can be taken
+//! by another process between the lab choosing it and QEMU starting), and an
 //! optional management NIC (`-netdev user,restrict=on`) whose only use is to forward
 //! loopback ports to guest services. QEMU binds each forward's host port itself (port 0)
 //! and the lab reads the port back over QMP (`info usernet`): a port reserved by the lab
@@ -9,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,6 +125,9 @@ pub struct Nic {
     pub mac: [u8; 6],
     /// The switch port it talks to.
     pub endpoint: Endpoint,
+    /// The switch's VM-side socket of that port (`RunningSwitch::vm_socket`), inherited
+    /// by QEMU under the same number; `None`: QEMU binds [`Endpoint::vm`] itself.
+    pub fd: Option<i32>,
 }
 
 /// The management NIC: a restricted user-mode network whose only use is forwarding
@@ -137,8 +145,12 @@ pub struct MgmtNic {
 pub struct VmSpec {
     /// Lab name, e.g. `fw1`.
     pub name: String,
-    /// Disk image (raw), opened read-only with a private overlay.
+    /// Disk image (raw).
     pub disk: PathBuf,
+    /// The disk is this VM's own and is written in place (zeroes stay holes); else it is
+    /// a shared base opened with `snapshot=on` (writes go to a private overlay that
+    /// QEMU discards when it exits).
+    pub own_disk: bool,
     /// Boot method.
     pub boot: Boot,
     /// Data NICs in guest order (`eth0`, `eth1`, ...).
@@ -175,10 +187,17 @@ impl VmSpec {
         a.push("-qmp".into());
         a.push(format!("unix:{},server=on,wait=off", qmp.display()));
         a.push("-drive".into());
-        a.push(format!(
-            "file={},format=raw,if=virtio,snapshot=on",
-            self.disk.display()
-        ));
+        a.push(if self.own_disk {
+            format!(
+                "file={},format=raw,if=virtio,discard=unmap,detect-zeroes=unmap",
+                self.disk.display()
+            )
+        } else {
+            format!(
+                "file={},format=raw,if=virtio,snapshot=on",
+                self.disk.display()
+            )
+        });
         if let Boot::Direct {
             kernel,
             initrd,
@@ -201,7 +220,10 @@ impl VmSpec {
             a.push(format!(
                 "dgram,id={},{}",
                 nic.id,
-                nic.endpoint.qemu_netdev()
+                match nic.fd {
+                    Some(fd) => Endpoint::qemu_netdev_fd(fd),
+                    None => nic.endpoint.qemu_netdev(),
+                }
             ));
             a.push("-device".into());
             a.push(format!(
@@ -284,7 +306,27 @@ impl Vm {
         let args = spec.qemu_args(&qmp, &console);
         tracing::info!(vm = %spec.name, args = %args.join(" "), "starting QEMU");
         std::fs::write(dir.join("qemu.args"), args.join("\n")).map_err(fs("write", dir))?;
-        let child = Command::new("qemu-system-x86_64")
+        let mut cmd = Command::new("qemu-system-x86_64");
+        let fds: Vec<i32> = spec.nics.iter().filter_map(|n| n.fd).collect();
+        if !fds.is_empty() {
+            // std opens every fd close-on-exec; only the forked child clears the flag on
+            // the NIC sockets, so no other child of the lab inherits them. Hand-written:
+            // one fcntl per fd does not justify a crate.
+            // SAFETY: the closure runs between fork and exec and only calls fcntl(2),
+            // which is async-signal-safe, on fds this process owns (the switch holds them
+            // for the lab's lifetime); it allocates nothing and takes no lock.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &fds {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -473,17 +515,24 @@ mod tests {
         let spec = VmSpec {
             name: "fw1".into(),
             disk: "/x/fw1.img".into(),
-            boot: Boot::Disk,
+            own_disk: false,
+            boot: Boot::Direct {
+                kernel: "/b/vmlinuz".into(),
+                initrd: "/b/initrd.img".into(),
+                append: "console=ttyS0".into(),
+            },
             nics: vec![
                 Nic {
                     id: "outside".into(),
                     mac: [0x52, 0x54, 0, 0, 1, 0],
                     endpoint: ep(4000),
+                    fd: None,
                 },
                 Nic {
                     id: "inside".into(),
                     mac: [0x52, 0x54, 0, 0, 1, 1],
                     endpoint: ep(4010),
+                    fd: Some(17),
                 },
             ],
             mgmt: Some(MgmtNic {
@@ -505,6 +554,10 @@ mod tests {
         assert!(
             s.contains("virtio-net-pci,netdev=outside,id=outside,mac=52:54:00:00:01:00,addr=0x10")
         );
+        assert!(
+            s.contains("dgram,id=inside,local.type=fd,local.str=17 "),
+            "{s}"
+        );
         assert!(s.contains("netdev=inside,id=inside,mac=52:54:00:00:01:01,addr=0x11"));
         assert!(s.contains(
             "user,id=mgmt,restrict=on,net=192.0.2.64/26,hostfwd=tcp:127.0.0.1:0-192.0.2.81:7001,\
@@ -513,6 +566,29 @@ mod tests {
         assert!(s.contains("netdev=mgmt,id=mgmt,addr=0x12,romfile="));
         assert!(s.contains("-serial file:/r/console.log"));
         assert!(s.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
+        assert!(s.contains("-kernel /b/vmlinuz -initrd /b/initrd.img -append console=ttyS0"));
+        assert!(
+            !s.contains("-no-reboot"),
+            "a guest reboot must stay in QEMU: {s}"
+        );
+
+        // A firewall boots firmware + GRUB from its own disk, written in place.
+        let fw = VmSpec {
+            own_disk: true,
+            boot: Boot::Disk,
+            ..spec
+        };
+        let s = fw
+            .qemu_args(Path::new("/r/qmp.sock"), Path::new("/r/console.log"))
+            .join(" ");
+        assert!(
+            s.contains("file=/x/fw1.img,format=raw,if=virtio,discard=unmap,detect-zeroes=unmap"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("snapshot") && !s.contains("-kernel") && !s.contains("-no-reboot"),
+            "{s}"
+        );
     }
 
     #[test]

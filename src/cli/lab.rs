@@ -88,6 +88,10 @@ pub struct UpArgs {
     /// Seed of the switch's loss decisions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Boot the firewalls straight into slot A's kernel (`-kernel`, no firmware or
+    /// GRUB): faster, but a reboot runs slot A again, so an OS update is never tried.
+    #[arg(long)]
+    direct_kernel: bool,
     /// Stay in the foreground (the daemon's logs on stderr).
     #[arg(long)]
     foreground: bool,
@@ -317,6 +321,7 @@ fn options(a: &UpArgs) -> anyhow::Result<LabOptions> {
         seed: a.seed,
         append: a.append.clone(),
         only: a.only.clone(),
+        direct_firewalls: a.direct_kernel,
     })
 }
 

@@ -38,6 +38,10 @@ pub struct UpdateArgs {
     /// With --cluster: how long to wait for each node to come back, in seconds.
     #[arg(long, default_value_t = 600)]
     wait: u64,
+    /// With --cluster: the peer's management address as this host reaches it, when it
+    /// is not the sync-link address the node reports (a NAT, a forwarded port, the lab).
+    #[arg(long, requires = "cluster")]
+    peer: Option<String>,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -108,7 +112,10 @@ pub fn run(a: UpdateArgs) -> anyhow::Result<()> {
     })
 }
 
-/// What the rolling driver reads from `GET /status`.
+/// What the rolling driver reads from `GET /status`. "Synced" is the sync service's own
+/// view: the peer is up, no divergence alarm, and on a backup the copy of the master's
+/// table matches the master's last digest (what a handover needs: the backup commits
+/// that copy when it becomes master).
 pub fn node_info(v: &Value) -> Option<NodeInfo> {
     let m = &v["mgmt"];
     let name = m["node"].as_str()?.to_string();
@@ -123,8 +130,16 @@ pub fn node_info(v: &Value) -> Option<NodeInfo> {
         role,
         os_version,
         healthy: v["init"]["slot_marked_good"] == Value::Bool(true),
-        synced: v["sync"]["connected"] == Value::Bool(true),
+        synced: synced(&v["sync"]),
     })
+}
+
+fn synced(sync: &Value) -> bool {
+    let peer_up = sync["peer_up"] == Value::Bool(true);
+    let alarm = sync["consistency"]["alarm"] == Value::Bool(true);
+    let consistent = sync["consistency"]["consistent"] == Value::Bool(true);
+    let backup = sync["role"].as_str() == Some("backup");
+    peer_up && !alarm && (consistent || !backup)
 }
 
 async fn status(addr: SocketAddr) -> Option<Value> {
@@ -140,6 +155,19 @@ async fn status(addr: SocketAddr) -> Option<Value> {
     a.ok().then(|| a.json())
 }
 
+/// The first look at a node before a roll: three tries 2 s apart, so a node that is
+/// slow for a moment (a busy management network, a TCG-starved lab guest) does not stop
+/// a roll that has not changed anything yet.
+async fn status_retried(addr: SocketAddr) -> Option<Value> {
+    for _ in 0..2 {
+        if let Some(v) = status(addr).await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    status(addr).await
+}
+
 async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
     let proof = std::fs::read(
         a.config_bundle
@@ -147,14 +175,17 @@ async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
             .context("--config-bundle is required")?,
     )
     .context("cannot read --config-bundle")?;
-    let s1 = status(first)
+    let s1 = status_retried(first)
         .await
         .context("the node does not answer GET /status")?;
-    let peer: SocketAddr = s1["mgmt"]["peer"]["address"]
-        .as_str()
-        .and_then(|p| p.parse().ok())
-        .context("the node reports no peer address")?;
-    let s2 = status(peer)
+    let peer: SocketAddr = match &a.peer {
+        Some(p) => client::resolve(p, twinwall_mgmt::DEFAULT_PORT).await?,
+        None => s1["mgmt"]["peer"]["address"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .context("the node reports no peer address (give one with --peer)")?,
+    };
+    let s2 = status_retried(peer)
         .await
         .with_context(|| format!("the peer {peer} does not answer"))?;
     let mut addrs = std::collections::BTreeMap::new();
@@ -182,19 +213,49 @@ async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
     let polls = (a.wait / 2).max(1) as u32;
     let mut roll = Rolling::new(target, polls);
     let mut queue: std::collections::VecDeque<Action> = roll.step(Event::Start { nodes }).into();
+    let t0 = std::time::Instant::now();
+    let mut seen: std::collections::BTreeMap<String, Option<NodeInfo>> = Default::default();
     while let Some(action) = queue.pop_front() {
-        eprintln!("twinwall: {}", serde_json::to_string(&action)?);
+        if !matches!(action, Action::Poll { .. }) {
+            eprintln!(
+                "twinwall: +{:.1} s {}",
+                t0.elapsed().as_secs_f64(),
+                serde_json::to_string(&action)?
+            );
+        }
         let event = match &action {
             Action::Upload { node } => match upload(addrs[node], &a.bundle, true, false).await {
                 Ok(_) => Some(Event::Uploaded),
                 Err(e) => Some(Event::Failed {
-                    reason: e.to_string(),
+                    reason: format!("{e:#}"),
+                    answers: status(addrs[node]).await.is_some(),
                 }),
             },
             Action::Reboot { .. } => None, // requested with the upload
             Action::Poll { node } => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let info = status(addrs[node]).await.as_ref().and_then(node_info);
+                if seen.get(node) != Some(&info) {
+                    eprintln!(
+                        "twinwall: +{:.1} s {node}: {}",
+                        t0.elapsed().as_secs_f64(),
+                        match &info {
+                            None => "no answer".to_string(),
+                            Some(i) => format!(
+                                "{}, OS version {}, {}, {}",
+                                i.role,
+                                i.os_version.map_or("?".into(), |v| v.to_string()),
+                                if i.healthy {
+                                    "healthy"
+                                } else {
+                                    "not healthy yet"
+                                },
+                                if i.synced { "synced" } else { "not synced" }
+                            ),
+                        }
+                    );
+                    seen.insert(node.clone(), info.clone());
+                }
                 Some(Event::Polled { info })
             }
             Action::Rollback { node } => {
@@ -237,7 +298,8 @@ mod tests {
             "mgmt": {"node": "fw2", "slots": {"running": "B", "os_versions": {"a": 3, "b": 4}}},
             "vrrp": {"groups": [{"name": "edge", "state": "backup"}]},
             "init": {"slot_marked_good": true},
-            "sync": {"connected": true}
+            "sync": {"role": "backup", "peer_up": true,
+                     "consistency": {"consistent": true, "alarm": false}}
         });
         assert_eq!(
             node_info(&v),
@@ -257,5 +319,23 @@ mod tests {
             ("unknown", None, false, false)
         );
         assert_eq!(node_info(&json!({})), None);
+    }
+
+    #[test]
+    fn a_backup_is_synced_only_with_the_peer_up_and_its_copy_matching() {
+        let sync = |role: &str, up: bool, consistent: Value, alarm: bool| {
+            json!({"role": role, "peer_up": up,
+                   "consistency": {"consistent": consistent, "alarm": alarm}})
+        };
+        assert!(synced(&sync("backup", true, json!(true), false)));
+        // a backup that has not matched the master's digest yet cannot take over
+        assert!(!synced(&sync("backup", true, Value::Null, false)));
+        assert!(!synced(&sync("backup", true, json!(false), false)));
+        assert!(!synced(&sync("backup", false, json!(true), false)));
+        assert!(!synced(&sync("backup", true, json!(true), true)));
+        // the master has no copy to compare; its peer must be up
+        assert!(synced(&sync("master", true, Value::Null, false)));
+        assert!(!synced(&sync("master", false, Value::Null, false)));
+        assert!(!synced(&json!(null)));
     }
 }

@@ -90,6 +90,7 @@ pub fn options(topology: &Path, run: &Path) -> LabOptions {
         seed: 1,
         append: String::new(),
         only: Vec::new(),
+        direct_firewalls: std::env::var("TWINWALL_LAB_DIRECT").is_ok_and(|v| v == "1"),
     }
 }
 

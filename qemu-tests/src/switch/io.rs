@@ -43,14 +43,23 @@ pub enum SwitchIoError {
 pub struct Endpoint {
     /// The switch's socket.
     pub switch: SocketAddr,
-    /// The VM side (QEMU `-netdev dgram` local address): a free port the switch found
-    /// and released for QEMU to bind; a collision with another process shows as a QEMU
-    /// start error naming the address.
+    /// The VM side: the address of a socket the switch binds, connects to its port and
+    /// holds for its whole life ([`RunningSwitch::vm_socket`]); QEMU gets that socket as
+    /// an inherited fd (`-netdev dgram,local.type=fd`), so no other process can take the
+    /// port between the lab choosing it and QEMU using it, and a VM restart reuses it.
     pub vm: SocketAddr,
 }
 
 impl Endpoint {
-    /// The QEMU `-netdev` options for this port (after `dgram,id=ID,`).
+    /// The QEMU `-netdev` options for this port when QEMU inherits the VM-side socket as
+    /// file descriptor `fd` (after `dgram,id=ID,`). QEMU then `send`s on the connected
+    /// socket and needs no address of its own.
+    pub fn qemu_netdev_fd(fd: i32) -> String {
+        format!("local.type=fd,local.str={fd}")
+    }
+
+    /// The QEMU `-netdev` options for this port with QEMU binding the VM side itself
+    /// (after `dgram,id=ID,`); only usable when nothing holds [`Endpoint::vm`].
     pub fn qemu_netdev(&self) -> String {
         format!(
             "local.type=inet,local.host={},local.port={},remote.type=inet,remote.host={},remote.port={}",
@@ -69,6 +78,7 @@ type Delayed = (Instant, u64, PortId, Vec<u8>);
 pub struct RunningSwitch {
     core: Arc<Mutex<Switch>>,
     endpoints: Vec<Endpoint>,
+    vm_sockets: Vec<UdpSocket>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     epoch: Instant,
@@ -79,9 +89,9 @@ impl RunningSwitch {
     pub fn start(specs: Vec<PortSpec>, seed: u64) -> Result<RunningSwitch, SwitchIoError> {
         let mut sockets = Vec::new();
         let mut endpoints = Vec::new();
-        // The VM sides stay bound until every port has one: released one by one, the
-        // kernel could hand the same free port to two of them.
-        let mut held = Vec::new();
+        // The VM sides stay bound (and are handed to QEMU as fds): a port released for
+        // QEMU to bind could be taken by another process in between.
+        let mut vm_sockets = Vec::new();
         for spec in &specs {
             let bind = |source| SwitchIoError::Bind {
                 port: spec.name(),
@@ -95,16 +105,14 @@ impl RunningSwitch {
                 .map_err(bind)?;
             sock.set_read_timeout(Some(Duration::from_millis(200)))
                 .map_err(bind)?;
+            let switch = sock.local_addr().map_err(bind)?;
             let vm_sock = UdpSocket::bind("127.0.0.1:0").map_err(bind)?;
+            vm_sock.connect(switch).map_err(bind)?;
             let vm = vm_sock.local_addr().map_err(bind)?;
-            held.push(vm_sock);
-            endpoints.push(Endpoint {
-                switch: sock.local_addr().map_err(bind)?,
-                vm,
-            });
+            vm_sockets.push(vm_sock);
+            endpoints.push(Endpoint { switch, vm });
             sockets.push(Arc::new(sock));
         }
-        drop(held);
         let core = Arc::new(Mutex::new(Switch::new(specs, seed)));
         let stop = Arc::new(AtomicBool::new(false));
         let (delay_tx, delay_rx) = mpsc::channel::<Delayed>();
@@ -143,6 +151,7 @@ impl RunningSwitch {
         Ok(RunningSwitch {
             core,
             endpoints,
+            vm_sockets,
             stop,
             threads,
             epoch,
@@ -162,6 +171,12 @@ impl RunningSwitch {
     /// The endpoints, in port order.
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
+    }
+
+    /// The VM side of `port`: bound to [`Endpoint::vm`] and connected to the switch's
+    /// socket; what a VM's NIC (QEMU, via its fd) sends and receives on.
+    pub fn vm_socket(&self, port: PortId) -> &UdpSocket {
+        &self.vm_sockets[port]
     }
 
     /// Locks the core, to change impairments or read counters.
@@ -290,9 +305,8 @@ mod tests {
 
     /// A fake VM NIC: a UDP socket on the VM side of an endpoint (real sockets, real
     /// switch threads; only the guest is replaced by the test).
-    fn nic(e: &Endpoint) -> UdpSocket {
-        let s = UdpSocket::bind(e.vm).unwrap();
-        s.connect(e.switch).unwrap();
+    fn nic(sw: &RunningSwitch, port: PortId) -> UdpSocket {
+        let s = sw.vm_socket(port).try_clone().unwrap();
         s.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         s
@@ -316,8 +330,7 @@ mod tests {
             1,
         )
         .unwrap();
-        let e = sw.endpoints().to_vec();
-        let (a, b, c) = (nic(&e[0]), nic(&e[1]), nic(&e[2]));
+        let (a, b, c) = (nic(&sw, 0), nic(&sw, 1), nic(&sw, 2));
         a.send(&frame(0xff, 1, 1)).unwrap();
         assert_eq!(recv(&b), Some(frame(0xff, 1, 1)));
         assert_eq!(recv(&c), None, "other segment");

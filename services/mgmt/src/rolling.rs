@@ -4,7 +4,14 @@
 //! good) and synced, and is backup again; then the master. Rebooting the master is the
 //! graceful handover: its VRRP sends a priority-0 advert on shutdown, the updated backup
 //! takes over at once and commits the synced conntrack state, so flows survive. Any
-//! failure or timeout stops the roll and rolls back every node already switched.
+//! failure or timeout stops the roll. What is rolled back depends on who still serves:
+//! * an upload that failed, or a node that came back healthy on the *old* version (its
+//!   new slot failed and GRUB fell back), leaves that node on its old slot, serving: it
+//!   needs no rollback (a rollback would make it try the other, failed slot), and the
+//!   nodes already switched are rolled back one by one so the pair ends on one version;
+//! * a node that does not come back at all is told to roll back (if it answers later),
+//!   but the nodes already switched are **kept**: rebooting them would take down the
+//!   only node that still forwards. The abort reason says so.
 //!
 //! The driver (the CLI) performs the actions over the management API and feeds the
 //! results back as events; tests replay event sequences without any IO.
@@ -43,6 +50,9 @@ pub enum State {
         node: usize,
         /// Polls so far.
         polls: u32,
+        /// Consecutive polls that found it ready ([`READY_POLLS`] are needed).
+        #[serde(default)]
+        ready: u32,
     },
     /// Both nodes run the new version.
     Done,
@@ -52,6 +62,9 @@ pub enum State {
         reason: String,
         /// Nodes told to roll back.
         rolled_back: Vec<String>,
+        /// Nodes left on the new version because they are the ones serving.
+        #[serde(default)]
+        kept: Vec<String>,
     },
 }
 
@@ -70,6 +83,9 @@ pub enum Event {
     Failed {
         /// Why.
         reason: String,
+        /// The node still answers its status (the driver asks after the failure): it
+        /// runs its old slot and serves. `false`: it was cut or died mid-upload.
+        answers: bool,
     },
     /// A status poll of the current node (`None`: it did not answer, e.g. rebooting).
     Polled {
@@ -111,6 +127,11 @@ pub enum Action {
     },
 }
 
+/// Consecutive polls (2 s apart in the CLI) a node must be found ready before the roll
+/// moves on: in the QEMU lab a TCG-starved peer made the updated backup flap to master
+/// and back for a few hundred ms, and one lucky poll is not a settled pair.
+pub const READY_POLLS: u32 = 2;
+
 /// The rolling update of a pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rolling {
@@ -135,15 +156,30 @@ impl Rolling {
         }
     }
 
-    fn fail(&mut self, reason: String, upto: usize) -> Vec<Action> {
-        // Nodes before `upto` were switched; the current one may be half-way (its slot
-        // is marked bad or tried once): roll both back, newest first.
-        let nodes: Vec<String> = self.order[..=upto.min(self.order.len() - 1)]
+    /// Stops the roll at `order[current]`. `current_serves`: that node still runs its
+    /// old slot and answers (upload refused, or it fell back), so the nodes switched
+    /// before it can be rolled back (each reboot hands over to it); otherwise they are
+    /// kept and only the current node is told to roll back.
+    fn fail(&mut self, reason: String, current: usize, current_serves: bool) -> Vec<Action> {
+        let switched: Vec<String> = self.order[..current.min(self.order.len())]
             .iter()
             .rev()
             .cloned()
             .collect();
-        let mut actions: Vec<Action> = nodes
+        let (rolled_back, kept, reason) = if current_serves {
+            (switched, Vec::new(), reason)
+        } else {
+            let reason = if switched.is_empty() {
+                reason
+            } else {
+                format!(
+                    "{reason}; {} kept on the new version: rolling back would reboot the only node that serves",
+                    switched.join(", ")
+                )
+            };
+            (vec![self.order[current].clone()], switched, reason)
+        };
+        let mut actions: Vec<Action> = rolled_back
             .iter()
             .map(|n| Action::Rollback { node: n.clone() })
             .collect();
@@ -152,7 +188,8 @@ impl Rolling {
         });
         self.state = State::Failed {
             reason,
-            rolled_back: nodes,
+            rolled_back,
+            kept,
         };
         actions
     }
@@ -165,6 +202,7 @@ impl Rolling {
                     self.state = State::Failed {
                         reason: format!("a pair has 2 nodes, status shows {}", nodes.len()),
                         rolled_back: vec![],
+                        kept: vec![],
                     };
                     return vec![Action::Abort {
                         reason: "not a pair".into(),
@@ -175,6 +213,7 @@ impl Rolling {
                     self.state = State::Failed {
                         reason: reason.clone(),
                         rolled_back: vec![],
+                        kept: vec![],
                     };
                     return vec![Action::Abort { reason }];
                 }
@@ -192,23 +231,37 @@ impl Rolling {
                 }]
             }
             (State::Uploading { node }, Event::Uploaded) => {
-                self.state = State::Waiting { node, polls: 0 };
+                self.state = State::Waiting {
+                    node,
+                    polls: 0,
+                    ready: 0,
+                };
                 let n = self.order[node].clone();
                 vec![Action::Reboot { node: n.clone() }, Action::Poll { node: n }]
             }
-            (State::Uploading { node } | State::Waiting { node, .. }, Event::Failed { reason }) => {
+            (
+                State::Uploading { node } | State::Waiting { node, .. },
+                Event::Failed { reason, answers },
+            ) => {
                 let reason = format!("{}: {reason}", self.order[node]);
-                self.fail(reason, node)
+                // The slot was never set to be tried: a node that still answers runs its
+                // old slot and serves. One that does not (cut, dead) may be all that is
+                // missing of the pair: keep the nodes already switched.
+                self.fail(reason, node, answers)
             }
-            (State::Waiting { node, polls }, Event::Polled { info }) => {
+            (State::Waiting { node, polls, ready }, Event::Polled { info }) => {
                 let name = self.order[node].clone();
-                let ready = info.as_ref().is_some_and(|i| {
+                // Master is fine for any node: with preemption the higher-priority node
+                // takes the VIPs back as soon as it returns (requiring "backup" of the
+                // first node stalled a roll whose order came from a momentary flap).
+                let is_ready = info.as_ref().is_some_and(|i| {
                     i.os_version == Some(self.target)
                         && i.healthy
                         && i.synced
                         && (i.role == "backup" || i.role == "master")
                 });
-                if ready {
+                let ready = if is_ready { ready + 1 } else { 0 };
+                if ready >= READY_POLLS {
                     if node + 1 < self.order.len() {
                         self.state = State::Uploading { node: node + 1 };
                         return vec![Action::Upload {
@@ -229,14 +282,19 @@ impl Rolling {
                         "{name} came back on version {} (the new slot failed and fell back)",
                         i.os_version.unwrap_or(0)
                     );
-                    return self.fail(reason, node);
+                    return self.fail(reason, node, true);
                 }
                 if polls + 1 >= self.max_polls {
-                    return self.fail(format!("{name} did not come back healthy and synced"), node);
+                    return self.fail(
+                        format!("{name} did not come back healthy and synced"),
+                        node,
+                        false,
+                    );
                 }
                 self.state = State::Waiting {
                     node,
                     polls: polls + 1,
+                    ready,
                 };
                 vec![Action::Poll { node: name }]
             }
@@ -263,7 +321,7 @@ mod tests {
     }
 
     fn start() -> (Rolling, Vec<Action>) {
-        let mut r = Rolling::new(2, 5);
+        let mut r = Rolling::new(2, 8);
         let a = r.step(Event::Start {
             nodes: vec![
                 info("fw1", "master", 1, true, true),
@@ -297,38 +355,82 @@ mod tests {
             }),
             [Action::Poll { node: "fw2".into() }]
         );
-        let a = r.step(Event::Polled {
+        // ready once is not enough; a poll that finds it not synced resets the count
+        let ready2 = Event::Polled {
             info: Some(info("fw2", "backup", 2, true, true)),
-        });
+        };
+        assert_eq!(
+            r.step(ready2.clone()),
+            [Action::Poll { node: "fw2".into() }]
+        );
+        assert_eq!(
+            r.step(Event::Polled {
+                info: Some(info("fw2", "backup", 2, true, false))
+            }),
+            [Action::Poll { node: "fw2".into() }]
+        );
+        assert_eq!(
+            r.step(ready2.clone()),
+            [Action::Poll { node: "fw2".into() }]
+        );
+        let a = r.step(ready2);
         assert_eq!(a, [Action::Upload { node: "fw1".into() }]);
         r.step(Event::Uploaded);
+        // the last node may come back as master (preemption)
+        r.step(Event::Polled {
+            info: Some(info("fw1", "master", 2, true, true)),
+        });
         let a = r.step(Event::Polled {
-            info: Some(info("fw1", "backup", 2, true, true)),
+            info: Some(info("fw1", "master", 2, true, true)),
         });
         assert_eq!(a, [Action::Finish]);
         assert_eq!(r.state, State::Done);
     }
 
     #[test]
-    fn a_fallback_on_the_second_node_rolls_both_back() {
+    fn a_fallback_on_the_second_node_rolls_the_first_back() {
         let (mut r, _) = start();
         r.step(Event::Uploaded);
-        r.step(Event::Polled {
-            info: Some(info("fw2", "backup", 2, true, true)),
-        });
+        for _ in 0..READY_POLLS {
+            r.step(Event::Polled {
+                info: Some(info("fw2", "backup", 2, true, true)),
+            });
+        }
         r.step(Event::Uploaded);
         let a = r.step(Event::Polled {
             info: Some(info("fw1", "backup", 1, true, true)),
         });
-        assert_eq!(
-            a[..2],
-            [
-                Action::Rollback { node: "fw1".into() },
-                Action::Rollback { node: "fw2".into() }
-            ]
-        );
-        assert!(matches!(a[2], Action::Abort { .. }));
-        assert!(matches!(r.state, State::Failed { .. }));
+        // fw1 fell back by itself and serves: no rollback for it (that would try the
+        // failed slot again); fw2 goes back so the pair runs one version.
+        assert_eq!(a[..1], [Action::Rollback { node: "fw2".into() }]);
+        assert!(matches!(&a[1], Action::Abort { reason } if reason.contains("fell back")));
+        assert_eq!(a.len(), 2);
+        assert!(matches!(&r.state, State::Failed { kept, .. } if kept.is_empty()));
+    }
+
+    #[test]
+    fn a_second_node_that_never_comes_back_keeps_the_serving_node() {
+        let (mut r, _) = start();
+        r.step(Event::Uploaded);
+        for _ in 0..READY_POLLS {
+            r.step(Event::Polled {
+                info: Some(info("fw2", "backup", 2, true, true)),
+            });
+        }
+        r.step(Event::Uploaded);
+        let mut last = vec![];
+        for _ in 0..r.max_polls {
+            last = r.step(Event::Polled { info: None });
+        }
+        // fw2 (updated) is the only node forwarding: it must not be rebooted.
+        assert_eq!(last[..1], [Action::Rollback { node: "fw1".into() }]);
+        assert!(matches!(
+            &last[1],
+            Action::Abort { reason } if reason.contains("fw1 did not come back")
+                && reason.contains("fw2 kept on the new version")
+        ));
+        assert!(!last.contains(&Action::Rollback { node: "fw2".into() }));
+        assert!(matches!(&r.state, State::Failed { kept, .. } if kept == &["fw2"]));
     }
 
     #[test]
@@ -336,11 +438,42 @@ mod tests {
         let (mut r, _) = start();
         let a = r.step(Event::Failed {
             reason: "409 not_newer".into(),
+            answers: true,
         });
-        assert_eq!(a[0], Action::Rollback { node: "fw2".into() });
-        assert_eq!(a.len(), 2);
+        // Nothing was switched: no rollback (fw2 runs its old slot), just stop.
+        assert!(matches!(&a[..], [Action::Abort { reason }] if reason.contains("fw2: 409")));
         // nothing further happens
         assert!(r.step(Event::Uploaded).is_empty());
+    }
+
+    #[test]
+    fn a_second_node_cut_during_its_upload_keeps_the_serving_node() {
+        let (mut r, _) = start();
+        r.step(Event::Uploaded);
+        for _ in 0..READY_POLLS {
+            r.step(Event::Polled {
+                info: Some(info("fw2", "backup", 2, true, true)),
+            });
+        }
+        let a = r.step(Event::Failed {
+            reason: "connection reset".into(),
+            answers: false,
+        });
+        assert_eq!(a[..1], [Action::Rollback { node: "fw1".into() }]);
+        assert!(matches!(&a[1], Action::Abort { reason } if reason.contains("fw2 kept")));
+        // A refusal from a node that answers rolls the switched node back instead.
+        let (mut r, _) = start();
+        r.step(Event::Uploaded);
+        for _ in 0..READY_POLLS {
+            r.step(Event::Polled {
+                info: Some(info("fw2", "backup", 2, true, true)),
+            });
+        }
+        let a = r.step(Event::Failed {
+            reason: "HTTP 422".into(),
+            answers: true,
+        });
+        assert_eq!(a[..1], [Action::Rollback { node: "fw2".into() }]);
     }
 
     #[test]
@@ -348,7 +481,7 @@ mod tests {
         let (mut r, _) = start();
         r.step(Event::Uploaded);
         let mut last = vec![];
-        for _ in 0..5 {
+        for _ in 0..r.max_polls {
             last = r.step(Event::Polled { info: None });
         }
         assert!(

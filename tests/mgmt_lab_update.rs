@@ -1,0 +1,272 @@
+//! QEMU lab acceptance of the rolling OS update of the pair (issue 9, `twinwall update
+//! BUNDLE --cluster`), TCG: the seed-pair lab (fw1, fw2 booted by SeaBIOS + GRUB from
+//! their own flashed disks; a client and a server lab host), each firewall's management
+//! API forwarded to a loopback port (`Lab::mgmt_endpoint`).
+//!
+//! Once the pair has settled with the client's TCP flows running through the VIPs, an
+//! OS-update bundle whose slot carries another version string (`/etc/twinwall-release`,
+//! derived from the built slot the way `tests/mgmt_lab.rs` does, signed with the lab's
+//! key) is rolled over the pair with `twinwall update --cluster`: the backup is updated
+//! first and reboots into slot B through GRUB, comes back healthy and synced; then the
+//! master, whose reboot hands mastership over (priority-0 advert) to the updated backup.
+//! At the end both nodes run the new version from slot B, marked good, and not one
+//! established client flow broke (the lab agent's resets and stalls).
+//!
+//! Then the failure case: a second roll whose second node is cut (QEMU killed while its
+//! new slot is being written). The roll must stop and say which node failed,
+//! must not reboot the node that serves (the first one, already on the new version), and
+//! the pair keeps forwarding the client's flows through it.
+
+mod lab_common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lab_common::*;
+use serde_json::Value;
+use twinwall_lab::lab::Lab;
+use twinwall_lab::scenario;
+
+/// A failure guard only (TCG on a loaded 2-core machine).
+const BOOT: Duration = Duration::from_secs(600);
+
+fn twinwall() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_twinwall"));
+    c.env("TWINWALL_LOG", "warn");
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A slot image derived from the built one with another `TWINWALL_VERSION` in
+/// `/etc/twinwall-release`, squashed reproducibly as the image build does.
+fn slot_with_version(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let root = dir.join(format!("{name}-root"));
+    let st = Command::new("unsquashfs")
+        .args(["-q", "-n", "-d"])
+        .arg(&root)
+        .arg(image_dir().join("twinwall-slot.squashfs"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("unsquashfs runs (squashfs-tools)");
+    assert!(st.success());
+    let rel = root.join("etc/twinwall-release");
+    let old = std::fs::read_to_string(&rel).unwrap();
+    assert!(old.contains("TWINWALL_VERSION="), "{old}");
+    let new: String = old
+        .lines()
+        .map(|l| match l.starts_with("TWINWALL_VERSION=") {
+            true => format!("TWINWALL_VERSION={version}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&rel, new).unwrap();
+    let out = dir.join(format!("{name}.squashfs"));
+    twinwall_image::reproducible::squashfs(&root, &out, 1).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    out
+}
+
+/// An os-update bundle of OS version `version` whose slot says `release`, signed with
+/// the lab's key (the one the firewalls trust).
+fn os_bundle(run: &Path, version: u64, release: &str) -> PathBuf {
+    let slot = slot_with_version(run, &format!("slot-v{version}"), release);
+    let key = twinwall_bundle::keys::read_signing_key(&run.join("keys/lab.key")).unwrap();
+    let out = run.join(format!("os-v{version}.bundle"));
+    twinwall_image::build::update_bundle(&slot, &key, version, 1, &out).unwrap();
+    std::fs::remove_file(&slot).unwrap();
+    out
+}
+
+/// `GET /status` of a node through `twinwall status --to`, `None` while it does not answer.
+fn status(api: SocketAddr) -> Option<Value> {
+    let o = twinwall()
+        .args(["status", "--json", "--to"])
+        .arg(api.to_string())
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+fn master(lab: &Mutex<Lab>) -> Option<String> {
+    lab.lock()
+        .unwrap()
+        .firewalls()
+        .into_iter()
+        .find(|(_, f)| f.as_ref().is_ok_and(|f| f.is_master()))
+        .map(|(n, _)| n)
+}
+
+/// `twinwall update BUNDLE --cluster` against fw1, the peer given by its forwarded port.
+fn cluster_update(
+    run: &Path,
+    bundle: &Path,
+    eps: &std::collections::BTreeMap<String, SocketAddr>,
+    wait_s: u64,
+) -> std::process::Child {
+    twinwall()
+        .arg("update")
+        .arg(bundle)
+        .arg("--to")
+        .arg(eps["fw1"].to_string())
+        .arg("--peer")
+        .arg(eps["fw2"].to_string())
+        .arg("--cluster")
+        .arg("--config-bundle")
+        .arg(run.join("keys/config.bundle"))
+        .args(["--wait", &wait_s.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_cluster_update_rolls_the_pair_and_client_flows_survive() {
+    let run = run_dir("mgmt-update");
+    let topo = repo().join("testkit/topologies/seed-pair");
+    let t_up = Instant::now();
+    let lab = Mutex::new(Lab::up(&options(&topo, &run)).expect("lab up"));
+
+    // The update bundles are made while the VMs boot.
+    let v1_release = env!("CARGO_PKG_VERSION").to_string();
+    let v2_release = format!("{v1_release}-roll2");
+    let v3_release = format!("{v1_release}-roll3");
+    let os2 = os_bundle(&run, 2, &v2_release);
+    let os3 = os_bundle(&run, 3, &v3_release);
+
+    let boot = scenario::run_by_name(&lab, "boot").expect("boot scenario");
+    eprintln!("{}", boot.summary);
+    assert!(boot.ok, "the pair did not come up: {:?}", boot.checks);
+    eprintln!(
+        "mgmt_lab_update: lab up to settled pair (GRUB boot of both firewalls): {:.1} s",
+        t_up.elapsed().as_secs_f64()
+    );
+    let eps = lab.lock().unwrap().mgmt_endpoints();
+    for vm in ["fw1", "fw2"] {
+        let st = status(eps[vm]).expect("status");
+        assert_eq!(st["mgmt"]["slots"]["running"], "A", "{vm}: {st}");
+        assert_eq!(st["mgmt"]["os"]["version"], v1_release.as_str(), "{vm}");
+    }
+    let master_before = master(&lab).expect("a master");
+    lab.lock().unwrap().traffic(true).expect("traffic reset");
+
+    // 1. The roll to v2: backup first, then the master; both on v2 from slot B.
+    let t0 = Instant::now();
+    let child = cluster_update(&run, &os2, &eps, 480);
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let log = text(&out);
+    eprintln!("mgmt_lab_update: roll to v2:\n{log}");
+    assert!(out.status.success(), "the rolling update failed:\n{log}");
+    assert!(log.contains("pair updated to OS version 2"), "{log}");
+    let backup_first = log.find("\"upload\",\"node\":\"lj-fw-2\"");
+    let master_last = log.find("\"upload\",\"node\":\"lj-fw-1\"");
+    assert!(
+        backup_first.is_some() && master_last.is_some() && backup_first < master_last,
+        "the backup (lj-fw-2) must be updated before the master:\n{log}"
+    );
+    assert_eq!(master_before, "fw1", "preemption makes fw1 the master");
+    for vm in ["fw1", "fw2"] {
+        let st = status(eps[vm]).expect("status");
+        assert_eq!(
+            st["mgmt"]["os"]["version"],
+            v2_release.as_str(),
+            "{vm}: {st}"
+        );
+        assert_eq!(st["mgmt"]["slots"]["running"], "B", "{vm}: {st}");
+        assert_eq!(st["mgmt"]["slots"]["state"]["b"]["ok"], true, "{vm}: {st}");
+        assert_eq!(st["init"]["slot_marked_good"], true, "{vm}: {st}");
+    }
+    let t = lab.lock().unwrap().traffic(false).expect("traffic");
+    let (broken, total) = t.tcp_broken();
+    let gap = t.flows.iter().map(|f| f.longest_gap_ms).max().unwrap_or(0);
+    eprintln!(
+        "mgmt_lab_update: roll to v2 took {:.1} s; client TCP flows broken {broken}/{total}, longest gap {gap} ms",
+        took.as_secs_f64()
+    );
+    assert!(total > 0);
+    assert_eq!(broken, 0, "flows broke during the rolling update: {t:?}");
+
+    // 2. A roll whose second node is cut while it reboots into the new slot: the roll
+    // stops, names it, and leaves the first node (updated, serving) alone.
+    // (Not the boot scenario: its check "every VIP was announced by the master" fails
+    // when a TCG stall let the backup answer ARP for a moment and the master did not
+    // re-announce — the VRRP area's open item in docs/lab.md, not the roll's.)
+    wait_for(&lab, "one master, sync up, flows flowing", BOOT, |l| {
+        let fws = l.firewalls();
+        let states: Vec<_> = fws.values().filter_map(|r| r.as_ref().ok()).collect();
+        let one_master = states.iter().filter(|f| f.is_master()).count() == 1;
+        let synced = states
+            .iter()
+            .all(|f| f.sync.as_ref().is_some_and(|s| s.peer_up));
+        let flowing = l.traffic(false).is_ok_and(|t| t.all_flowing(500));
+        // the roll starts only on a pair whose slots are both marked good
+        let good = ["fw1", "fw2"]
+            .iter()
+            .all(|vm| status(eps[*vm]).is_some_and(|s| s["init"]["slot_marked_good"] == true));
+        (states.len() == 2 && one_master && synced && flowing && good).then_some(())
+    });
+    lab.lock().unwrap().traffic(true).expect("traffic reset");
+    let mut child = cluster_update(&run, &os3, &eps, 480);
+    // The second upload goes to the master (fw1): once it has written a MiB of the new
+    // slot, cut it (QEMU killed; its peer takes over as in the kill-master scenario).
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!("the roll ended before fw1's upload:\n{}", text(&out));
+        }
+        let written = status(eps["fw1"])
+            .and_then(|s| s.pointer("/mgmt/update/written_bytes")?.as_u64())
+            .unwrap_or(0);
+        if written >= 1 << 20 {
+            break;
+        }
+        assert!(start.elapsed() < BOOT * 2, "fw1's upload never started");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let st = status(eps["fw2"]).expect("fw2 answers");
+    assert_eq!(
+        st["mgmt"]["os"]["version"],
+        v3_release.as_str(),
+        "fw2 first: {st}"
+    );
+    lab.lock().unwrap().kill("fw1").expect("kill fw1");
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out);
+    eprintln!("mgmt_lab_update: roll to v3 with fw1 cut:\n{log}");
+    assert!(!out.status.success(), "the roll cannot succeed:\n{log}");
+    assert!(
+        log.contains("rolling update stopped: lj-fw-1: ")
+            && log.contains("lj-fw-2 kept on the new version"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("\"rollback\",\"node\":\"lj-fw-2\""),
+        "the serving node must not be rolled back (rebooted) while its peer is down:\n{log}"
+    );
+    let st = status(eps["fw2"]).expect("fw2 answers");
+    assert_eq!(st["mgmt"]["os"]["version"], v3_release.as_str(), "{st}");
+    assert_eq!(master(&lab).as_deref(), Some("fw2"));
+    wait_for(&lab, "the client's flows through fw2", BOOT, |l| {
+        l.traffic(false).ok().filter(|t| t.all_flowing(500))
+    });
+    let t = lab.lock().unwrap().traffic(false).expect("traffic");
+    let (broken, total) = t.tcp_broken();
+    eprintln!("mgmt_lab_update: roll with the second node cut: flows broken {broken}/{total}");
+    assert_eq!(broken, 0, "{t:?}");
+    assert!(t.all_flowing(2000), "the pair stopped serving: {t:?}");
+}
