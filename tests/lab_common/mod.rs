@@ -90,7 +90,10 @@ pub fn options(topology: &Path, run: &Path) -> LabOptions {
         seed: 1,
         append: String::new(),
         only: Vec::new(),
-        direct_firewalls: std::env::var("TWINWALL_LAB_DIRECT").is_ok_and(|v| v == "1"),
+        // The tests boot the firewalls with `-kernel` from slot A (half the boot time of
+        // SeaBIOS + GRUB under TCG); the rolling-update test boots them through GRUB, and
+        // TWINWALL_LAB_GRUB=1 makes every lab test do so, as `lab up` does.
+        direct_firewalls: std::env::var("TWINWALL_LAB_GRUB").map_or(true, |v| v != "1"),
     }
 }
 
