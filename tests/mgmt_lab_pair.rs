@@ -17,7 +17,7 @@ mod lab_common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,12 +28,6 @@ use twinwall_lab::probe::{self, Probe};
 
 /// A failure guard only (TCG on a loaded 2-core machine).
 const BOOT: Duration = Duration::from_secs(600);
-
-fn twinwall() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_twinwall"));
-    c.env("TWINWALL_LOG", "warn");
-    c
-}
 
 fn ok(o: &Output) -> String {
     assert!(
@@ -59,19 +53,6 @@ fn compiled_digest(dir: &Path, cfg: &Path, node: &str) -> String {
     let file = dir.join(format!("{node}.nft"));
     std::fs::write(&file, listing).unwrap();
     twinwall_image::rootfs::sha256_file(&file).unwrap()
-}
-
-/// A node's `GET /status` through `twinwall status --to`, `None` while it does not answer.
-fn status(api: SocketAddr) -> Option<Value> {
-    let o = twinwall()
-        .args(["status", "--json", "--to"])
-        .arg(api.to_string())
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| serde_json::from_slice(&o.stdout).ok())
-        .flatten()
 }
 
 /// A node's `GET /metrics` (Prometheus text), read over a plain HTTP/1.1 connection.

@@ -27,18 +27,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lab_common::*;
-use serde_json::Value;
 use twinwall_lab::lab::Lab;
 use twinwall_lab::scenario;
 
 /// A failure guard only (TCG on a loaded 2-core machine).
 const BOOT: Duration = Duration::from_secs(600);
-
-fn twinwall() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_twinwall"));
-    c.env("TWINWALL_LOG", "warn");
-    c
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -86,19 +79,6 @@ fn os_bundle(run: &Path, version: u64, release: &str) -> PathBuf {
     twinwall_image::build::update_bundle(&slot, &key, version, 1, &out).unwrap();
     std::fs::remove_file(&slot).unwrap();
     out
-}
-
-/// `GET /status` of a node through `twinwall status --to`, `None` while it does not answer.
-fn status(api: SocketAddr) -> Option<Value> {
-    let o = twinwall()
-        .args(["status", "--json", "--to"])
-        .arg(api.to_string())
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| serde_json::from_slice(&o.stdout).ok())
-        .flatten()
 }
 
 fn master(lab: &Mutex<Lab>) -> Option<String> {

@@ -6,13 +6,35 @@
 #[path = "../image_common/mod.rs"]
 mod image_common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use twinwall_lab::lab::{Lab, LabOptions};
 
 pub use image_common::repo;
+
+/// The `twinwall` binary under test, logging warnings only.
+pub fn twinwall() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_twinwall"));
+    c.env("TWINWALL_LOG", "warn");
+    c
+}
+
+/// A node's `GET /status` through `twinwall status --to`, `None` while it does not answer.
+pub fn status(api: SocketAddr) -> Option<serde_json::Value> {
+    let o = twinwall()
+        .args(["status", "--json", "--to"])
+        .arg(api.to_string())
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
 
 /// The directory holding `twinwall.img` and `twinwall-slot.squashfs`.
 pub fn image_dir() -> PathBuf {

@@ -107,14 +107,7 @@ impl Nft {
 
     /// `nft list ruleset`.
     pub fn list_ruleset(&self) -> Result<String, ApplyError> {
-        let out = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .args(["list", "ruleset"])
-            .output()
-            .map_err(|source| ApplyError::Spawn {
-                program: self.argv.join(" "),
-                source,
-            })?;
+        let out = self.output(&["list", "ruleset"])?;
         if !out.status.success() {
             return Err(ApplyError::List {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -126,14 +119,7 @@ impl Nft {
     /// `nft -j list table inet twinwall`: the loaded table as JSON, with every rule's
     /// and every set element's counter (parsed by [`crate::counters::parse`]).
     pub fn list_table_json(&self) -> Result<String, ApplyError> {
-        let out = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .args(["-j", "list", "table", "inet", crate::compile::TABLE])
-            .output()
-            .map_err(|source| ApplyError::Spawn {
-                program: self.argv.join(" "),
-                source,
-            })?;
+        let out = self.output(&["-j", "list", "table", "inet", crate::compile::TABLE])?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             if stderr.contains("No such file or directory") {
@@ -146,6 +132,18 @@ impl Nft {
         String::from_utf8(out.stdout).map_err(|e| ApplyError::List {
             stderr: format!("nft -j output is not UTF-8: {e}"),
         })
+    }
+
+    /// Runs nft with `args` (no script) and returns what it printed.
+    fn output(&self, args: &[&str]) -> Result<std::process::Output, ApplyError> {
+        Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .args(args)
+            .output()
+            .map_err(|source| ApplyError::Spawn {
+                program: self.argv.join(" "),
+                source,
+            })
     }
 
     fn run(&self, args: &[&str], script: &str) -> Result<Result<(), String>, ApplyError> {
