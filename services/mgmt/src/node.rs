@@ -126,6 +126,28 @@ struct Inner {
     pushes: u64,
     rate_limited: u64,
     staged: Option<Staged>,
+    /// Bumped whenever this node's config in force changes: a peer poll that was in
+    /// flight across a change compared the peer with a version we no longer run.
+    changes: u64,
+    /// Pushes this node is driving right now (`POST /config` with the peer in it).
+    pushing: u32,
+}
+
+/// Counts a push in `Inner::pushing` while it runs, however it ends.
+struct PushingGuard<'a>(&'a Node);
+
+impl<'a> PushingGuard<'a> {
+    fn new(n: &'a Node) -> Self {
+        n.lock().pushing += 1;
+        Self(n)
+    }
+}
+
+impl Drop for PushingGuard<'_> {
+    fn drop(&mut self) {
+        let mut i = self.0.lock();
+        i.pushing = i.pushing.saturating_sub(1);
+    }
 }
 
 /// What phase 1 of a two-phase push validated on this node (the peer's side), so that
@@ -436,6 +458,7 @@ impl Node {
                 let mut i = self.lock();
                 i.current = Some(p);
                 i.version = Some(version);
+                i.changes += 1;
                 i.window = window.map(|w| Window {
                     version,
                     deadline: Instant::now() + w,
@@ -498,6 +521,7 @@ impl Node {
         let mut i = self.lock();
         i.current = Some(p);
         i.version = Some(version);
+        i.changes += 1;
         i.window = None;
         i.reverts += 1;
         i.last_apply = Some(applied);
@@ -571,6 +595,7 @@ impl Node {
             return self.install_fail_closed(bytes).await;
         }
         let started = Instant::now();
+        let _pushing = PushingGuard::new(self);
         let mut t = Timings::default();
         let b = bytes.clone();
         let forward = opts.forward && self.settings.peer.is_some();
@@ -800,6 +825,14 @@ impl Node {
                     None => n.stage(&bytes, false, &mut t)?,
                 };
                 let a = n.commit(&bytes, &v, p, window, armed, &mut t)?;
+                {
+                    // The peer that sent phase 2 is committing the same version (it
+                    // rolls this node back if its own apply fails).
+                    let mut i = n.lock();
+                    i.peer.version = Some(v.manifest.version);
+                    i.peer.skew = false;
+                    i.peer.pending = false;
+                }
                 tracing::info!(version = v.manifest.version, timings = %t.line(), "peer push applied");
                 Ok((a, t))
             })
@@ -1002,6 +1035,7 @@ impl Node {
         let Some(peer) = self.settings.peer else {
             return;
         };
+        let changes = self.lock().changes;
         let answer = client::request(
             peer,
             "GET",
@@ -1011,6 +1045,13 @@ impl Node {
         )
         .await;
         let theirs = match answer {
+            Ok(a) if a.ok() && a.json()["mgmt"]["config"]["pushing"] == Value::Bool(true) => {
+                // The peer is in the middle of a push to both of us: its version and
+                // ours are moving; comparing them now would report (and "repair") a
+                // skew that the push itself is about to end.
+                self.lock().peer.reachable = true;
+                return;
+            }
             Ok(a) if a.ok() => a.json()["mgmt"]["config"]["version"].as_u64(),
             Ok(a) => {
                 self.lock().peer.last_error = Some(a.reason());
@@ -1030,6 +1071,12 @@ impl Node {
         let (ours, window, refused) = {
             let mut i = self.lock();
             i.peer.reachable = true;
+            if i.changes != changes {
+                // A push or revert landed while the answer was on its way: the peer's
+                // version was read against a config this node no longer runs (a
+                // two-phase push moves both together). The next poll looks again.
+                return;
+            }
             i.peer.version = theirs;
             i.peer.skew = theirs != i.version;
             (i.version, i.window, i.peer.refused)
@@ -1110,6 +1157,7 @@ impl Node {
                 "last_apply": i.last_apply,
                 "reverts": i.reverts,
                 "pushes": i.pushes,
+                "pushing": i.pushing > 0,
             },
             "peer": i.peer,
             "slots": boot,
