@@ -108,6 +108,29 @@ fn service_answers_status_and_exits_cleanly_on_sigterm() {
     assert!(bad.to_string().contains("master"), "{bad}");
     // `ip netns exec` execs the binary, so the child pid is the service
     let pid = child.id().to_string();
+    // The event intake, the main loop and the UDP reader run under SCHED_FIFO 1 (the
+    // default `--rt-priority`); `/proc/PID/task/TID/stat` fields 40/41: rt_priority, policy.
+    let policies: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap();
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            (comm.trim().to_string(), format!("{}/{}", f[37], f[38]))
+        })
+        .collect();
+    for name in ["twinwall", "sync-events", "sync-udp"] {
+        assert!(
+            policies.iter().any(|(c, p)| c == name && p == "1/1"),
+            "{name} not SCHED_FIFO 1: {policies:?}"
+        );
+    }
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])

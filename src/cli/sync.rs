@@ -35,6 +35,11 @@ pub struct SyncArgs {
     #[arg(long, value_name = "N", default_value_t = service::DEFAULT_COMMIT_RT_PRIORITY,
           value_parser = clap::value_parser!(i32).range(0..=99))]
     commit_rt_priority: i32,
+    /// SCHED_FIFO priority of the service's threads: event intake, main loop, UDP reader
+    /// (0: normal scheduling).
+    #[arg(long, value_name = "N", default_value_t = service::DEFAULT_RT_PRIORITY,
+          value_parser = clap::value_parser!(i32).range(0..=99))]
+    rt_priority: i32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -86,6 +91,7 @@ pub fn run(a: SyncArgs) -> anyhow::Result<()> {
     let mut settings = Settings::from_view(&view, key, a.run_dir, role)?;
     settings.event_rcvbuf = a.event_rcvbuf;
     settings.commit_rt_priority = a.commit_rt_priority;
+    settings.rt_priority = a.rt_priority;
     service::run_until_signalled(settings, Some(Box::new(vrrp)))?;
     Ok(())
 }

@@ -9,7 +9,9 @@
 //! Environment: `RAW_ONLY=1` the commit floor only; `VRRP_ONLY=1` the failovers with VRRP
 //! in the loop only; `INJECT_RT=1` the injector under SCHED_FIFO; `PERF=FILE` /
 //! `PERF_REPL=FILE` record the takeover commit / the master while replicating with perf;
-//! `TW_ONLY=1` the replication table for twinwall only (no conntrackd, no failovers).
+//! `TW_ONLY=1` the replication table for twinwall only (no conntrackd, no failovers);
+//! `TW_RT=N` twinwall's `--rt-priority` (default 1; 0 = normal scheduling); `CTD_RT=N`
+//! conntrackd with its `Scheduler { Type FIFO }` option at priority N.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,6 +106,69 @@ fn udp_errors(ns: &twinwall_testkit::Netns) -> (u64, u64, u64) {
             .unwrap_or(0)
     };
     (get("RcvbufErrors"), get("SndbufErrors"), get("InErrors"))
+}
+
+/// Bytes waiting unread in the conntrack event sockets of a namespace (`/proc/net/netlink`:
+/// the `Rmem` of the NETLINK_NETFILTER sockets that joined groups), i.e. events the
+/// daemon's intake has not read yet (each costs the socket its skb truesize).
+fn netlink_unread_bytes(ns: &twinwall_testkit::Netns) -> u64 {
+    let text = ns.run("cat", ["/proc/net/netlink"]).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1) == Some(&"12") && f.get(3).is_some_and(|g| *g != "00000000"))
+        .filter_map(|f| f.get(4)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Per thread of a process: (name, CPU s, context switches, s spent runnable but waiting
+/// for a CPU), from `/proc/PID/task/*/{comm,stat,status,schedstat}`.
+fn thread_stats(pid: u32) -> Vec<(String, f64, u64, f64)> {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = rd
+        .flatten()
+        .map(|t| {
+            let p = t.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let sched = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+            let mut sw = sched
+                .split_whitespace()
+                .map(|x| x.parse::<f64>().unwrap_or(0.0));
+            let cpu = sw.next().unwrap_or(0.0) / 1e9;
+            let wait = sw.next().unwrap_or(0.0) / 1e9;
+            let switches = std::fs::read_to_string(p.join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+            (comm.trim().to_string(), cpu, switches, wait)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The difference of two [`thread_stats`] samples, printed one thread per item.
+fn thread_delta(a: &[(String, f64, u64, f64)], b: &[(String, f64, u64, f64)]) -> String {
+    b.iter()
+        .map(|(name, cpu, sw, wait)| {
+            let (c0, s0, w0) = a
+                .iter()
+                .find(|x| &x.0 == name)
+                .map(|x| (x.1, x.2, x.3))
+                .unwrap_or((0.0, 0, 0.0));
+            format!(
+                "{name}: cpu {:.3} s, switches {}, runnable-waiting {:.3} s",
+                cpu - c0,
+                sw - s0,
+                wait - w0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -240,6 +305,12 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
             .arg("--sync-key")
             .arg(dir.join("sync.key"))
             .args(["--role", if i == 0 { "master" } else { "backup" }])
+            // TW_RT=N: the service threads' SCHED_FIFO priority (0: normal scheduling)
+            .args(
+                std::env::var("TW_RT")
+                    .map(|p| vec!["--rt-priority".to_string(), p])
+                    .unwrap_or_default(),
+            )
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::options()
@@ -276,11 +347,22 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         p
     });
     let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
+    let threads0 = thread_stats(procs[0].0.id());
+    let events0 = status(&socks[0])["events"].as_u64().unwrap_or(0);
     let t0 = Instant::now();
     let cpu0 = cpu_times();
     let r = pair.fw[0].enter(move || inject(&batch)).unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_times();
+    let unread_bytes = netlink_unread_bytes(&pair.fw[0]);
+    let threads1 = thread_stats(procs[0].0.id());
+    let read = status(&socks[0])["events"].as_u64().unwrap_or(0) - events0;
+    eprintln!(
+        "at the injection's end: master read {read} events, unread {} ({unread_bytes} bytes \
+         in its event socket); master threads during the injection: {}",
+        (n as u64).saturating_sub(read),
+        thread_delta(&threads0, &threads1)
+    );
     eprintln!(
         "injection with twinwall listening: {inject_s:.3} s wall, injector CPU user {:.3} s, \
          sys {:.3} s",
@@ -337,6 +419,10 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     assert!(ok, "backup never held {n} entries: {}", status(&socks[1]));
     let daemons1 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let repl_cpu = (daemons1[0].0 - daemons0[0].0, daemons1[1].0 - daemons0[1].0);
+    eprintln!(
+        "master threads, injection start -> peer holds all: {}",
+        thread_delta(&threads0, &thread_stats(procs[0].0.id()))
+    );
     if let Some(p) = perf_repl {
         let _ = Command::new("kill")
             .args(["-INT", &p.id().to_string()])
@@ -456,6 +542,10 @@ fn conntrackd_conf(dir: &Path, i: usize) -> PathBuf {
         .iter()
         .map(|a| format!("            IPv4_address {a}\n"))
         .collect();
+    // CTD_RT=N: conntrackd's own real-time option, as twinwall's threads run by default
+    let sched = std::env::var("CTD_RT")
+        .map(|p| format!("    Scheduler {{\n        Type FIFO\n        Priority {p}\n    }}\n"))
+        .unwrap_or_default();
     let conf = format!(
         r#"Sync {{
     Mode FTFW {{
@@ -483,7 +573,7 @@ General {{
     NetlinkBufferSize 2097152
     NetlinkBufferSizeMaxGrowth 67108864
     NetlinkOverrunResync on
-    Filter From Userspace {{
+{sched}    Filter From Userspace {{
         Address Ignore {{
 {ignore}        }}
     }}
@@ -544,9 +634,16 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     let daemons0 = [0, 1].map(|i| (proc_cpu(procs[i].0.id()), proc_switches(procs[i].0.id())));
     let t0 = Instant::now();
     let cpu0 = cpu_times();
+    let threads0 = thread_stats(procs[0].0.id());
     pair.fw[0].enter(move || inject(&batch)).unwrap();
     let inject_s = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_times();
+    eprintln!(
+        "at the injection's end: conntrackd master has {} bytes unread in its event socket; \
+         its threads during the injection: {}",
+        netlink_unread_bytes(&pair.fw[0]),
+        thread_delta(&threads0, &thread_stats(procs[0].0.id()))
+    );
     eprintln!(
         "injection with conntrackd listening: {inject_s:.3} s wall, injector CPU user {:.3} s, \
          sys {:.3} s",

@@ -326,6 +326,46 @@ fn a_burst_into_a_small_buffer_is_reported_as_overrun() {
     assert!(got.len() < 2000);
 }
 
+/// A burst that is queued in the event socket is read many messages per system call
+/// (`recvmmsg`), and every event arrives once: 5,000 new entries, each its own netlink
+/// datagram, in at most a few dozen calls (a plain `recv` takes one call per event).
+#[test]
+fn a_queued_burst_is_read_many_events_per_call() {
+    let ns = Netns::new("ctmmsg").unwrap();
+    let mut ev = ns.enter(|| Events::subscribe(16 << 20).unwrap()).unwrap();
+    let burst = twinwall_sync::lab::udp_entries(
+        5000,
+        |k| format!("192.0.2.{}", 10 + k).parse().unwrap(),
+        "198.51.100.10".parse().unwrap(),
+    );
+    let r = ns
+        .enter(move || Conntrack::open().unwrap().commit(&burst).unwrap())
+        .unwrap();
+    assert_eq!(r.failed, 0, "{r:?}");
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        ev.recv(&mut got).unwrap();
+        if got.len() >= 5000 {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 5000, "every event once");
+    assert!(got.iter().all(|e| e.kind == EventKind::New));
+    let mut ports: Vec<u16> = got
+        .iter()
+        .filter_map(|e| e.entry.orig.l4.ports().map(|p| p.0))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 5000, "no event twice, none lost");
+    let (calls, messages) = ev.intake_stats();
+    assert_eq!(messages, 5000);
+    assert!(
+        calls <= 5000 / 64,
+        "{calls} receive calls for {messages} queued events"
+    );
+}
+
 /// A second commit of entries that are already in the kernel (a node that was master for
 /// a moment and committed them, then backup, then master again) updates them in place:
 /// nothing fails (the kernel refuses NAT attributes on an existing entry, EOPNOTSUPP), the

@@ -224,6 +224,7 @@ impl Pair {
             tuning: Tuning::default(),
             event_rcvbuf: 64 << 20,
             commit_rt_priority: crate::service::DEFAULT_COMMIT_RT_PRIORITY,
+            rt_priority: crate::service::DEFAULT_RT_PRIORITY,
         }
     }
 
