@@ -55,12 +55,13 @@ fn an_abandoned_commit_neither_double_applies_nor_loses_entries() {
 
     // fw1 cut: fw2's VRRP becomes master and its sync service starts committing the 20k
     // entries (tens of ms or more); it is frozen in the middle of that commit, which runs
-    // under SCHED_FIFO (RtBoost): the policy of its threads tells when.
+    // at its own SCHED_FIFO priority (RtBoost, 2, above the service threads' 1): the
+    // real-time priority of its threads tells when.
     let pid = c.service_pid(1, "sync").unwrap();
     c.cut(0).unwrap();
     // The watcher runs above the commit's priority: on a loaded machine a normally
     // scheduled poller missed the whole commit (tens of ms) in 2 of 3 runs at load 30-60.
-    let boost = twinwall_sync::service::RtBoost::raise(2);
+    let boost = twinwall_sync::service::RtBoost::raise(3);
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end && !committing(pid) {
         std::thread::sleep(Duration::from_micros(200));
@@ -170,21 +171,24 @@ fn an_abandoned_commit_neither_double_applies_nor_loses_entries() {
     );
 }
 
-/// True while a thread of process `pid` runs under SCHED_FIFO (the sync service's commit).
+/// True while a thread of process `pid` runs at the commit's real-time priority (2 by
+/// default; the service's other threads run at 1).
 fn committing(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
     tasks.flatten().any(|t| {
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // field 41 (policy); fields 3.. follow the ")" that ends the command name
+        // field 40 (rt_priority); fields 3.. follow the ")" that ends the command name
         let rest: Vec<&str> = stat
             .rsplit(')')
             .next()
             .unwrap_or("")
             .split_whitespace()
             .collect();
-        rest.get(38) == Some(&"1")
+        rest.get(37)
+            .and_then(|p| p.parse::<i32>().ok())
+            .is_some_and(|p| p >= twinwall_sync::service::DEFAULT_COMMIT_RT_PRIORITY)
     })
 }
 

@@ -558,9 +558,10 @@ impl Service {
     }
 }
 
-/// The default `SCHED_FIFO` priority of the takeover commit: the lowest real-time one,
-/// above every normal process and below any real-time task the system has.
-pub const DEFAULT_COMMIT_RT_PRIORITY: i32 = 1;
+/// The default `SCHED_FIFO` priority of the takeover commit: one above the service's own
+/// threads ([`DEFAULT_RT_PRIORITY`]), above every normal process and below any other
+/// real-time task the system has.
+pub const DEFAULT_COMMIT_RT_PRIORITY: i32 = 2;
 
 /// The default `SCHED_FIFO` priority of the service's threads (event intake, main loop,
 /// UDP reader): the lowest real-time one, as conntrackd's `Scheduler` and keepalived's
