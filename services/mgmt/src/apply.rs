@@ -285,7 +285,13 @@ pub struct LiveApplier {
     /// How services are restarted.
     pub restarter: Box<dyn Restarter>,
     standby: std::sync::Mutex<Option<ArmedNft>>,
+    /// After a standby that could not start or died by itself: no new one before this.
+    retry_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long [`LiveApplier::refill`] waits after a standby nft failed (no nft, an nft that
+/// exits at once), instead of starting one on every tick.
+const STANDBY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LiveApplier {
     /// An applier running `nft` (no standby nft yet: [`LiveApplier::refill`] starts one).
@@ -295,6 +301,7 @@ impl LiveApplier {
             running_config,
             restarter,
             standby: std::sync::Mutex::new(None),
+            retry_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -305,12 +312,25 @@ impl LiveApplier {
     /// Starts the standby nft if there is none (service start, after a push took it).
     pub fn refill(&self) {
         let mut s = self.standby();
-        if s.as_mut().is_some_and(ArmedNft::alive) {
+        let mut retry = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if let Some(a) = s.as_mut() {
+            if a.alive() {
+                return;
+            }
+            tracing::warn!("the standby nft exited by itself");
+            *s = None;
+            *retry = Some(now + STANDBY_RETRY);
+        }
+        if retry.is_some_and(|t| now < t) {
             return;
         }
         match ArmedNft::spawn(&self.nft) {
             Ok(a) => *s = Some(a),
-            Err(e) => tracing::warn!(error = %e, "cannot start a standby nft"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a standby nft");
+                *retry = Some(now + STANDBY_RETRY);
+            }
         }
     }
 
@@ -484,6 +504,9 @@ mod tests {
         )
         .unwrap();
         std::thread::sleep(Duration::from_millis(200));
+        // found dead: no new standby at once (no spawn loop on every tick)
+        applier.refill();
+        assert!(applier.standby().is_none());
         let armed = applier.arm("fw1").unwrap();
         assert_ne!(pid(&armed), dead);
         // dropped unused: killed, nothing applied (the table is still v1's)
