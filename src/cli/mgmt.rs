@@ -160,13 +160,13 @@ pub fn run(a: MgmtArgs) -> anyhow::Result<()> {
         .config
         .clone()
         .unwrap_or_else(|| a.run_dir.join("cluster.toml"));
-    let applier = LiveApplier {
-        nft: twinwall_ruleset::Nft::default(),
-        running_config: running_config.clone(),
-        restarter: Box::new(InitRestarter {
+    let applier = LiveApplier::new(
+        twinwall_ruleset::Nft::default(),
+        running_config.clone(),
+        Box::new(InitRestarter {
             run_dir: a.run_dir.clone(),
         }),
-    };
+    );
     let node = Node::new(settings, store, applier);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -28,8 +28,8 @@ pub struct UpdateArgs {
     /// Reboot into the new slot once it is written.
     #[arg(long)]
     reboot: bool,
-    /// Roll the pair: backup first, wait healthy and synced, then the master; stop and
-    /// roll back on failure.
+    /// Roll the pair: backup first, wait healthy and synced, then the master; on a
+    /// failure stop, and roll the updated node back when its peer still serves.
     #[arg(long, requires = "config_bundle")]
     cluster: bool,
     /// With --cluster: the config bundle in force (the signed proof a rollback needs).
@@ -225,11 +225,29 @@ async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
         }
         let event = match &action {
             Action::Upload { node } => match upload(addrs[node], &a.bundle, true, false).await {
-                Ok(_) => Some(Event::Uploaded),
-                Err(e) => Some(Event::Failed {
-                    reason: format!("{e:#}"),
-                    answers: status(addrs[node]).await.is_some(),
+                Ok(v) if v["reboot"] == "rebooting" => Some(Event::Uploaded),
+                // Written, but it will not reboot (not PID 1, init unreachable): it
+                // still runs its old slot.
+                Ok(v) => Some(Event::Failed {
+                    reason: format!("slot written, but {}", v["reboot"]),
+                    answers: true,
                 }),
+                Err(e) => {
+                    let answers = status(addrs[node]).await.is_some();
+                    eprintln!(
+                        "twinwall: +{:.1} s {node}: upload failed ({}): {e:#}",
+                        t0.elapsed().as_secs_f64(),
+                        if answers {
+                            "it still answers: it runs its old slot"
+                        } else {
+                            "it does not answer"
+                        }
+                    );
+                    Some(Event::Failed {
+                        reason: format!("{e:#}"),
+                        answers,
+                    })
+                }
             },
             Action::Reboot { .. } => None, // requested with the upload
             Action::Poll { node } => {
@@ -267,12 +285,32 @@ async fn cluster(a: &UpdateArgs, first: SocketAddr) -> anyhow::Result<()> {
                     Duration::from_secs(30),
                 )
                 .await;
-                match r {
-                    Ok(x) if x.ok() => eprintln!("twinwall: {node}: rolled back"),
-                    Ok(x) => eprintln!("twinwall: {node}: {}", fail("rollback refused", &x)),
-                    Err(e) => eprintln!("twinwall: {node}: rollback failed: {e}"),
+                let failed = |reason: String| Event::Failed {
+                    reason,
+                    answers: false,
+                };
+                let ev = match r {
+                    Ok(x) if x.ok() => {
+                        let next = x.json();
+                        eprintln!(
+                            "twinwall: +{:.1} s {node}: rolling back: next boot slot {}, {}",
+                            t0.elapsed().as_secs_f64(),
+                            next["next_boot"].as_str().unwrap_or("?"),
+                            next["reboot"].as_str().unwrap_or("?")
+                        );
+                        if next["reboot"] == "rebooting" {
+                            Event::RollbackAccepted
+                        } else {
+                            failed(format!("it will not reboot: {}", next["reboot"]))
+                        }
+                    }
+                    Ok(x) => failed(format!("{:#}", fail("rollback refused", &x))),
+                    Err(e) => failed(format!("{e:#}")),
+                };
+                if let Event::Failed { reason, .. } = &ev {
+                    eprintln!("twinwall: {node}: rollback failed: {reason}");
                 }
-                None
+                Some(ev)
             }
             Action::Finish => {
                 println!("pair updated to OS version {target}");

@@ -173,6 +173,10 @@ pub struct Applied {
     pub warnings: Vec<String>,
     /// How long the `nft -f` transaction took (`None`: the ruleset did not change).
     pub nft_ms: Option<f64>,
+    /// How long before its use the nft that applied it had been started (`None`: none
+    /// was armed): under about a second its start-up may still have been running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nft_armed_ms: Option<f64>,
 }
 
 /// An `nft -f -` started ahead of its apply (phase 1 of a push): the exec, the dynamic
@@ -185,6 +189,8 @@ pub struct Applied {
 pub struct ArmedNft {
     program: String,
     child: Option<std::process::Child>,
+    /// When it was started (its age when used says whether its start-up was done).
+    started: std::time::Instant,
 }
 
 impl ArmedNft {
@@ -208,7 +214,20 @@ impl ArmedNft {
         Ok(ArmedNft {
             program,
             child: Some(child),
+            started: std::time::Instant::now(),
         })
+    }
+
+    /// Still waiting for its script (it did not exit, e.g. killed from outside).
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// How long ago it was started.
+    pub fn age(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Hands `script` to the waiting nft and waits for its one transaction.
@@ -252,6 +271,11 @@ impl Drop for ArmedNft {
 }
 
 /// The IO shell of a live apply.
+///
+/// It keeps one [`ArmedNft`] on standby: a push takes it (its start-up — exec, dynamic
+/// linking, nft's context — was done long before, which under TCG is hundreds of ms a
+/// phase 1 alone did not always hide) and a new one is started behind it. Waiting on
+/// its stdin it costs a sleeping process and no CPU.
 #[derive(Debug)]
 pub struct LiveApplier {
     /// How nft is run.
@@ -260,11 +284,65 @@ pub struct LiveApplier {
     pub running_config: PathBuf,
     /// How services are restarted.
     pub restarter: Box<dyn Restarter>,
+    standby: std::sync::Mutex<Option<ArmedNft>>,
+    /// After a standby that could not start or died by itself: no new one before this.
+    retry_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
+/// How long [`LiveApplier::refill`] waits after a standby nft failed (no nft, an nft that
+/// exits at once), instead of starting one on every tick.
+const STANDBY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl LiveApplier {
-    /// Starts an nft for a later [`LiveApplier::apply_armed`] (phase 1) on `node`.
+    /// An applier running `nft` (no standby nft yet: [`LiveApplier::refill`] starts one).
+    pub fn new(nft: Nft, running_config: PathBuf, restarter: Box<dyn Restarter>) -> LiveApplier {
+        LiveApplier {
+            nft,
+            running_config,
+            restarter,
+            standby: std::sync::Mutex::new(None),
+            retry_at: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn standby(&self) -> std::sync::MutexGuard<'_, Option<ArmedNft>> {
+        self.standby.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the standby nft if there is none (service start, after a push took it).
+    pub fn refill(&self) {
+        let mut s = self.standby();
+        let mut retry = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if let Some(a) = s.as_mut() {
+            if a.alive() {
+                return;
+            }
+            tracing::warn!("the standby nft exited by itself");
+            *s = None;
+            *retry = Some(now + STANDBY_RETRY);
+        }
+        if retry.is_some_and(|t| now < t) {
+            return;
+        }
+        match ArmedNft::spawn(&self.nft) {
+            Ok(a) => *s = Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a standby nft");
+                *retry = Some(now + STANDBY_RETRY);
+            }
+        }
+    }
+
+    /// An nft waiting for its script, for a later [`LiveApplier::apply_armed`] (phase 1)
+    /// on `node`: the standby one when it is still alive, else started now.
     pub fn arm(&self, node: &str) -> Result<ArmedNft, ApplyError> {
+        let taken = self.standby().take();
+        if let Some(mut a) = taken
+            && a.alive()
+        {
+            return Ok(a);
+        }
         ArmedNft::spawn(&self.nft).map_err(|source| ApplyError::Nft {
             node: node.to_string(),
             source,
@@ -291,6 +369,7 @@ impl LiveApplier {
             &new.script,
         );
         let mut nft_ms = None;
+        let nft_armed_ms = armed.as_ref().map(|a| crate::timing::ms(a.age()));
         if plan.ruleset {
             let t0 = std::time::Instant::now();
             // One transaction: the kernel takes the whole script or nothing of it, so no
@@ -326,6 +405,7 @@ impl LiveApplier {
             restarted,
             warnings,
             nft_ms,
+            nft_armed_ms,
         })
     }
 }
@@ -375,6 +455,66 @@ mod tests {
         let p = plan(None, &new.view, None, &new.script);
         assert!(p.ruleset);
         assert_eq!(p.restart, vec!["vrrp", "sync"]);
+    }
+
+    #[derive(Debug)]
+    struct NoRestart;
+
+    impl Restarter for NoRestart {
+        fn restart(&self, _: &str) -> Result<bool, String> {
+            Ok(false)
+        }
+    }
+
+    fn pid(a: &ArmedNft) -> u32 {
+        a.child.as_ref().map(std::process::Child::id).unwrap()
+    }
+
+    /// Root: a real nft in a namespace of its own.
+    #[test]
+    fn the_standby_nft_is_used_once_and_a_dead_one_is_replaced() {
+        let ns = twinwall_testkit::Netns::new("mgmtstb").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let applier = LiveApplier::new(
+            Nft::in_netns(ns.name()),
+            dir.path().join("cluster.toml"),
+            Box::new(NoRestart),
+        );
+        applier.refill();
+        let standby = pid(applier.standby().as_ref().unwrap());
+        applier.refill();
+        assert_eq!(pid(applier.standby().as_ref().unwrap()), standby, "kept");
+        let armed = applier.arm("fw1").unwrap();
+        assert_eq!(pid(&armed), standby, "a push takes the standby nft");
+        assert!(applier.standby().is_none());
+        // it applies for real, in one transaction
+        let new = view(SEED);
+        let applied = applier.apply_armed(None, &new, Some(armed)).unwrap();
+        assert!(applied.nft_armed_ms.is_some() && applied.nft_ms.is_some());
+        let listing = ns
+            .run("nft", ["list", "table", "inet", "twinwall"])
+            .unwrap();
+        assert!(listing.contains("chain forward"), "{listing}");
+        // a standby that died (killed from outside) is not handed out
+        applier.refill();
+        let dead = pid(applier.standby().as_ref().unwrap());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(dead as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // found dead: no new standby at once (no spawn loop on every tick)
+        applier.refill();
+        assert!(applier.standby().is_none());
+        let armed = applier.arm("fw1").unwrap();
+        assert_ne!(pid(&armed), dead);
+        // dropped unused: killed, nothing applied (the table is still v1's)
+        drop(armed);
+        let after = ns
+            .run("nft", ["list", "table", "inet", "twinwall"])
+            .unwrap();
+        assert_eq!(after, listing);
     }
 
     #[test]

@@ -169,6 +169,9 @@ fn bundle_sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// How long after start-up the first standby nft is started (boot is busy enough).
+const STANDBY_AFTER_START: Duration = Duration::from_secs(5);
+
 /// The management service of one node.
 #[derive(Debug)]
 pub struct Node {
@@ -455,6 +458,9 @@ impl Node {
                 if let Some(nft) = applied.nft_ms {
                     t.set("apply.nft", Duration::from_secs_f64(nft / 1000.0));
                 }
+                if let Some(age) = applied.nft_armed_ms {
+                    t.set("apply.nft_armed_age", Duration::from_secs_f64(age / 1000.0));
+                }
                 let mut i = self.lock();
                 i.current = Some(p);
                 i.version = Some(version);
@@ -706,7 +712,13 @@ impl Node {
         t.set("phase2.local", local_d);
         let applied = match local {
             Ok((a, lt)) => {
-                for k in ["install", "apply", "apply.nft", "install+apply"] {
+                for k in [
+                    "install",
+                    "apply",
+                    "apply.nft",
+                    "apply.nft_armed_age",
+                    "install+apply",
+                ] {
                     if let Some(ms) = lt.get(k) {
                         t.set(
                             &format!("phase2.local.{k}"),
@@ -1007,8 +1019,21 @@ impl Node {
         .map_err(|e| MgmtError::Unavailable(format!("cannot signal init: {e}")))
     }
 
-    /// One tick of the background work: revert an expired window.
+    /// One tick of the background work: revert an expired window; start the standby nft
+    /// when none waits (only while no push runs or is staged, and not in the first
+    /// seconds after start-up, so that it competes with neither).
     pub async fn tick(self: &Arc<Self>) {
+        let idle = !self.settings.fail_closed
+            && self.started.elapsed() >= STANDBY_AFTER_START
+            && self.write.try_lock().is_ok()
+            && {
+                let i = self.lock();
+                i.pushing == 0 && i.staged.is_none()
+            };
+        if idle {
+            let n = self.clone();
+            let _ = tokio::task::spawn_blocking(move || n.applier.refill()).await;
+        }
         let expired = self
             .lock()
             .window
