@@ -193,7 +193,19 @@ pub struct Switch {
     aging_ms: u64,
     adverts: HashMap<(PortId, u8), AdvertSeen>,
     claims: HashMap<std::net::Ipv4Addr, (PortId, u64)>,
+    garps: HashMap<(PortId, std::net::Ipv4Addr), GarpSeen>,
     observed: std::collections::VecDeque<Observed>,
+}
+
+/// The gratuitous ARPs (sender = target address) one port sent for one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GarpSeen {
+    /// Switch time of the first one (ms).
+    pub first_ms: u64,
+    /// Switch time of the last one (ms).
+    pub last_ms: u64,
+    /// How many.
+    pub count: u64,
 }
 
 fn is_multicast(mac: &[u8]) -> bool {
@@ -236,6 +248,7 @@ impl Switch {
             aging_ms: DEFAULT_AGING_MS,
             adverts: HashMap::new(),
             claims: HashMap::new(),
+            garps: HashMap::new(),
             observed: std::collections::VecDeque::new(),
         }
     }
@@ -272,7 +285,16 @@ impl Switch {
                     self.note(now_ms, port, ObservedKind::AdvertStart { vrid, priority });
                 }
             }
-            Some(Seen::Arp { sender, .. }) if !sender.is_unspecified() => {
+            Some(Seen::Arp { sender, gratuitous }) if !sender.is_unspecified() => {
+                if gratuitous {
+                    let g = self.garps.entry((port, sender)).or_insert(GarpSeen {
+                        first_ms: now_ms,
+                        last_ms: now_ms,
+                        count: 0,
+                    });
+                    g.last_ms = now_ms;
+                    g.count += 1;
+                }
                 let prev = self.claims.insert(sender, (port, now_ms));
                 if prev.is_none_or(|(p, _)| p != port) {
                     self.note(now_ms, port, ObservedKind::Claim { address: sender });
@@ -309,6 +331,12 @@ impl Switch {
         self.claims
             .get(&address)
             .map(|(p, ms)| (self.ports[*p].spec.name(), *ms))
+    }
+
+    /// The gratuitous ARPs a port sent for an address (announcements: a takeover's, or a
+    /// master's re-announcement after a healed split brain).
+    pub fn garps(&self, port: PortId, address: std::net::Ipv4Addr) -> Option<GarpSeen> {
+        self.garps.get(&(port, address)).copied()
     }
 
     /// The observer's events at or after `since_ms`.
@@ -708,6 +736,22 @@ mod tests {
         assert_eq!(ev.len(), 2, "{ev:?}"); // fw2's advert start at 200, its claim at 600
         assert_eq!(ev[1].port, "fw2:inside");
         assert!(matches!(ev[1].what, ObservedKind::Claim { .. }));
+        // Gratuitous ARPs are counted per port and address; fw1 re-announces later.
+        let vip = "198.51.100.1".parse().unwrap();
+        let fw2 = s.garps(2, vip).unwrap();
+        assert_eq!((fw2.first_ms, fw2.last_ms, fw2.count), (600, 600, 1));
+        s.frame(1, &garp(B), 900, &mut out);
+        s.frame(1, &garp(B), 1000, &mut out);
+        let fw1 = s.garps(1, vip).unwrap();
+        assert_eq!((fw1.first_ms, fw1.last_ms, fw1.count), (101, 1000, 3));
+        assert_eq!(s.claim(vip), Some(("fw1:inside".into(), 1000)));
+        // An ARP reply from the VIP is a claim, not an announcement.
+        let mut reply = garp(A);
+        reply[21] = 2;
+        reply[38..42].copy_from_slice(&[198, 51, 100, 9]);
+        s.frame(2, &reply, 1100, &mut out);
+        assert_eq!(s.garps(2, vip).unwrap().count, 1);
+        assert_eq!(s.claim(vip), Some(("fw2:inside".into(), 1100)));
     }
 
     #[test]
