@@ -227,11 +227,13 @@ impl<'a> Run<'a> {
         );
     }
 
-    /// After a heal `h` that ended two masters: `winner` re-announces every VIP
-    /// (gratuitous ARP seen on the wire after the heal, from its port on the VIP's
-    /// segment) and the last ARP for each VIP on the wire is the winner's, so the
-    /// neighbours' caches point at it. Waits up to [`FAILOVER`] for it.
-    fn check_reannounced(&mut self, winner: &str, h: u64) {
+    /// After a heal `h` that ended two masters (fault at `fault`): every VIP that the
+    /// loser announced during the fault is re-announced by `winner` (its gratuitous ARP
+    /// seen on the wire after the heal, from its port on the VIP's segment), and the last
+    /// ARP for every VIP on the wire is the winner's, so the neighbours' caches point at
+    /// it. Waits up to [`FAILOVER`] for it.
+    fn check_reannounced(&mut self, winner: &str, fault: u64, h: u64) {
+        let loser = self.peer_of(winner);
         let seen = self.wait_why("the winner's GARPs after the heal", FAILOVER, |r| {
             let lab = lock(r.lab);
             let core = lab.switch.core();
@@ -242,33 +244,35 @@ impl<'a> Run<'a> {
                     continue;
                 };
                 let port = format!("{winner}:{}", v.zone);
-                let g = core
-                    .port(&port)
-                    .ok()
-                    .and_then(|p| core.garps(p, a))
-                    .filter(|g| g.last_ms >= h);
+                let garps = |node: &str, since: u64| {
+                    core.port(&format!("{node}:{}", v.zone))
+                        .ok()
+                        .and_then(|p| core.garps(p, a))
+                        .filter(|g| g.last_ms >= since)
+                };
+                let taken = garps(&loser, fault);
+                let again = garps(winner, h);
                 let holder = core.claim(a).map(|(p, _)| p);
-                match g {
-                    Some(g) if holder.as_deref() == Some(port.as_str()) => lines.push(format!(
-                        "{a}: GARP from {port} {} ms after the heal, ARP holder {port}",
+                let line = format!(
+                    "{a}: {loser} announced it {} during the fault; {winner} {} after the heal; ARP holder {}",
+                    taken.map_or(0, |g| g.count),
+                    again.map_or("did not re-announce".to_string(), |g| format!(
+                        "re-announced {} ms",
                         g.last_ms.saturating_sub(h)
                     )),
-                    _ => {
-                        all = false;
-                        lines.push(format!(
-                            "{a}: no GARP from {port} since the heal or ARP holder {holder:?}"
-                        ));
-                    }
-                }
+                    holder.as_deref().unwrap_or("-"),
+                );
+                all &= holder.as_deref() == Some(port.as_str()) && (taken.is_none() || again.is_some());
+                lines.push(line);
             }
             if all {
-                Ok(lines.join(", "))
+                Ok(lines.join("; "))
             } else {
-                Err(lines.join(", "))
+                Err(lines.join("; "))
             }
         });
         self.check(
-            "on heal the master re-announces every VIP (GARP seen, it holds the ARP)",
+            "on heal the master re-announces the VIPs the peer took (GARP seen) and holds every VIP's ARP",
             seen.is_ok(),
             match seen {
                 Ok(s) => s,
@@ -528,6 +532,13 @@ fn boot(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         ));
     }
     std::thread::sleep(Duration::from_secs(3));
+    if let Some(snat) = server_answers_only_vips(&lock(r.lab)) {
+        r.check(
+            "the server answers the outside VIP only (SNAT to the VIP)",
+            snat.is_ok(),
+            snat.unwrap_or_else(|e| e),
+        );
+    }
     r.finish_traffic()?;
     r.check(
         "the client reaches the server through the VIPs",
@@ -636,6 +647,61 @@ fn takeover_timeline(lab: &Lab, old: &str, new: &str, kill_ms: u64, gaps: &Clien
         gap(agent::Proto::Udp),
         gap(agent::Proto::Tcp),
     )
+}
+
+/// What the echo server's port sent on the wire: every unicast IPv4 packet must go to a
+/// VIP of its own segment (the firewalls SNAT the client's flows to the outside VIP), none to a client's own
+/// address. `None`: the topology has no server lab host.
+fn server_answers_only_vips(lab: &Lab) -> Option<Result<String, String>> {
+    let server = lab.plan.vms.iter().find(|v| {
+        matches!(
+            v.role,
+            crate::topology::VmRole::LabHost {
+                agent: Some(crate::topology::AgentKind::Server),
+                ..
+            }
+        )
+    })?;
+    let segments: BTreeSet<&str> = lab
+        .plan
+        .ports
+        .iter()
+        .filter(|p| p.node == server.name)
+        .map(|p| p.segment.as_str())
+        .collect();
+    let vips: BTreeSet<std::net::IpAddr> = lab
+        .vips
+        .iter()
+        .filter(|v| segments.contains(v.zone.as_str()))
+        .map(|v| v.address.addr())
+        .collect();
+    let core = lab.switch.core();
+    let mut to: BTreeMap<std::net::Ipv4Addr, u64> = BTreeMap::new();
+    for (id, p) in lab.plan.ports.iter().enumerate() {
+        if p.node == server.name {
+            for (a, n) in core.destinations(id) {
+                *to.entry(a).or_default() += n;
+            }
+        }
+    }
+    let text = to
+        .iter()
+        .map(|(a, n)| format!("{a}: {n} packets"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let others: Vec<_> = to
+        .keys()
+        .filter(|a| !vips.contains(&std::net::IpAddr::V4(**a)))
+        .collect();
+    Some(if !to.is_empty() && others.is_empty() {
+        Ok(format!("{} sent to {text}", server.name))
+    } else {
+        Err(format!(
+            "{} sent to {} (not a VIP: {others:?})",
+            server.name,
+            if text.is_empty() { "nothing" } else { &text }
+        ))
+    })
 }
 
 /// Master_Down_Interval of `vm` (3 adverts + its Skew_Time, RFC 5798 §6.1), in ms.
@@ -873,7 +939,7 @@ fn partition(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         format!("{:?} ms (3 adverts = {} ms)", one.ok(), 3 * advert),
     );
     let back = r.settled(SETTLE)?;
-    r.check_reannounced(&back, h);
+    r.check_reannounced(&back, t, h);
     r.check_no_flow_broken("the flows recover (every flow echoing, none reset)")?;
     r.observe_from(t);
     r.report.master_after = Some(back);
@@ -976,7 +1042,7 @@ fn one_way(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         format!("{:?} ms (3 adverts = {} ms)", one.ok(), 3 * advert),
     );
     let back = r.settled(SETTLE)?;
-    r.check_reannounced(&back, h);
+    r.check_reannounced(&back, t, h);
     r.report.master_after = Some(back);
     Ok(())
 }
