@@ -200,13 +200,14 @@ pub struct Switch {
     aging_ms: u64,
     adverts: HashMap<(PortId, u8), AdvertSeen>,
     claims: HashMap<std::net::Ipv4Addr, (PortId, u64)>,
-    garps: HashMap<(PortId, std::net::Ipv4Addr), GarpSeen>,
+    garps: HashMap<(PortId, std::net::Ipv4Addr), std::collections::VecDeque<u64>>,
     /// Per port, the unicast IPv4 destinations of the packets it sent, and how many.
     destinations: HashMap<PortId, BTreeMap<std::net::Ipv4Addr, u64>>,
     observed: std::collections::VecDeque<Observed>,
 }
 
-/// The gratuitous ARPs (sender = target address) one port sent for one address.
+/// Gratuitous ARPs (sender = target address) one port sent for one address: the first
+/// and last of a span, and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GarpSeen {
     /// Switch time of the first one (ms).
@@ -216,6 +217,10 @@ pub struct GarpSeen {
     /// How many.
     pub count: u64,
 }
+
+/// Send times of the gratuitous ARPs kept per port and address (a takeover's series is
+/// a handful; older ones are dropped).
+const GARPS_KEPT: usize = 256;
 
 fn is_multicast(mac: &[u8]) -> bool {
     mac[0] & 1 == 1
@@ -314,13 +319,11 @@ impl Switch {
             }
             Some(Seen::Arp { sender, gratuitous }) if !sender.is_unspecified() => {
                 if gratuitous {
-                    let g = self.garps.entry((port, sender)).or_insert(GarpSeen {
-                        first_ms: now_ms,
-                        last_ms: now_ms,
-                        count: 0,
-                    });
-                    g.last_ms = now_ms;
-                    g.count += 1;
+                    let g = self.garps.entry((port, sender)).or_default();
+                    if g.len() >= GARPS_KEPT {
+                        g.pop_front();
+                    }
+                    g.push_back(now_ms);
                 }
                 let prev = self.claims.insert(sender, (port, now_ms));
                 if prev.is_none_or(|(p, _)| p != port) {
@@ -368,7 +371,28 @@ impl Switch {
     /// The gratuitous ARPs a port sent for an address (announcements: a takeover's, or a
     /// master's re-announcement after a healed split brain).
     pub fn garps(&self, port: PortId, address: std::net::Ipv4Addr) -> Option<GarpSeen> {
-        self.garps.get(&(port, address)).copied()
+        self.garps_since(port, address, 0)
+    }
+
+    /// The gratuitous ARPs a port sent for an address at or after `since_ms`.
+    pub fn garps_since(
+        &self,
+        port: PortId,
+        address: std::net::Ipv4Addr,
+        since_ms: u64,
+    ) -> Option<GarpSeen> {
+        let mut t = self
+            .garps
+            .get(&(port, address))?
+            .iter()
+            .filter(|ms| **ms >= since_ms);
+        let first = *t.next()?;
+        let (last, count) = t.fold((first, 1), |(_, n), ms| (*ms, n + 1));
+        Some(GarpSeen {
+            first_ms: first,
+            last_ms: last,
+            count,
+        })
     }
 
     /// The unicast IPv4 destinations of the packets `port` sent (VRRP excluded), with
@@ -782,6 +806,9 @@ mod tests {
         s.frame(1, &garp(B), 1000, &mut out);
         let fw1 = s.garps(1, vip).unwrap();
         assert_eq!((fw1.first_ms, fw1.last_ms, fw1.count), (101, 1000, 3));
+        let since = s.garps_since(1, vip, 800).unwrap();
+        assert_eq!((since.first_ms, since.last_ms, since.count), (900, 1000, 2));
+        assert_eq!(s.garps_since(1, vip, 1001), None);
         assert_eq!(s.claim(vip), Some(("fw1:inside".into(), 1000)));
         // An ARP reply from the VIP is a claim, not an announcement.
         let mut reply = garp(A);
