@@ -31,8 +31,10 @@ fn backup_takeovers_of_an_idle_pair() {
     opts.only = vec!["fw1".into(), "fw2".into()];
     let booted = Instant::now();
     let lab = Mutex::new(Lab::up(&opts).expect("lab up"));
-    let master = wait_for(&lab, "one master", Duration::from_secs(400), |l| {
-        sole_master(&l.status())
+    // The final master: with preemption the higher priority, whichever booted first.
+    let master = wait_for(&lab, "the final master", Duration::from_secs(400), |l| {
+        let m = sole_master(&l.status())?;
+        l.expected_master().is_none_or(|e| e == m).then_some(m)
     });
     let boot_s = booted.elapsed().as_secs_f64();
     // Let the start-up settle (preemption, the first GARP series), then watch.
