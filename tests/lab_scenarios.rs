@@ -4,8 +4,10 @@
 //! (inside) and a server VM (outside) in the lab-host role, everything joined by the lab
 //! switch. The pair is booted once and the
 //! scenarios run in sequence (`scenario::ALL`; kill-master last), each writing its JSON
-//! report to RUN_DIR/reports. The test fails if any scenario check fails; the reports'
-//! timings (gaps, takeover times) are measurements, not assertions.
+//! report to RUN_DIR/reports. The test fails if any scenario check fails — including the
+//! killed master's takeover within Master_Down_Interval + a margin and the re-announced
+//! VIPs after a healed split brain; the client's gap ≤ 500 ms is a target that is
+//! printed and recorded (`target: true` in the report), not an assertion.
 
 mod lab_common;
 
@@ -26,12 +28,7 @@ fn seed_pair_failover_scenarios() {
             .unwrap_or_else(|e| panic!("{name}: {e}; consoles in {}", run.display()));
         eprintln!("{}", report.summary);
         for c in &report.checks {
-            eprintln!(
-                "  [{}] {}: {}",
-                if c.ok { "ok" } else { "FAIL" },
-                c.what,
-                c.detail
-            );
+            eprintln!("  [{}] {}: {}", c.mark(), c.what, c.detail);
         }
         if !report.ok {
             failed.push(report.summary.clone());

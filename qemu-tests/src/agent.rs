@@ -2,7 +2,9 @@
 //!
 //! * server: echoes TCP (one thread per connection) and UDP on one port;
 //! * client: keeps N long-lived TCP flows and one UDP flow to the server, each sending a
-//!   small numbered message every interval and waiting for its echo; per flow it records
+//!   small numbered message, waiting for its echo and then the interval
+//!   ([`FlowMode::StopAndWait`]; [`FlowMode::Stream`] sends every interval and checks
+//!   that the echoes come back in order); per flow it records
 //!   the longest gap between two echoes, resets (a connection that died: RST, EOF, error),
 //!   stalls (an established connection whose echo has not come back for
 //!   [`ClientConfig::stall_after`]: a firewall dropping it as invalid, which TCP would only
@@ -124,6 +126,30 @@ pub struct ClientConfig {
     /// An established TCP flow whose echo is missing this long counts as stalled (broken)
     /// and is reconnected.
     pub stall_after: Duration,
+    /// How the TCP flows send.
+    pub mode: FlowMode,
+}
+
+/// How a TCP flow sends its messages.
+///
+/// The choice decides what a TCP flow's gap measures after a path outage. A
+/// stop-and-wait flow (the default: an interactive session) has one segment in flight;
+/// when it is lost, only TCP's timers resend it (tail loss probe ~200 ms, then the
+/// retransmission timeout, doubling), so its gap is the outage rounded *up* to that
+/// schedule: in netns (`scripts/lab-gap.sh`) a 330 ms outage gave 433-441 ms. A stream
+/// sends a message every interval whatever is unechoed; that does not recover sooner:
+/// the first retransmission timeout during the outage collapses the congestion window to
+/// one segment, the new messages wait in the socket, and the next timeout (~600 ms after
+/// the first loss) is what recovers: 652-680 ms for the same outage. Both are the
+/// client's TCP, not the firewall; the UDP flow's gap is the path's own outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowMode {
+    /// A message every interval, whatever is still unechoed; echoes checked in order.
+    Stream,
+    /// Send, wait for the echo, wait the interval, send the next.
+    #[default]
+    StopAndWait,
 }
 
 /// Transport of a flow.
@@ -404,7 +430,10 @@ fn tcp_flow(id: usize, cfg: &ClientConfig, flows: &Flows) {
             // A new connection starts a fresh gap count.
             f.echoes = 0;
         });
-        let end = echo_loop(id, cfg, flows, &mut s);
+        let end = match cfg.mode {
+            FlowMode::Stream => stream_loop(id, cfg, flows, &mut s),
+            FlowMode::StopAndWait => echo_loop(id, cfg, flows, &mut s),
+        };
         tracing::warn!(flow = id, end = ?end, "flow broken; reconnecting");
         with_flow(flows, id, |f| {
             f.connected = false;
@@ -459,6 +488,64 @@ fn echo_loop(id: usize, cfg: &ClientConfig, flows: &Flows, s: &mut TcpStream) ->
         }
         with_flow(flows, id, |f| f.echo(Instant::now()));
         std::thread::sleep(cfg.interval);
+    }
+}
+
+/// A message every interval, without waiting for echoes; each echo must be the next in
+/// order. A flow whose oldest unechoed message is older than the stall time is stalled.
+/// Returns why the flow ended.
+fn stream_loop(id: usize, cfg: &ClientConfig, flows: &Flows, s: &mut TcpStream) -> FlowEnd {
+    let mut sent = 0u64;
+    let mut echoed = 0u64;
+    // Send times of the messages not yet echoed, oldest first.
+    let mut unechoed: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let mut next = Instant::now();
+    let mut got = [0u8; MSG];
+    let mut have = 0;
+    loop {
+        let now = Instant::now();
+        if now >= next {
+            sent += 1;
+            if let Err(e) = s.write_all(&msg(id, sent)) {
+                return FlowEnd::Reset(e);
+            }
+            unechoed.push_back(now);
+            with_flow(flows, id, |f| f.sent += 1);
+            // After a stall of this thread the next message is an interval away, not a
+            // burst of catch-ups.
+            next = (next + cfg.interval).max(now);
+        }
+        if let Some(oldest) = unechoed.front()
+            && oldest.elapsed() >= cfg.stall_after
+        {
+            return FlowEnd::Stalled(oldest.elapsed());
+        }
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        if let Err(e) = s.set_read_timeout(Some(wait)) {
+            return FlowEnd::Reset(e);
+        }
+        match s.read(&mut got[have..]) {
+            Ok(0) => return FlowEnd::Reset(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                have += n;
+                if have == MSG {
+                    have = 0;
+                    if got != msg(id, echoed + 1) {
+                        return FlowEnd::Reset(std::io::Error::new(
+                            ErrorKind::InvalidData,
+                            format!("echo out of order: expected message {}", echoed + 1),
+                        ));
+                    }
+                    echoed += 1;
+                    unechoed.pop_front();
+                    with_flow(flows, id, |f| f.echo(Instant::now()));
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return FlowEnd::Reset(e),
+        }
     }
 }
 
@@ -557,6 +644,7 @@ mod tests {
             interval: Duration::from_millis(10),
             stats,
             stall_after: STALL_AFTER,
+            mode: FlowMode::StopAndWait,
         };
         std::thread::spawn(move || run_client(cfg));
         let wait = |pred: &dyn Fn(&ClientStats) -> bool| {
@@ -614,6 +702,7 @@ mod tests {
             interval: Duration::from_millis(10),
             stats,
             stall_after: Duration::from_millis(400),
+            mode: FlowMode::Stream,
         };
         std::thread::spawn(move || run_client(cfg));
         let start = Instant::now();
@@ -649,6 +738,7 @@ mod tests {
             interval: Duration::from_millis(10),
             stats,
             stall_after: STALL_AFTER,
+            mode: FlowMode::Stream,
         };
         std::thread::spawn(move || run_client(cfg));
         let start = Instant::now();

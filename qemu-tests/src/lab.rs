@@ -552,9 +552,25 @@ pub fn mgmt_nic(
     })
 }
 
+/// The options of the image's GRUB entry ([`twinwall_image::grub::CMDLINE`]) that a
+/// direct (`-kernel`) boot needs too: without `no_timer_check` a loaded TCG host
+/// panicked a lab firewall at boot ("IO-APIC + timer doesn't work!", 2026-12-02 17:06,
+/// load 25); GRUB-booted firewalls always had them. The console and log level differ
+/// on purpose (serial only, quieter).
+fn image_kernel_options() -> impl Iterator<Item = &'static str> {
+    twinwall_image::grub::CMDLINE
+        .split_whitespace()
+        .filter(|o| !o.starts_with("console=") && !o.starts_with("loglevel="))
+}
+
 /// The kernel command line of a VM (pure).
 pub fn kernel_cmdline(role: &VmRole, nics: usize, with_mgmt: bool, extra: &str) -> String {
-    let mut c = String::from("console=ttyS0,115200n8 panic=10 loglevel=4 twinwall.slot=a");
+    let mut c = String::from("console=ttyS0,115200n8 loglevel=4");
+    for o in image_kernel_options().filter(|o| !o.starts_with("panic=")) {
+        c.push(' ');
+        c.push_str(o);
+    }
+    c.push_str(" panic=10 twinwall.slot=a");
     if let VmRole::LabHost {
         agent,
         target,
@@ -1024,7 +1040,8 @@ mod tests {
         };
         assert_eq!(
             kernel_cmdline(&role, 1, true, ""),
-            "console=ttyS0,115200n8 panic=10 loglevel=4 twinwall.slot=a twinwall.role=lab-host \
+            "console=ttyS0,115200n8 loglevel=4 cryptomgr.notests no_timer_check mitigations=off \
+             panic=10 twinwall.slot=a twinwall.role=lab-host \
              twinwall.lab.addr=eth0=198.51.100.10/24 twinwall.lab.addr=eth1=192.0.2.80/26 \
              twinwall.lab.gw=198.51.100.1 twinwall.lab.agent=client \
              twinwall.lab.target=203.0.113.254:7000 twinwall.lab.port=7001"
@@ -1034,8 +1051,14 @@ mod tests {
         };
         assert_eq!(
             kernel_cmdline(&fw, 3, false, "x=1"),
-            "console=ttyS0,115200n8 panic=10 loglevel=4 twinwall.slot=a x=1"
+            "console=ttyS0,115200n8 loglevel=4 cryptomgr.notests no_timer_check mitigations=off \
+             panic=10 twinwall.slot=a x=1"
         );
+        // Every option of the GRUB entry but the console and log level is in it.
+        let direct = kernel_cmdline(&fw, 3, false, "");
+        for o in image_kernel_options() {
+            assert!(direct.split(' ').any(|d| d == o), "{o} missing: {direct}");
+        }
     }
 
     /// The lab's variant must not drift from the fixture: it is seed-pair.toml plus the

@@ -72,7 +72,33 @@ pub struct Check {
     pub ok: bool,
     /// The observed value.
     pub detail: String,
+    /// A timing target of issue 8 (e.g. the client's longest gap ≤ 500 ms): judged and
+    /// reported ("target missed"), but it does not fail the scenario — behaviour does,
+    /// a loaded TCG host's timing does not.
+    #[serde(default)]
+    pub target: bool,
 }
+
+impl Check {
+    /// `ok`, `FAIL`, `target met` or `target missed`.
+    pub fn mark(&self) -> &'static str {
+        match (self.target, self.ok) {
+            (false, true) => "ok",
+            (false, false) => "FAIL",
+            (true, true) => "target met",
+            (true, false) => "target missed",
+        }
+    }
+}
+
+/// Issue 8's target for the client's longest gap in a failover (scenarios 2-4).
+pub const GAP_TARGET_MS: u64 = 500;
+
+/// The margin over Master_Down_Interval within which a killed master's peer must answer
+/// for the VIPs (scenario 4): the commit + VIP + GARP path (~35 ms) and TCG scheduling.
+/// Tight enough to catch a takeover that waits on the wrong thing (the 2 s commit wait
+/// of a hung participant, a 1 s advert interval's 3.6 s).
+pub const TAKEOVER_MARGIN_MS: u64 = 500;
 
 /// A scenario's result (written as JSON to `RUN_DIR/reports/NAME.json`).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -176,7 +202,82 @@ impl<'a> Run<'a> {
             what: what.to_string(),
             ok,
             detail,
+            target: false,
         });
+    }
+
+    /// A timing target: recorded like a check, does not fail the scenario.
+    fn target(&mut self, what: &str, ok: bool, detail: String) {
+        tracing::info!(scenario = %self.name, target = what, ok, detail = %detail, "target");
+        self.report.checks.push(Check {
+            what: what.to_string(),
+            ok,
+            detail,
+            target: true,
+        });
+    }
+
+    /// Issue 8's gap target, on the gap [`Run::finish_traffic`] recorded.
+    fn gap_target(&mut self) {
+        let gap = self.report.longest_gap_ms;
+        self.target(
+            &format!("the client's longest gap ≤ {GAP_TARGET_MS} ms"),
+            gap <= GAP_TARGET_MS,
+            format!("{gap} ms"),
+        );
+    }
+
+    /// After a heal `h` that ended two masters (fault at `fault`): every VIP that the
+    /// loser announced during the fault is re-announced by `winner` (its gratuitous ARP
+    /// seen on the wire after the heal, from its port on the VIP's segment), and the last
+    /// ARP for every VIP on the wire is the winner's, so the neighbours' caches point at
+    /// it. Waits up to [`FAILOVER`] for it.
+    fn check_reannounced(&mut self, winner: &str, fault: u64, h: u64) {
+        let loser = self.peer_of(winner);
+        let seen = self.wait_why("the winner's GARPs after the heal", FAILOVER, |r| {
+            let lab = lock(r.lab);
+            let core = lab.switch.core();
+            let mut lines = Vec::new();
+            let mut all = true;
+            for v in &lab.vips {
+                let std::net::IpAddr::V4(a) = v.address.addr() else {
+                    continue;
+                };
+                let port = format!("{winner}:{}", v.zone);
+                let garps = |node: &str, since: u64| {
+                    core.port(&format!("{node}:{}", v.zone))
+                        .ok()
+                        .and_then(|p| core.garps_since(p, a, since))
+                };
+                let taken = garps(&loser, fault);
+                let again = garps(winner, h);
+                let holder = core.claim(a).map(|(p, _)| p);
+                let line = format!(
+                    "{a}: {loser} announced it {} during the fault; {winner} {} after the heal; ARP holder {}",
+                    taken.map_or(0, |g| g.count),
+                    again.map_or("did not re-announce".to_string(), |g| format!(
+                        "re-announced it {} ms",
+                        g.first_ms.saturating_sub(h)
+                    )),
+                    holder.as_deref().unwrap_or("-"),
+                );
+                all &= holder.as_deref() == Some(port.as_str()) && (taken.is_none() || again.is_some());
+                lines.push(line);
+            }
+            if all {
+                Ok(lines.join("; "))
+            } else {
+                Err(lines.join("; "))
+            }
+        });
+        self.check(
+            "on heal the master re-announces the VIPs the peer took (GARP seen) and holds every VIP's ARP",
+            seen.is_ok(),
+            match seen {
+                Ok(s) => s,
+                Err(e) => e.to_string(),
+            },
+        );
     }
 
     fn wait<T>(
@@ -297,6 +398,40 @@ impl<'a> Run<'a> {
             .map(|o| o.ms)
     }
 
+    /// Waits until every flow has echoed again since the new master answered (call it
+    /// then): only then is the gap the fault opened closed and counted whole. Waiting
+    /// for "an echo within 500 ms" instead returned at once while the flows were still
+    /// in the outage (their open gaps under 500 ms), and a snapshot then cut the gap
+    /// short (a killed master's TCP flows read 0 ms in the 17:20 run).
+    fn wait_recovered(&self) -> Result<(), ScenarioError> {
+        let before = self.traffic(false)?;
+        self.wait_why(
+            "every flow echoing again after the takeover",
+            FAILOVER,
+            |r| {
+                let now = r.traffic(false).map_err(|e| e.to_string())?;
+                let behind: Vec<String> = now
+                    .flows
+                    .iter()
+                    .filter(|f| {
+                        let echoed_since = before
+                            .flows
+                            .iter()
+                            .find(|b| b.id == f.id)
+                            .is_none_or(|b| f.echoes > b.echoes);
+                        !(echoed_since && f.flowing(200))
+                    })
+                    .map(|f| format!("flow {} ({:?})", f.id, f.proto))
+                    .collect();
+                if behind.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("not echoing again: {}", behind.join(", ")))
+                }
+            },
+        )
+    }
+
     /// Records the client's flows ([`Run::finish_traffic`]) and checks that none broke.
     fn check_no_flow_broken(&mut self, what: &str) -> Result<(), ScenarioError> {
         self.finish_traffic()?;
@@ -366,10 +501,9 @@ fn cut_master(r: &mut Run<'_>, segment: &str) -> Result<(), ScenarioError> {
         format!("VIPs on {peer} after {answered:?} ms"),
     );
     // Give the client flows time to show whether they survived.
-    let _ = r.wait("flows echoing again", FAILOVER, |r| {
-        r.traffic(false).ok().filter(|t| t.all_flowing(500))
-    });
+    let _ = r.wait_recovered();
     r.check_no_flow_broken("no established flow was reset")?;
+    r.gap_target();
     r.observe_from(t);
     r.heal_and_settle()?;
     Ok(())
@@ -429,6 +563,13 @@ fn boot(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         ));
     }
     std::thread::sleep(Duration::from_secs(3));
+    if let Some(snat) = server_answers_only_vips(&lock(r.lab)) {
+        r.check(
+            "the server answers the outside VIP only (SNAT to the VIP)",
+            snat.is_ok(),
+            snat.unwrap_or_else(|e| e),
+        );
+    }
     r.finish_traffic()?;
     r.check(
         "the client reaches the server through the VIPs",
@@ -455,21 +596,24 @@ fn kill_master(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     });
     let answered = took.ok().map(|ms| ms.saturating_sub(t));
     r.report.vip_answered_after_ms = answered;
-    // Master_Down_Interval = 3 adverts + skew; the margin covers TCG scheduling.
-    let advert = u64::from(lock(r.lab).advert_ms);
+    // Master_Down_Interval = 3 adverts + the peer's Skew_Time (RFC 5798 §6.1), counted
+    // from the last advert it heard (before the kill); the margin covers the commit +
+    // VIP + GARP path and TCG scheduling.
+    let mdi = master_down_interval_ms(&lock(r.lab), &peer);
+    let limit = mdi + TAKEOVER_MARGIN_MS;
     r.check(
-        "the peer took over",
-        answered.is_some(),
+        &format!(
+            "the peer answered for the VIPs within Master_Down_Interval + {TAKEOVER_MARGIN_MS} ms"
+        ),
+        answered.is_some_and(|a| a <= limit),
         format!(
-            "VIPs on {peer} after {answered:?} ms (Master_Down_Interval ~{} ms)",
-            3 * advert + advert / 2
+            "VIPs on {peer} after {answered:?} ms (Master_Down_Interval {mdi} ms, limit {limit} ms)"
         ),
     );
-    let _ = r.wait("flows echoing again", FAILOVER, |r| {
-        r.traffic(false).ok().filter(|t| t.all_flowing(500))
-    });
+    let _ = r.wait_recovered();
     let gaps = r.traffic(false)?;
     r.check_no_flow_broken("no established flow was reset")?;
+    r.gap_target();
     r.observe_from(t);
     r.report.master_after = sole_master(&r.status());
     let timeline = takeover_timeline(&lock(r.lab), &m, &peer, t, &gaps);
@@ -521,9 +665,7 @@ fn takeover_timeline(lab: &Lab, old: &str, new: &str, kill_ms: u64, gaps: &Clien
             .max()
             .unwrap_or(0)
     };
-    let skew = lab.priorities.get(new).map_or(0, |p| {
-        (256 - u64::from(*p)) * u64::from(lab.advert_ms) / 256
-    });
+    let skew = master_down_interval_ms(lab, new) - 3 * u64::from(lab.advert_ms);
     format!(
         "timeline from the kill of {old}: its last advert {}; {new} advertised as master {} ({since_last} after {old}'s last advert; Master_Down_Interval = 3 x {} + skew {skew} = {} ms); {new}'s first ARP for a VIP {}; client longest gap: UDP {} ms, TCP {} ms",
         last_advert.map_or("-".into(), |l| format!("-{} ms", kill_ms.saturating_sub(l))),
@@ -534,6 +676,71 @@ fn takeover_timeline(lab: &Lab, old: &str, new: &str, kill_ms: u64, gaps: &Clien
         gap(agent::Proto::Udp),
         gap(agent::Proto::Tcp),
     )
+}
+
+/// What the echo server's port sent on the wire: every unicast IPv4 packet must go to a
+/// VIP of its own segment (the firewalls SNAT the client's flows to the outside VIP), none to a client's own
+/// address. `None`: the topology has no server lab host.
+fn server_answers_only_vips(lab: &Lab) -> Option<Result<String, String>> {
+    let server = lab.plan.vms.iter().find(|v| {
+        matches!(
+            v.role,
+            crate::topology::VmRole::LabHost {
+                agent: Some(crate::topology::AgentKind::Server),
+                ..
+            }
+        )
+    })?;
+    let segments: BTreeSet<&str> = lab
+        .plan
+        .ports
+        .iter()
+        .filter(|p| p.node == server.name)
+        .map(|p| p.segment.as_str())
+        .collect();
+    let vips: BTreeSet<std::net::IpAddr> = lab
+        .vips
+        .iter()
+        .filter(|v| segments.contains(v.zone.as_str()))
+        .map(|v| v.address.addr())
+        .collect();
+    let core = lab.switch.core();
+    let mut to: BTreeMap<std::net::Ipv4Addr, u64> = BTreeMap::new();
+    for (id, p) in lab.plan.ports.iter().enumerate() {
+        if p.node == server.name {
+            for (a, n) in core.destinations(id) {
+                *to.entry(a).or_default() += n;
+            }
+        }
+    }
+    let text = to
+        .iter()
+        .map(|(a, n)| format!("{a}: {n} packets"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let others: Vec<_> = to
+        .keys()
+        .filter(|a| !vips.contains(&std::net::IpAddr::V4(**a)))
+        .collect();
+    Some(if !to.is_empty() && others.is_empty() {
+        Ok(format!("{} sent to {text}", server.name))
+    } else {
+        Err(format!(
+            "{} sent to {} (not a VIP: {others:?})",
+            server.name,
+            if text.is_empty() { "nothing" } else { &text }
+        ))
+    })
+}
+
+/// Master_Down_Interval of `vm` (3 adverts + its Skew_Time, RFC 5798 §6.1), in ms.
+fn master_down_interval_ms(lab: &Lab, vm: &str) -> u64 {
+    let advert = u64::from(lab.advert_ms);
+    let skew = lab
+        .priorities
+        .get(vm)
+        .map_or(0, |p| (256 - u64::from(*p)) * advert / 256);
+    3 * advert + skew
 }
 
 /// Both firewalls' sync state, one line each.
@@ -761,7 +968,8 @@ fn partition(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         format!("{:?} ms (3 adverts = {} ms)", one.ok(), 3 * advert),
     );
     let back = r.settled(SETTLE)?;
-    r.finish_traffic()?;
+    r.check_reannounced(&back, t, h);
+    r.check_no_flow_broken("the flows recover (every flow echoing, none reset)")?;
     r.observe_from(t);
     r.report.master_after = Some(back);
     Ok(())
@@ -863,6 +1071,7 @@ fn one_way(r: &mut Run<'_>) -> Result<(), ScenarioError> {
         format!("{:?} ms (3 adverts = {} ms)", one.ok(), 3 * advert),
     );
     let back = r.settled(SETTLE)?;
+    r.check_reannounced(&back, t, h);
     r.report.master_after = Some(back);
     Ok(())
 }
@@ -883,7 +1092,8 @@ fn summary(r: &Report) -> String {
         r.longest_gap_ms, r.flows_broken, r.flows_total
     ));
     for c in r.checks.iter().filter(|c| !c.ok) {
-        s.push_str(&format!("; FAILED: {} ({})", c.what, c.detail));
+        let kind = if c.target { "target missed" } else { "FAILED" };
+        s.push_str(&format!("; {kind}: {} ({})", c.what, c.detail));
     }
     for n in &r.notes {
         s.push_str(&format!("; note: {n}"));

@@ -24,6 +24,38 @@ use crate::switch::io::Endpoint;
 /// Environment variable that opts in to KVM (it does not work on the project machines).
 pub const KVM_ENV: &str = "TWINWALL_LAB_KVM";
 
+/// Environment variable choosing QEMU's machine type for the lab VMs: `pc` (i440FX) or
+/// `q35` (see [`DEFAULT_MACHINE`]).
+pub const MACHINE_ENV: &str = "TWINWALL_LAB_MACHINE";
+
+/// The machine type when [`MACHINE_ENV`] is not set.
+pub const DEFAULT_MACHINE: &str = "pc";
+
+/// Environment variable: the nice value the lab's QEMU processes start with (every
+/// thread inherits it; below 0 needs root). Unset: the lab's own.
+pub const NICE_ENV: &str = "TWINWALL_LAB_NICE";
+
+/// The machine type of the lab VMs ([`MACHINE_ENV`], else [`DEFAULT_MACHINE`]).
+pub fn machine() -> String {
+    std::env::var(MACHINE_ENV)
+        .ok()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| DEFAULT_MACHINE.to_string())
+}
+
+/// The nice value asked for by [`NICE_ENV`], if any (an unparsable value is ignored
+/// with a warning).
+pub fn nice() -> Option<i32> {
+    let v = std::env::var(NICE_ENV).ok()?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            tracing::warn!(value = %v, "{NICE_ENV} is not a number; ignored");
+            None
+        }
+    }
+}
+
 /// The slirp network of management NICs: a documentation range, private to each QEMU
 /// (`restrict=on`: nothing is routed out of it).
 pub const MGMT_NET: &str = "192.0.2.64/26";
@@ -170,6 +202,8 @@ impl VmSpec {
             &self.name,
             "-accel",
             if kvm { "kvm" } else { "tcg" },
+            "-machine",
+            &machine(),
             "-m",
             &self.memory_mb.to_string(),
             "-smp",
@@ -326,6 +360,19 @@ impl Vm {
                 });
             }
         }
+        let nice = nice();
+        if let Some(n) = nice {
+            // Set between fork and exec so that every QEMU thread (the vCPU's included)
+            // inherits it; a refusal (not root) leaves it unchanged and is logged below.
+            // SAFETY: setpriority(2) on the calling process is a plain system call,
+            // async-signal-safe; the closure allocates nothing and takes no lock.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, n);
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .args(&args)
             .stdin(Stdio::null())
@@ -336,6 +383,15 @@ impl Vm {
                 vm: spec.name.clone(),
                 source,
             })?;
+        if let Some(n) = nice {
+            // SAFETY: getpriority(2) only reads the scheduling priority of our child.
+            let got = unsafe { libc::getpriority(libc::PRIO_PROCESS, child.id()) };
+            if got != n {
+                tracing::warn!(vm = %spec.name, asked = n, got, "QEMU's nice value not applied (needs root below 0)");
+            } else {
+                tracing::info!(vm = %spec.name, nice = n, "QEMU runs at this nice value");
+            }
+        }
         let mut vm = Vm {
             spec,
             dir: dir.to_path_buf(),
@@ -546,6 +602,7 @@ mod tests {
         if std::env::var(KVM_ENV).is_err() {
             assert!(s.contains("-accel tcg"), "{s}");
         }
+        assert!(s.contains(&format!("-machine {}", machine())), "{s}");
         assert!(s.contains("file=/x/fw1.img,format=raw,if=virtio,snapshot=on"));
         assert!(s.contains(
             "dgram,id=outside,local.type=inet,local.host=127.0.0.1,local.port=4001,\

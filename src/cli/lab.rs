@@ -258,6 +258,10 @@ pub enum AgentCmd {
         /// No UDP flow.
         #[arg(long)]
         no_udp: bool,
+        /// Each TCP flow sends a message every interval without waiting for the echoes
+        /// (checked in order); by default a flow waits for each echo, then the interval.
+        #[arg(long)]
+        stream: bool,
         /// Where the stats are served.
         #[arg(long, default_value = "0.0.0.0:7001")]
         stats: std::net::SocketAddr,
@@ -568,12 +572,7 @@ fn print_traffic(t: &ClientStats) {
 fn print_report(r: &Report) {
     println!("{}", r.summary);
     for c in &r.checks {
-        println!(
-            "  [{}] {}: {}",
-            if c.ok { "ok" } else { "FAIL" },
-            c.what,
-            c.detail
-        );
+        println!("  [{}] {}: {}", c.mark(), c.what, c.detail);
     }
 }
 
@@ -757,6 +756,7 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
             interval_ms,
             stall_ms,
             no_udp,
+            stream,
             stats,
             run_dir,
         }) => {
@@ -768,6 +768,11 @@ pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
                 interval: Duration::from_millis(interval_ms),
                 stats,
                 stall_after: Duration::from_millis(stall_ms),
+                mode: if stream {
+                    agent::FlowMode::Stream
+                } else {
+                    agent::FlowMode::StopAndWait
+                },
             })?;
             Ok(())
         }

@@ -10,7 +10,7 @@
 //! switch sends to the VM. A partition blocks every frame between two nodes, on all
 //! segments, while both still talk to everyone else.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,11 @@ pub struct AdvertSeen {
     pub priority: u8,
     /// How many were seen.
     pub count: u64,
+    /// The longest interval between two consecutive adverts of one run (silences over
+    /// 1 s end a run), since the start or [`Switch::reset_advert_gaps`]: a master whose
+    /// adverts come late (a starved TCG vCPU) shows here before its peer takes over.
+    #[serde(default)]
+    pub max_gap_ms: u64,
 }
 
 /// Something the observer noticed, with the switch time.
@@ -174,6 +179,8 @@ pub enum ObservedKind {
 
 /// Adverts from a port after this much silence count as a new start.
 const ADVERT_SILENCE_MS: u64 = 1_000;
+/// Unicast IPv4 destinations remembered per port.
+const MAX_DESTINATIONS: usize = 64;
 /// Observer events kept (the oldest are dropped).
 const MAX_OBSERVED: usize = 4096;
 
@@ -193,8 +200,27 @@ pub struct Switch {
     aging_ms: u64,
     adverts: HashMap<(PortId, u8), AdvertSeen>,
     claims: HashMap<std::net::Ipv4Addr, (PortId, u64)>,
+    garps: HashMap<(PortId, std::net::Ipv4Addr), std::collections::VecDeque<u64>>,
+    /// Per port, the unicast IPv4 destinations of the packets it sent, and how many.
+    destinations: HashMap<PortId, BTreeMap<std::net::Ipv4Addr, u64>>,
     observed: std::collections::VecDeque<Observed>,
 }
+
+/// Gratuitous ARPs (sender = target address) one port sent for one address: the first
+/// and last of a span, and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GarpSeen {
+    /// Switch time of the first one (ms).
+    pub first_ms: u64,
+    /// Switch time of the last one (ms).
+    pub last_ms: u64,
+    /// How many.
+    pub count: u64,
+}
+
+/// Send times of the gratuitous ARPs kept per port and address (a takeover's series is
+/// a handful; older ones are dropped).
+const GARPS_KEPT: usize = 256;
 
 fn is_multicast(mac: &[u8]) -> bool {
     mac[0] & 1 == 1
@@ -236,6 +262,8 @@ impl Switch {
             aging_ms: DEFAULT_AGING_MS,
             adverts: HashMap::new(),
             claims: HashMap::new(),
+            garps: HashMap::new(),
+            destinations: HashMap::new(),
             observed: std::collections::VecDeque::new(),
         }
     }
@@ -258,13 +286,21 @@ impl Switch {
                     last_ms: 0,
                     priority,
                     count: 0,
+                    max_gap_ms: 0,
                 });
-                let fresh = e.count == 0 || now_ms.saturating_sub(e.last_ms) > ADVERT_SILENCE_MS;
+                let gap = now_ms.saturating_sub(e.last_ms);
+                let fresh = e.count == 0 || gap > ADVERT_SILENCE_MS;
                 let was_resign = e.priority == 0;
+                let max_gap_ms = if fresh || was_resign || priority == 0 {
+                    e.max_gap_ms
+                } else {
+                    e.max_gap_ms.max(gap)
+                };
                 *e = AdvertSeen {
                     last_ms: now_ms,
                     priority,
                     count: e.count + 1,
+                    max_gap_ms,
                 };
                 if priority == 0 {
                     self.note(now_ms, port, ObservedKind::AdvertResign { vrid });
@@ -272,7 +308,23 @@ impl Switch {
                     self.note(now_ms, port, ObservedKind::AdvertStart { vrid, priority });
                 }
             }
-            Some(Seen::Arp { sender, .. }) if !sender.is_unspecified() => {
+            Some(Seen::Ipv4 { destination, .. })
+                if !destination.is_multicast() && !destination.is_broadcast() =>
+            {
+                let d = self.destinations.entry(port).or_default();
+                // Bounded: a lab host talks to a handful of addresses.
+                if d.len() < MAX_DESTINATIONS || d.contains_key(&destination) {
+                    *d.entry(destination).or_default() += 1;
+                }
+            }
+            Some(Seen::Arp { sender, gratuitous }) if !sender.is_unspecified() => {
+                if gratuitous {
+                    let g = self.garps.entry((port, sender)).or_default();
+                    if g.len() >= GARPS_KEPT {
+                        g.pop_front();
+                    }
+                    g.push_back(now_ms);
+                }
                 let prev = self.claims.insert(sender, (port, now_ms));
                 if prev.is_none_or(|(p, _)| p != port) {
                     self.note(now_ms, port, ObservedKind::Claim { address: sender });
@@ -299,6 +351,11 @@ impl Switch {
         v
     }
 
+    /// Starts the adverts' [`AdvertSeen::max_gap_ms`] over.
+    pub fn reset_advert_gaps(&mut self) {
+        self.adverts.values_mut().for_each(|a| a.max_gap_ms = 0);
+    }
+
     /// The last advert seen from a port for a router.
     pub fn advert(&self, port: PortId, vrid: u8) -> Option<AdvertSeen> {
         self.adverts.get(&(port, vrid)).copied()
@@ -309,6 +366,39 @@ impl Switch {
         self.claims
             .get(&address)
             .map(|(p, ms)| (self.ports[*p].spec.name(), *ms))
+    }
+
+    /// The gratuitous ARPs a port sent for an address (announcements: a takeover's, or a
+    /// master's re-announcement after a healed split brain).
+    pub fn garps(&self, port: PortId, address: std::net::Ipv4Addr) -> Option<GarpSeen> {
+        self.garps_since(port, address, 0)
+    }
+
+    /// The gratuitous ARPs a port sent for an address at or after `since_ms`.
+    pub fn garps_since(
+        &self,
+        port: PortId,
+        address: std::net::Ipv4Addr,
+        since_ms: u64,
+    ) -> Option<GarpSeen> {
+        let mut t = self
+            .garps
+            .get(&(port, address))?
+            .iter()
+            .filter(|ms| **ms >= since_ms);
+        let first = *t.next()?;
+        let (last, count) = t.fold((first, 1), |(_, n), ms| (*ms, n + 1));
+        Some(GarpSeen {
+            first_ms: first,
+            last_ms: last,
+            count,
+        })
+    }
+
+    /// The unicast IPv4 destinations of the packets `port` sent (VRRP excluded), with
+    /// their packet counts.
+    pub fn destinations(&self, port: PortId) -> BTreeMap<std::net::Ipv4Addr, u64> {
+        self.destinations.get(&port).cloned().unwrap_or_default()
     }
 
     /// The observer's events at or after `since_ms`.
@@ -708,6 +798,57 @@ mod tests {
         assert_eq!(ev.len(), 2, "{ev:?}"); // fw2's advert start at 200, its claim at 600
         assert_eq!(ev[1].port, "fw2:inside");
         assert!(matches!(ev[1].what, ObservedKind::Claim { .. }));
+        // Gratuitous ARPs are counted per port and address; fw1 re-announces later.
+        let vip = "198.51.100.1".parse().unwrap();
+        let fw2 = s.garps(2, vip).unwrap();
+        assert_eq!((fw2.first_ms, fw2.last_ms, fw2.count), (600, 600, 1));
+        s.frame(1, &garp(B), 900, &mut out);
+        s.frame(1, &garp(B), 1000, &mut out);
+        let fw1 = s.garps(1, vip).unwrap();
+        assert_eq!((fw1.first_ms, fw1.last_ms, fw1.count), (101, 1000, 3));
+        let since = s.garps_since(1, vip, 800).unwrap();
+        assert_eq!((since.first_ms, since.last_ms, since.count), (900, 1000, 2));
+        assert_eq!(s.garps_since(1, vip, 1001), None);
+        assert_eq!(s.claim(vip), Some(("fw1:inside".into(), 1000)));
+        // An ARP reply from the VIP is a claim, not an announcement.
+        let mut reply = garp(A);
+        reply[21] = 2;
+        reply[38..42].copy_from_slice(&[198, 51, 100, 9]);
+        s.frame(2, &reply, 1100, &mut out);
+        assert_eq!(s.garps(2, vip).unwrap().count, 1);
+        assert_eq!(s.claim(vip), Some(("fw2:inside".into(), 1100)));
+        // fw1 again: adverts 100 ms apart, then one 350 ms late: the longest gap of its run.
+        s.frame(1, &advert(B, 200), 3000, &mut out);
+        s.frame(1, &advert(B, 200), 3100, &mut out);
+        s.frame(1, &advert(B, 200), 3450, &mut out);
+        assert_eq!(s.advert(1, 52).unwrap().max_gap_ms, 350);
+        s.reset_advert_gaps();
+        assert_eq!(s.advert(1, 52).unwrap().max_gap_ms, 0);
+        s.frame(1, &advert(B, 200), 5000, &mut out); // after 1 s of silence: a new run
+        assert_eq!(s.advert(1, 52).unwrap().max_gap_ms, 0);
+    }
+
+    #[test]
+    fn unicast_ipv4_destinations_are_counted_per_sending_port() {
+        let mut s = sw();
+        let mut out = Vec::new();
+        let ip = |src: Mac, dst: [u8; 4]| {
+            let mut f = eth(BCAST, src);
+            f.truncate(14);
+            f.extend_from_slice(&[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 192, 0, 2, 10]);
+            f.extend_from_slice(&dst);
+            f
+        };
+        s.frame(0, &ip(A, [203, 0, 113, 254]), 1, &mut out);
+        s.frame(0, &ip(A, [203, 0, 113, 254]), 2, &mut out);
+        s.frame(0, &ip(A, [224, 0, 0, 18]), 3, &mut out);
+        s.frame(0, &ip(A, [255, 255, 255, 255]), 4, &mut out);
+        s.frame(1, &ip(B, [192, 0, 2, 10]), 5, &mut out);
+        let d = s.destinations(0);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[&"203.0.113.254".parse().unwrap()], 2);
+        assert_eq!(s.destinations(1).len(), 1);
+        assert!(s.destinations(2).is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the switch learns by looking at frames, without taking part: VRRP advertisements
-//! (only a master sends them, RFC 5798 §6.4.3) and ARP announcements (who claims an
-//! address). From these the lab tells who is master on each segment, when a VIP moved,
+//! (only a master sends them, RFC 5798 §6.4.3), ARP announcements (who claims an
+//! address) and the addresses of other IPv4 packets (whom a host talks to: the server
+//! answering the outside VIP, not the client, is the firewalls' SNAT). From these the lab tells who is master on each segment, when a VIP moved,
 //! and whether two masters coexist (split brain). Pure parsing of Ethernet, IPv4, VRRP
 //! and ARP headers.
 
@@ -21,6 +22,13 @@ pub enum Seen {
         /// Source address.
         source: Ipv4Addr,
     },
+    /// Any other IPv4 packet.
+    Ipv4 {
+        /// Source address.
+        source: Ipv4Addr,
+        /// Destination address.
+        destination: Ipv4Addr,
+    },
     /// An ARP request or reply; `sender` is the address it claims.
     Arp {
         /// Sender protocol address.
@@ -37,10 +45,16 @@ pub fn classify(frame: &[u8]) -> Option<Seen> {
     match ethertype {
         0x0800 => {
             let ihl = usize::from(p.first()? & 0x0f) * 4;
-            if p.first()? >> 4 != 4 || ihl < 20 || *p.get(9)? != 112 {
+            if p.first()? >> 4 != 4 || ihl < 20 || p.len() < ihl {
                 return None;
             }
             let source = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+            if p[9] != 112 {
+                return Some(Seen::Ipv4 {
+                    source,
+                    destination: Ipv4Addr::new(p[16], p[17], p[18], p[19]),
+                });
+            }
             let v = p.get(ihl..ihl + 8)?;
             // Version 2 or 3, type 1 (advertisement).
             if v[0] & 0x0f != 1 || !matches!(v[0] >> 4, 2 | 3) {
@@ -96,7 +110,14 @@ mod tests {
             })
         );
         ip[9] = 6; // TCP
-        assert_eq!(classify(&eth(0x0800, &ip)), None);
+        assert_eq!(
+            classify(&eth(0x0800, &ip)),
+            Some(Seen::Ipv4 {
+                source: Ipv4Addr::new(192, 0, 2, 1),
+                destination: Ipv4Addr::new(224, 0, 0, 18)
+            })
+        );
+        assert_eq!(classify(&eth(0x0800, &ip[..12])), None);
     }
 
     #[test]

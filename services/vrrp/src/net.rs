@@ -120,6 +120,12 @@ impl VrrpSocket {
         }
     }
 
+    /// A packet already queued in the socket, decoded, without waiting (`None`: nothing
+    /// queued, or a receive error, which [`VrrpSocket::recv`] reports).
+    pub fn try_recv(&self) -> Option<RecvResult> {
+        self.recv_now(self.fd.get_ref()).ok()
+    }
+
     fn recv_now(&self, s: &Socket) -> Result<RecvResult, nix::Error> {
         let mut buf = [0u8; 2048];
         match self.family {

@@ -399,7 +399,19 @@ pub async fn run(
             () = tokio::time::sleep_until(sleep_until), if wake.is_some() => {
                 if let Some((key, at)) = next_garp.filter(|(_, at)| Some(*at) == wake) {
                     shell.repeat_garp(key, at);
-                } else if let Some(((gi, target, timer), _)) = next {
+                } else if let Some(((gi, target, timer), at)) = next {
+                    if timer == Timer::MasterDown {
+                        // A Master_Down_Timer that expired while this process did not run
+                        // (a starved vCPU, a loaded host) yields to the adverts that
+                        // arrived meanwhile: they came before we looked at the timer, and
+                        // one of them re-arms it. Without this the resumed backup took
+                        // over from a master that never stopped (tests/netns_vrrp_starve.rs).
+                        shell.read_pending(&mut rx);
+                        shell.drain().await;
+                        if shell.timers.get(&(gi, target, timer)) != Some(&at) {
+                            continue;
+                        }
+                    }
                     shell.timers.remove(&(gi, target, timer));
                     let ev = match (target, timer) {
                         (Target::Group, _) => GroupEvent::CommitTimeout,
@@ -410,15 +422,7 @@ pub async fn run(
                     shell.queue.push_back((gi, ev));
                 }
             }
-            Some(input) = rx.recv() => match input {
-                Input::Packet(si, r) => shell.packet(si, r),
-                Input::Link(l) => shell.link_event(l),
-                Input::Ack { group, seq } => {
-                    if let Some(gi) = shell.plan.groups.iter().position(|g| g.name == group) {
-                        shell.queue.push_back((gi, GroupEvent::CommitAck { seq }));
-                    }
-                }
-            },
+            Some(input) = rx.recv() => shell.input(input),
         }
         shell.drain().await;
     }
@@ -510,6 +514,37 @@ fn handle(
 impl Shell {
     fn now(&self) -> Time {
         self.epoch.elapsed()
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Packet(si, r) => self.packet(si, r),
+            Input::Link(l) => self.link_event(l),
+            Input::Ack { group, seq } => {
+                if let Some(gi) = self.plan.groups.iter().position(|g| g.name == group) {
+                    self.queue.push_back((gi, GroupEvent::CommitAck { seq }));
+                }
+            }
+        }
+    }
+
+    /// Takes in everything that is already waiting, oldest first: the inputs the reader
+    /// tasks queued, then the packets still in the sockets (those tasks may not have run
+    /// since they arrived).
+    fn read_pending(&mut self, rx: &mut mpsc::UnboundedReceiver<Input>) {
+        while let Ok(input) = rx.try_recv() {
+            self.input(input);
+        }
+        for si in 0..self.sockets.len() {
+            // Bounded: a socket cannot hold more than a burst, but a flood must not
+            // keep the timer from ever firing.
+            for _ in 0..64 {
+                let Some(r) = self.sockets[si].try_recv() else {
+                    break;
+                };
+                self.packet(si, r);
+            }
+        }
     }
 
     fn packet(&mut self, si: usize, r: RecvResult) {
