@@ -16,7 +16,9 @@
 # Targets: 10k rules end to end < 0.4 s, the 100k-element group < 0.5 s.
 # RULESET_BENCH_SIZES="1000 10000" limits the rule counts, RULESET_BENCH_MIXED=0 skips the
 # mixed case, RULESET_BENCH_GROUP=0 skips the group case; RULESET_BENCH_RUNS sets the repeats
-# (the best run counts).
+# (each number is the median of the runs, odd counts are best). RULESET_BENCH_BEFORE=PATH
+# adds a row per case for another twinwall binary (for example a copy of main's release
+# build) measured the same way in the same run: before/after in one table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-ruleset: needs root (network namespace, nftables)" >&2; exit 1; }
@@ -28,7 +30,9 @@ cargo build --quiet --locked --release -p twinwall-ruleset --example bench_compi
 BIN=$PWD/target/release/twinwall
 PHASES=$PWD/target/release/examples/bench_compile
 SIZES=${RULESET_BENCH_SIZES:-"1000 10000 100000"}
-RUNS=${RULESET_BENCH_RUNS:-3}
+RUNS=${RULESET_BENCH_RUNS:-5}
+BEFORE=${RULESET_BENCH_BEFORE:-}
+[ -z "$BEFORE" ] || [ -x "$BEFORE" ] || { echo "bench-ruleset: RULESET_BENCH_BEFORE=$BEFORE is not an executable" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/tw-bench-ruleset.XXXXXX)
 NS=tw-bench-$$
 cleanup() { ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK"; }
@@ -110,27 +114,29 @@ open(out_ipt, "w").write("\n".join(ipt) + "\n")
 PY
 }
 
-# best CMD...: "WALL CPU" in seconds, each the best of RUNS runs: wall-clock time, and
+# best CMD...: "WALL CPU" in seconds, each the median of RUNS runs: wall-clock time, and
 # CPU time (user + system of the command and everything it waited for, measured by
 # GNU time), which a loaded machine inflates far less than wall time. The ruleset is
 # flushed before each run so every run starts from the same (empty) state.
 best() {
-  local bw="" bc="" w u s
+  local w u s walls="" cpus=""
   for _ in $(seq "$RUNS"); do
     ip netns exec "$NS" nft flush ruleset
     ip netns exec "$NS" iptables-restore <<<$'*filter\nCOMMIT' 2>/dev/null || true
     /usr/bin/time -o "$WORK/time" -f '%e %U %S' "$@" >/dev/null
     read -r w u s <"$WORK/time"
-    bw=$(awk -v a="$bw" -v b="$w" 'BEGIN { print (a == "" || b < a) ? b : a }')
-    bc=$(awk -v a="$bc" -v b="$u" -v c="$s" 'BEGIN { x = b + c; print (a == "" || x < a) ? x : a }')
+    walls="$walls $w"
+    cpus="$cpus $(awk -v b="$u" -v c="$s" 'BEGIN { print b + c }')"
   done
-  echo "$bw $bc"
+  echo "$(median $walls) $(median $cpus)"
 }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 row() { # row LABEL TW TN CC NF IP (each a number)
   awk -v l="$1" -v a="$2" -v n="$3" -v b="$4" -v c="$5" -v d="$6" \
     'BEGIN { printf "%-19s %8.3fs %8.3fs %8.3fs %8.3fs %8.3fs %7.2fx %7.2fx %7.2fx\n", l, a, n, b, c, d, a / c, b / c, a / d }'
 }
+echo "medians of $RUNS runs each${BEFORE:+; 'before' rows: $BEFORE}"
 printf '%-19s %9s %9s %9s %9s %9s %8s %8s %8s\n' case twinwall tw-check compile "nft -f" ipt-rest tw/nft comp/nft tw/ipt
 run_case() { # run_case LABEL KIND N
   local label=$1 kind=$2 n=$3
@@ -144,7 +150,16 @@ run_case() { # run_case LABEL KIND N
   ip=($(best sh -c "ip netns exec $NS iptables-restore < $WORK/$label.ipt"))
   row "$label wall" "${tw[0]}" "${tn[0]}" "${cc[0]}" "${nf[0]}" "${ip[0]}"
   row "$label cpu" "${tw[1]}" "${tn[1]}" "${cc[1]}" "${nf[1]}" "${ip[1]}"
-  echo "                    compile phases: $("$PHASES" "$WORK/$label.toml" bench-a "$RUNS")"
+  if [ -n "$BEFORE" ]; then
+    local bw bn bc
+    bw=($(best ip netns exec "$NS" "$BEFORE" --log warn ruleset apply "$WORK/$label.toml" --node bench-a))
+    bn=($(best ip netns exec "$NS" "$BEFORE" --log warn ruleset apply "$WORK/$label.toml" --node bench-a --check))
+    bc=($(best "$BEFORE" ruleset compile "$WORK/$label.toml" --node bench-a))
+    row "  before wall" "${bw[0]}" "${bn[0]}" "${bc[0]}" "${nf[0]}" "${ip[0]}"
+    row "  before cpu" "${bw[1]}" "${bn[1]}" "${bc[1]}" "${nf[1]}" "${ip[1]}"
+  fi
+  echo "                    compile phases (best of $RUNS): $("$PHASES" "$WORK/$label.toml" bench-a "$RUNS")"
+  echo "                    load average after this case: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 for n in $SIZES; do
   run_case "rules-$n" rules "$n"

@@ -213,18 +213,26 @@ fn view(file: &Path, node: &str) -> anyhow::Result<NodeView> {
     for w in cfg.warnings().all() {
         eprintln!("{w}");
     }
-    Ok(cfg.node_view(node)?)
+    let view = cfg.node_view(node);
+    // The command ends the process soon after; freeing a big config's many small
+    // allocations one by one is wasted work on the apply path (10k rules: about 1 % of
+    // the compile's instructions, callgrind), so the memory goes back with the process.
+    std::mem::forget(cfg);
+    Ok(view?)
 }
 
 fn compiled(file: &Path, node: &str, strict: bool) -> anyhow::Result<Script> {
     let v = view(file, node)?;
-    match twinwall_ruleset::compile(
+    let compiled = twinwall_ruleset::compile(
         &v,
         &Options {
             strict,
             ..Options::default()
         },
-    ) {
+    );
+    // As in `view`: the process frees the view (10k rules: 2 % of the compile) at exit.
+    std::mem::forget(v);
+    match compiled {
         Ok(script) => {
             for l in &script.lints {
                 eprintln!("{}: node {node}: warning: {l}", file.display());

@@ -1232,11 +1232,31 @@ fn parse_rate(s: &str) -> Result<RateLimit, (String, String)> {
     Ok(RateLimit { count, per })
 }
 
-fn endpoint_families(names: &Names, e: &EndpointDef) -> Option<BTreeSet<Family>> {
-    match e {
-        EndpointDef::Network(n) => names.networks.get(n).map(|v| families(v)),
-        _ => None,
+/// The address families of a network endpoint, as `[IPv4, IPv6]` flags: checked for
+/// every rule, so without building a set (that was a quarter of validating 10k rules).
+fn endpoint_families(names: &Names, e: &EndpointDef) -> Option<[bool; 2]> {
+    let EndpointDef::Network(n) = e else {
+        return None;
+    };
+    let mut has = [false; 2];
+    for net in names.networks.get(n)? {
+        has[usize::from(net_family(net) == Family::Ipv6)] = true;
+        if has == [true, true] {
+            break;
+        }
     }
+    Some(has)
+}
+
+/// `IPv4`, `IPv6` or `IPv4/IPv6` from [`endpoint_families`] flags.
+fn fam_names(has: [bool; 2]) -> String {
+    [Family::Ipv4, Family::Ipv6]
+        .into_iter()
+        .zip(has)
+        .filter(|(_, h)| *h)
+        .map(|(f, _)| fam(f))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn check_policy(sink: &mut Sink<'_>, raw: &RawConfig, names: &Names) -> Option<PolicyDef> {
@@ -1306,16 +1326,16 @@ fn check_policy(sink: &mut Sink<'_>, raw: &RawConfig, names: &Names) -> Option<P
         }
         if let (Some(f), Some(t), Some(tv)) = (&from, &to, &r.to)
             && let (Some(ff), Some(tf)) = (endpoint_families(names, f), endpoint_families(names, t))
-            && ff.is_disjoint(&tf)
+            && !(ff[0] && tf[0] || ff[1] && tf[1])
         {
             sink.error(
                 &tv.span(),
                 format!(
                     "wrong address family: `{}` has only {} networks and `{}` only {}",
                     r.from.as_ref().map(|v| v.get().as_str()).unwrap_or(""),
-                    ff.iter().map(|f| fam(*f)).collect::<Vec<_>>().join("/"),
+                    fam_names(ff),
                     tv.get(),
-                    tf.iter().map(|f| fam(*f)).collect::<Vec<_>>().join("/"),
+                    fam_names(tf),
                 ),
                 "this rule can never match: check the objects' address families",
             );

@@ -71,7 +71,7 @@ pub(crate) struct Elem {
     /// The set's element type (`ipv4_addr`, `ipv6_addr`, `inet_service`).
     pub key: &'static str,
     /// What the set is matched against (`ip daddr`, `tcp dport`).
-    pub lhs: String,
+    pub lhs: &'static str,
     /// The element as nft writes it (`198.51.100.0/24`, `8080`, `1000-1999`).
     pub text: String,
     /// The first and last value the element covers (addresses or ports).
@@ -285,12 +285,12 @@ fn run_from(lines: &[Line], done: &[bool], i: usize, dims: &'static [usize]) -> 
 mod tests {
     use super::*;
 
-    fn addr(lhs: &str, text: &str, lo: u128, hi: u128) -> Part {
+    fn addr(lhs: &'static str, text: &str, lo: u128, hi: u128) -> Part {
         Part {
             text: format!(" {lhs} {text}"),
             single: Some(Elem {
                 key: "ipv4_addr",
-                lhs: lhs.into(),
+                lhs,
                 text: text.into(),
                 lo,
                 hi,
@@ -303,7 +303,7 @@ mod tests {
             text: format!(" tcp dport {p}"),
             single: Some(Elem {
                 key: "inet_service",
-                lhs: "tcp dport".into(),
+                lhs: "tcp dport",
                 text: p.to_string(),
                 lo: p.into(),
                 hi: p.into(),
