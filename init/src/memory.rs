@@ -1,13 +1,16 @@
-//! PID 1's own memory: after the boot phases, the pages of its code and read-only data
-//! that boot touched once (netlink, trust, storage code) are handed back. They are file
-//! pages of the slot's `/bin/twinwall` (squashfs page cache after the re-exec), so PID 1
-//! faults in again only what the supervisor touches later.
+//! PID 1's own memory: once the services are up, the pages of its code and read-only data
+//! that boot and the services' start-up touched once (netlink, trust, storage, spawning)
+//! are handed back. They are file pages of the slot's `/bin/twinwall` (squashfs page
+//! cache after the re-exec), so PID 1 faults in again only what the supervisor touches
+//! later.
 //!
 //! A read-only mapping without private copies (smaps `Anonymous: 0 kB`: the text, the
 //! read-only data) is unmapped with `MADV_DONTNEED`: the pages leave PID 1's resident set
-//! but stay in the page cache, so the services — the same binary — map them without
-//! reading and decompressing the squashfs again. `MADV_PAGEOUT`, used before, also
-//! evicted them from the cache, and the ruleset one-shot then paid for the re-reads. A
+//! but stay in the page cache, which the services — the same binary — share.
+//! `MADV_PAGEOUT`, used before (just before the first service started), also evicted
+//! them from the cache: the page-out and the ruleset one-shot's re-reads from the
+//! squashfs cost 0.4-1.8 s under load (docs/init.md), and it cannot drop pages another
+//! process maps too, so it had to run before the services. A
 //! mapping holding private copies (the RELRO segment, relocated at start-up and then
 //! made read-only) must never be dropped — its relocated contents would be lost — so it
 //! only gets `MADV_PAGEOUT`, which leaves anonymous pages alone without swap.

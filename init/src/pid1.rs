@@ -672,9 +672,11 @@ pub fn main(
     if booted.switched_root && !booted.cmdline.late_modules_at_boot {
         cfg.when_up = Some(load_late_modules);
     }
-    // The boot phases' code is not needed again: hand its pages back (see memory.rs).
-    let paged = crate::memory::page_out_own_image();
-    tracing::info!(bytes = paged, "own image paged out after the boot phases");
+    // The boot phases' and the services' start-up code is not needed again: the
+    // supervisor hands its pages back once the services are up (see memory.rs). Not
+    // before the services start: they are the same binary and fault in much of what
+    // PID 1 would drop.
+    cfg.trim_when_up = true;
     let start = std::time::Instant::now();
     let action = match Supervisor::new(&sys, booted.specs, cfg, shared.clone()) {
         Ok(mut sup) => sup.run(),

@@ -44,6 +44,10 @@ struct Footprint {
     idle_ms: u64,
 }
 
+/// When PID 1 prints its footprint a second time after services up (its steady state:
+/// the supervisor loop, reaping, log capture).
+pub const STEADY_AFTER: Duration = Duration::from_secs(10);
+
 /// Errors that stop the supervisor itself (service failures never do).
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -120,6 +124,10 @@ pub struct SupervisorConfig {
     /// Called once when all services are up, after the "services up" line and PID 1's
     /// footprint are printed (PID 1 starts the late modules with it).
     pub when_up: Option<fn(&Shared)>,
+    /// PID 1: when all services are up, hand back the clean pages of its own image
+    /// ([`crate::memory::page_out_own_image`]) before printing its footprint, and print the
+    /// footprint again [`STEADY_AFTER`] later.
+    pub trim_when_up: bool,
     /// Sysctls written when the `ruleset` one-shot has completed (IP forwarding: never
     /// before a ruleset is in force).
     pub after_ruleset: Vec<(String, String)>,
@@ -142,6 +150,7 @@ impl SupervisorConfig {
             ready_poll: Duration::from_millis(50),
             shutdown_when_up: None,
             when_up: None,
+            trim_when_up: false,
             after_ruleset: Vec::new(),
             start_after: BTreeMap::new(),
         }
@@ -159,6 +168,8 @@ pub struct Supervisor<'a, S: Syscalls + ?Sized> {
     sigfd: SignalFd,
     orphans: u64,
     services_up: bool,
+    // When to print PID 1's steady-state footprint (`trim_when_up`).
+    steady_at: Option<Instant>,
 }
 
 impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
@@ -191,6 +202,7 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
             sigfd,
             orphans: 0,
             services_up: false,
+            steady_at: None,
         };
         me.publish();
         Ok(me)
@@ -220,6 +232,13 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 self.services_up = true;
                 self.publish();
                 tracing::info!(services = self.services.len(), "services up");
+                if self.cfg.trim_when_up {
+                    // Boot phases and the services' start-up are done: their code is not
+                    // needed again (memory.rs). The services keep it in the page cache.
+                    let bytes = crate::memory::page_out_own_image();
+                    tracing::info!(bytes, "own image handed back at services up");
+                    self.steady_at = Some(Instant::now() + STEADY_AFTER);
+                }
                 let mut err = std::io::stderr();
                 let _ = writeln!(err, "twinwall: services up");
                 let f = self.footprint();
@@ -235,7 +254,23 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                     return self.shutdown(action);
                 }
             }
-            let timeout = self.next_wakeup(Instant::now());
+            if self.steady_at.is_some_and(|t| t <= Instant::now()) {
+                self.steady_at = None;
+                let f = self.footprint();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "twinwall: PID 1 {} s after services up: VmRSS {} kB (anon {} file {} shmem {})",
+                    STEADY_AFTER.as_secs(),
+                    f.rss_kb,
+                    f.anon_kb,
+                    f.file_kb,
+                    f.shmem_kb
+                );
+            }
+            let mut timeout = self.next_wakeup(Instant::now());
+            if let Some(at) = self.steady_at {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
             if let Some(action) = self.wait_signals(timeout) {
                 return self.shutdown(action);
             }
