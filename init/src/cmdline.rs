@@ -15,7 +15,7 @@
 //! | `twinwall.after_install=poweroff\|reboot` | what to do after a successful install (default poweroff) |
 //! | `twinwall.health_deadline=SECONDS` | health: reboot to the fallback slot when not healthy by then (default 300) |
 //! | `twinwall.late_modules=boot` | load the slot's late modules with the root modules, before the services (default: after services up) |
-//! | `twinwall.start=sequential` | start each service only after the one before it is ready (the A/B reference for the parallel start) |
+//! | `twinwall.start=parallel\|sequential` | start the services by dependency (`parallel`) or each after all before it are ready (`sequential`, the default: faster on one vCPU, docs/init.md) |
 
 use crate::sys::PowerAction;
 
@@ -48,8 +48,8 @@ pub struct Cmdline {
     pub health_deadline: Option<u64>,
     /// `twinwall.test_panic=1`.
     pub test_panic: bool,
-    /// `twinwall.start=sequential`: no parallel service start.
-    pub sequential_start: bool,
+    /// `twinwall.start=parallel`: services start by dependency, not one after another.
+    pub parallel_start: bool,
     /// `twinwall.late_modules=boot`: the late list loads before the services.
     pub late_modules_at_boot: bool,
     /// Options with the `twinwall.` prefix that init does not know (logged, not fatal:
@@ -113,8 +113,8 @@ impl Cmdline {
                     _ => c.unknown.push(word.to_string()),
                 },
                 "start" => match value {
-                    "sequential" => c.sequential_start = true,
-                    "parallel" => c.sequential_start = false,
+                    "sequential" => c.parallel_start = false,
+                    "parallel" => c.parallel_start = true,
                     _ => c.unknown.push(word.to_string()),
                 },
                 "peer_absent_after" => match value.parse() {
@@ -169,11 +169,12 @@ mod tests {
     }
 
     #[test]
-    fn start_order_is_parallel_unless_sequential_is_asked_for() {
-        assert!(!Cmdline::parse("twinwall.slot=a").sequential_start);
-        assert!(Cmdline::parse("twinwall.start=sequential").sequential_start);
+    fn start_order_is_sequential_unless_parallel_is_asked_for() {
+        assert!(!Cmdline::parse("twinwall.slot=a").parallel_start);
+        assert!(Cmdline::parse("twinwall.start=parallel").parallel_start);
+        assert!(!Cmdline::parse("twinwall.start=sequential").parallel_start);
         let c = Cmdline::parse("twinwall.start=random");
-        assert!(!c.sequential_start);
+        assert!(!c.parallel_start);
         assert_eq!(c.unknown, ["twinwall.start=random"]);
     }
 

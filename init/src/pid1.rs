@@ -623,7 +623,9 @@ pub fn main(
     let mut cfg = SupervisorConfig::new(opts.run_dir.clone());
     cfg.echo_logs = true;
     cfg.shutdown_when_up = booted.cmdline.shutdown_when_up;
-    if !booted.cmdline.sequential_start {
+    // On the one vCPU of the QEMU boots the dependency start was slower than one service
+    // after another in 4 of 5 interleaved pairs (docs/init.md, round 5): opt-in for now.
+    if booted.cmdline.parallel_start {
         cfg.start_after = crate::services::start_after();
     }
     if matches!(booted.decision, Decision::Verified { .. }) {
