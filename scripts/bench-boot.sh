@@ -19,14 +19,15 @@ bin=$root/target/x86_64-unknown-linux-gnu/release/twinwall
 
 # Prints the figures of one console log.
 report() {
-  local name=$1 log=$2 up rss anon phases
+  local name=$1 log=$2 up rss anon phases idle
   up=$(grep -a -o 'twinwall: rss_kb=[0-9]* uptime_ms=[0-9]*' "$log" | head -n1 | sed 's/.*uptime_ms=//' || true)
   rss=$(grep -a -o 'twinwall: rss_kb=[0-9]*' "$log" | head -n1 | sed 's/.*rss_kb=//' || true)
   anon=$(grep -a -o 'anon_kb=[0-9]* file_kb=[0-9]* shmem_kb=[0-9]*' "$log" | head -n1 || true)
   [ -n "$up" ] || { echo "$name: no 'services up' in $log"; return 0; }
   # Init's phases up to "services up" (the services phase is the supervisor's start-up).
+  # late-modules runs after services up: not part of the path to it.
   phases=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -a -o 'phase done phase="[a-z-]*" duration_us=[0-9]*' |
-    sed 's/phase done phase="\([a-z-]*\)" duration_us=\([0-9]*\)/\1 \2/' || true)
+    sed 's/phase done phase="\([a-z-]*\)" duration_us=\([0-9]*\)/\1 \2/' | grep -v '^late-modules ' || true)
   local sum
   sum=$(echo "$phases" | awk '{s+=$2} END {printf "%d", s/1000}')
   local svc_start svc_up
@@ -36,7 +37,8 @@ report() {
   if [ -n "$svc_start" ] && [ -n "$svc_up" ]; then
     svc_ms=$(( ($(date -d "$svc_up" +%s%N) - $(date -d "$svc_start" +%s%N)) / 1000000 ))
   fi
-  echo "$name: services up at ${up} ms guest uptime; PID 1 VmRSS ${rss} kB ($anon)"
+  idle=$(grep -a -o 'shmem_kb=[0-9]* idle_ms=[0-9]*' "$log" | head -n1 | sed 's/.*idle_ms=//' || true)
+  echo "$name: services up at ${up} ms guest uptime; PID 1 VmRSS ${rss} kB ($anon); vCPU idle until then ${idle:-?} ms"
   echo "  boot phases before services: ${sum} ms; services start-up (first start to all ready): ${svc_ms} ms;"
   echo "  so kernel + firmware-less rest (the yardstick no init can save): ~$((up - sum - svc_ms)) ms"
   echo "$phases" | awk -v n="$name" 'NF==2 {printf "  phase %-13s %7.1f ms\n", $1, $2/1000}'

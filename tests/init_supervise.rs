@@ -154,11 +154,29 @@ fn fake_cmd(name: &str, run: &Path, log: &Path) -> String {
 
 const CONFIG_ARGS: [&str; 4] = ["--config", "/nonexistent/cluster.toml", "--node", "fw-a"];
 
+/// Lines of the shared events log, in order.
+fn events(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn pos(events: &[String], line: &str) -> usize {
+    events
+        .iter()
+        .position(|l| l == line)
+        .unwrap_or_else(|| panic!("no `{line}` in {events:?}"))
+}
+
 #[test]
-fn init_supervise_starts_services_in_order_and_reports_ready() {
+fn init_supervise_starts_services_by_dependency_and_reports_ready() {
     let dir = Dir::new("order");
     let log = dir.0.join("events.log");
-    let ruleset = format!("ruleset=echo ruleset applied >>{}", log.display());
+    // The ruleset one-shot takes 2 s: sync must start beside it, VRRP and management
+    // only once it is done.
+    let ruleset = format!("ruleset=sleep 2; echo ruleset applied >>{}", log.display());
     let sync = fake_cmd("sync", &dir.0, &log);
     let vrrp = fake_cmd("vrrp", &dir.0, &log);
     let mgmt = fake_cmd("mgmt", &dir.0, &log);
@@ -166,7 +184,6 @@ fn init_supervise_starts_services_in_order_and_reports_ready() {
         &dir.0,
         &[
             &CONFIG_ARGS[..],
-            // mgmt is not in the default set until `twinwall mgmt` exists: name it.
             &["--services", "ruleset,sync,vrrp,mgmt"],
             &["--service-cmd", &ruleset, "--service-cmd", &sync],
             &["--service-cmd", &vrrp, "--service-cmd", &mgmt],
@@ -181,17 +198,20 @@ fn init_supervise_starts_services_in_order_and_reports_ready() {
     for s in ["sync", "vrrp", "mgmt"] {
         assert_eq!(state(init, s), "ready", "{s}: {init:#}");
     }
-    // Each service started only after the one before it was ready.
-    let events = std::fs::read_to_string(&log).unwrap();
-    let order: Vec<&str> = events.lines().collect();
-    assert_eq!(
-        order,
-        [
-            "ruleset applied",
-            "sync started",
-            "vrrp started",
-            "mgmt started"
-        ]
+    let ev = events(&log);
+    assert_eq!(ev.len(), 4, "{ev:?}");
+    let applied = pos(&ev, "ruleset applied");
+    assert!(
+        pos(&ev, "sync started") < applied,
+        "sync waited for the ruleset: {ev:?}"
+    );
+    assert!(
+        pos(&ev, "vrrp started") > applied,
+        "VRRP before the ruleset: {ev:?}"
+    );
+    assert!(
+        pos(&ev, "mgmt started") > applied,
+        "mgmt before the ruleset: {ev:?}"
     );
     // The other services' sockets answer too, so `status` merges them.
     assert_eq!(v["vrrp"]["state"], "master");
@@ -205,6 +225,39 @@ fn init_supervise_starts_services_in_order_and_reports_ready() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("services  up"), "{text}");
     assert!(text.contains("vrrp     ready"), "{text}");
+}
+
+#[test]
+fn init_supervise_vrrp_waits_for_sync_and_management_does_not() {
+    let dir = Dir::new("deps");
+    let log = dir.0.join("events.log");
+    let ruleset = format!("ruleset=echo ruleset applied >>{}", log.display());
+    // sync takes 2 s before it serves its socket.
+    let sync = fake_cmd("sync", &dir.0, &log).replacen("sync=", "sync=sleep 2; ", 1);
+    let vrrp = fake_cmd("vrrp", &dir.0, &log);
+    let mgmt = fake_cmd("mgmt", &dir.0, &log);
+    let sup = Supervised::start(
+        &dir.0,
+        &[
+            &CONFIG_ARGS[..],
+            &["--services", "ruleset,sync,vrrp,mgmt"],
+            &["--service-cmd", &ruleset, "--service-cmd", &sync],
+            &["--service-cmd", &vrrp, "--service-cmd", &mgmt],
+        ]
+        .concat(),
+    );
+    sup.wait_for("services up", |i| i["services_up"] == true);
+    let ev = events(&log);
+    assert_eq!(ev.len(), 4, "{ev:?}");
+    let sync_started = pos(&ev, "sync started");
+    assert!(
+        pos(&ev, "mgmt started") < sync_started,
+        "mgmt waited for sync: {ev:?}"
+    );
+    assert!(
+        pos(&ev, "vrrp started") > sync_started,
+        "VRRP before sync was ready: {ev:?}"
+    );
 }
 
 #[test]

@@ -308,7 +308,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let list_path = opts.rootfs.join("modules.list");
     let list_text = std::fs::read_to_string(&list_path).map_err(io(&list_path))?;
     let wanted = modules::parse_list(&list_path, &list_text)?;
-    let root_order = db.load_order(&db.select(&list_path, &version, &wanted, false)?);
+    let root_order = db.load_order(&db.select_where(&list_path, &version, &wanted, |w| !w.late)?);
+    let late_order = modules::late_order(
+        &root_order,
+        &db.load_order(&db.select(&list_path, &version, &wanted, false)?),
+    );
     let initrd_order = db.load_order(&db.select(&list_path, &version, &wanted, true)?);
 
     steps.step("assembling the initramfs");
@@ -325,7 +329,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     };
     bin(&initrd_dir)?;
     symlink("bin/twinwall", &initrd_dir.join("init"))?;
-    modules::install(&kernel_root, &version, &initrd_order, &initrd_dir)?;
+    modules::install(&kernel_root, &version, &initrd_order, &[], &initrd_dir)?;
     let initrd = opts.work.join("initrd.img");
     reproducible::cpio(&initrd_dir, &initrd, opts.epoch)?;
 
@@ -338,7 +342,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     for spec in &manifest.packages {
         rootfs::install_files(&unpacked[&spec.name], spec, &root)?;
     }
-    modules::install(&kernel_root, &version, &root_order, &root)?;
+    modules::install(&kernel_root, &version, &root_order, &late_order, &root)?;
     let overlay = opts.rootfs.join("overlay");
     if overlay.exists() {
         rootfs::copy_tree(&overlay, &root)?;

@@ -18,6 +18,10 @@ use crate::tool::{self, ToolError};
 /// Where init finds the load order, in the initramfs and in the root.
 pub const LOAD_LIST: &str = "lib/modules/load.list";
 
+/// The modules init loads once the services are up (`late` entries and their
+/// dependencies that the boot list does not already load), in load order.
+pub const LATE_LIST: &str = "lib/modules/load-late.list";
+
 /// init's default list path (`twinwall.modules=` overrides it): a symlink to
 /// [`LOAD_LIST`].
 pub const INIT_ALIAS: &str = "lib/modules/twinwall.modules";
@@ -77,6 +81,9 @@ pub struct Wanted {
     pub name: String,
     /// Also needed in the initramfs.
     pub initramfs: bool,
+    /// Not needed before the services are up: init loads it afterwards
+    /// ([`LATE_LIST`]).
+    pub late: bool,
     /// 1-based line in the list.
     pub line: usize,
 }
@@ -96,18 +103,29 @@ pub fn parse_list(path: &Path, text: &str) -> Result<Vec<Wanted>, ModulesError> 
         }
         let mut words = line.split_whitespace();
         let name = words.next().expect("non-empty line has a word");
-        let mut initramfs = false;
+        let (mut initramfs, mut late) = (false, false);
         for w in words {
             match w {
                 "initramfs" => initramfs = true,
+                "late" => late = true,
                 other => {
                     return Err(ModulesError::List {
                         path: path.into(),
                         line: i + 1,
-                        message: format!("unknown tag {other:?} (only `initramfs` is known)"),
+                        message: format!("unknown tag {other:?} (known: `initramfs`, `late`)"),
                     });
                 }
             }
+        }
+        if initramfs && late {
+            return Err(ModulesError::List {
+                path: path.into(),
+                line: i + 1,
+                message: format!(
+                    "{name}: `initramfs` and `late` exclude each other (the initramfs \
+                     loads everything before the root is mounted)"
+                ),
+            });
         }
         if !name
             .trim_end_matches('*')
@@ -124,6 +142,7 @@ pub fn parse_list(path: &Path, text: &str) -> Result<Vec<Wanted>, ModulesError> 
         out.push(Wanted {
             name: normalise(name),
             initramfs,
+            late,
             line: i + 1,
         });
     }
@@ -189,8 +208,19 @@ impl ModuleDb {
         wanted: &[Wanted],
         initramfs_only: bool,
     ) -> Result<Vec<String>, ModulesError> {
+        self.select_where(list, version, wanted, |w| !initramfs_only || w.initramfs)
+    }
+
+    /// [`Self::select`] of the entries `keep` accepts.
+    pub fn select_where(
+        &self,
+        list: &Path,
+        version: &str,
+        wanted: &[Wanted],
+        keep: impl Fn(&Wanted) -> bool,
+    ) -> Result<Vec<String>, ModulesError> {
         let mut names = Vec::new();
-        for w in wanted.iter().filter(|w| !initramfs_only || w.initramfs) {
+        for w in wanted.iter().filter(|w| keep(w)) {
             let found: Vec<String> = if let Some(prefix) = w.name.strip_suffix('*') {
                 self.paths
                     .keys()
@@ -295,13 +325,25 @@ pub fn load_list(version: &str, order: &[String]) -> String {
         .collect()
 }
 
-/// Copies the modules of `order` from the unpacked kernel into `root` without their
-/// signatures ([`strip_signature`]), runs depmod there
-/// (so `modules.dep` matches what ships) and writes `root/lib/modules/load.list`.
+/// The late load order: `all` (the load order of every entry) without what `boot`
+/// already loads, order kept. Pure.
+pub fn late_order(boot: &[String], all: &[String]) -> Vec<String> {
+    let at_boot: BTreeSet<&String> = boot.iter().collect();
+    all.iter()
+        .filter(|m| !at_boot.contains(m))
+        .cloned()
+        .collect()
+}
+
+/// Copies the modules of `order` and `late` from the unpacked kernel into `root` without
+/// their signatures ([`strip_signature`]), runs depmod there (so `modules.dep` matches
+/// what ships) and writes `root/lib/modules/load.list` (`order`) and, when `late` is not
+/// empty, [`LATE_LIST`].
 pub fn install(
     kernel_root: &Path,
     version: &str,
     order: &[String],
+    late: &[String],
     root: &Path,
 ) -> Result<(), ModulesError> {
     let src = kernel_root.join("lib/modules").join(version);
@@ -310,7 +352,7 @@ pub fn install(
         let path = path.to_path_buf();
         move |source| ModulesError::Io { path, source }
     };
-    for rel in order {
+    for rel in order.iter().chain(late) {
         let d = dst.join(rel);
         std::fs::create_dir_all(d.parent().expect("module path has a parent")).map_err(io(&d))?;
         let s = src.join(rel);
@@ -333,6 +375,10 @@ pub fn install(
     tool::run("depmod", ["-b", &root.display().to_string(), version], None)?;
     let list = root.join(LOAD_LIST);
     std::fs::write(&list, load_list(version, order)).map_err(io(&list))?;
+    if !late.is_empty() {
+        let list = root.join(LATE_LIST);
+        std::fs::write(&list, load_list(version, late)).map_err(io(&list))?;
+    }
     // init's default list path; the same file.
     let alias = root.join(INIT_ALIAS);
     let _ = std::fs::remove_file(&alias);
@@ -390,6 +436,32 @@ kernel/net/netfilter/nf_tables.ko:
             .select(Path::new("modules.list"), "v", &wanted, true)
             .unwrap();
         assert_eq!(initrd, ["usb_storage"]);
+    }
+
+    #[test]
+    fn late_entries_leave_the_boot_order_unless_a_boot_module_needs_them() {
+        let db = db();
+        let list = "nft_ct\nnft_nat late\nnet_failover late\nvirtio_net\n";
+        let p = Path::new("modules.list");
+        let wanted = parse_list(p, list).unwrap();
+        let boot = db.load_order(&db.select_where(p, "v", &wanted, |w| !w.late).unwrap());
+        let all = db.load_order(&db.select(p, "v", &wanted, false).unwrap());
+        let late = late_order(&boot, &all);
+        // net_failover is tagged late, but virtio_net needs it: it loads at boot.
+        assert_eq!(
+            boot,
+            [
+                "kernel/net/netfilter/nf_tables.ko",
+                "kernel/net/netfilter/nft_ct.ko",
+                "kernel/net/core/failover.ko",
+                "kernel/drivers/net/net_failover.ko",
+                "kernel/drivers/net/virtio_net.ko"
+            ]
+        );
+        // nf_tables, its dependency, is already there.
+        assert_eq!(late, ["kernel/net/netfilter/nft_nat.ko"]);
+        let e = parse_list(p, "ahci initramfs late\n").unwrap_err();
+        assert!(e.to_string().contains("exclude each other"), "{e}");
     }
 
     fn signed(body: &[u8], sig: &[u8]) -> Vec<u8> {

@@ -14,6 +14,8 @@
 //! | `twinwall.install=/dev/DISK` | install the running slot to DISK (`twinwall install`), then power off |
 //! | `twinwall.after_install=poweroff\|reboot` | what to do after a successful install (default poweroff) |
 //! | `twinwall.health_deadline=SECONDS` | health: reboot to the fallback slot when not healthy by then (default 300) |
+//! | `twinwall.late_modules=boot` | load the slot's late modules with the root modules, before the services (default: after services up) |
+//! | `twinwall.start=parallel\|sequential` | start the services by dependency (`parallel`) or each after all before it are ready (`sequential`, the default: faster on one vCPU, docs/init.md) |
 
 use crate::sys::PowerAction;
 
@@ -46,6 +48,10 @@ pub struct Cmdline {
     pub health_deadline: Option<u64>,
     /// `twinwall.test_panic=1`.
     pub test_panic: bool,
+    /// `twinwall.start=parallel`: services start by dependency, not one after another.
+    pub parallel_start: bool,
+    /// `twinwall.late_modules=boot`: the late list loads before the services.
+    pub late_modules_at_boot: bool,
     /// Options with the `twinwall.` prefix that init does not know (logged, not fatal:
     /// a typo on the kernel command line must not brick the box).
     pub unknown: Vec<String>,
@@ -101,6 +107,16 @@ impl Cmdline {
                 }
                 "modules" => c.modules = Some(value.to_string()),
                 "test_panic" => c.test_panic = value == "1",
+                "late_modules" => match value {
+                    "boot" => c.late_modules_at_boot = true,
+                    "up" => c.late_modules_at_boot = false,
+                    _ => c.unknown.push(word.to_string()),
+                },
+                "start" => match value {
+                    "sequential" => c.parallel_start = false,
+                    "parallel" => c.parallel_start = true,
+                    _ => c.unknown.push(word.to_string()),
+                },
                 "peer_absent_after" => match value.parse() {
                     Ok(n) => c.peer_absent_after = Some(n),
                     Err(_) => c.unknown.push(word.to_string()),
@@ -150,5 +166,26 @@ mod tests {
         let c = Cmdline::parse("twinwall.install=vda twinwall.install=/dev/");
         assert_eq!(c.install, None);
         assert_eq!(c.unknown.len(), 2);
+    }
+
+    #[test]
+    fn start_order_is_sequential_unless_parallel_is_asked_for() {
+        assert!(!Cmdline::parse("twinwall.slot=a").parallel_start);
+        assert!(Cmdline::parse("twinwall.start=parallel").parallel_start);
+        assert!(!Cmdline::parse("twinwall.start=sequential").parallel_start);
+        let c = Cmdline::parse("twinwall.start=random");
+        assert!(!c.parallel_start);
+        assert_eq!(c.unknown, ["twinwall.start=random"]);
+    }
+
+    #[test]
+    fn late_modules_load_after_services_up_unless_boot_is_asked_for() {
+        assert!(!Cmdline::parse("").late_modules_at_boot);
+        assert!(Cmdline::parse("twinwall.late_modules=boot").late_modules_at_boot);
+        assert!(!Cmdline::parse("twinwall.late_modules=up").late_modules_at_boot);
+        assert_eq!(
+            Cmdline::parse("twinwall.late_modules=never").unknown,
+            ["twinwall.late_modules=never"]
+        );
     }
 }

@@ -22,6 +22,11 @@ use crate::sys::Syscalls;
 /// Default module list inside the image / initramfs.
 pub const DEFAULT_LIST: &str = "/lib/modules/twinwall.modules";
 
+/// The slot's late list (the image build's `late` tag): loaded once the services are up,
+/// since no service needs these modules to get ready. Absent in older images and in the
+/// initramfs.
+pub const LATE_LIST: &str = "/lib/modules/load-late.list";
+
 /// Errors of the modules phase.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
@@ -74,6 +79,17 @@ pub struct Loaded {
 pub const SLOWEST: usize = 3;
 
 impl Loaded {
+    /// Adds what a second list's run did (its slowest loads compete with ours).
+    pub fn merge(&mut self, other: Loaded) {
+        self.loaded.extend(other.loaded);
+        self.already.extend(other.already);
+        self.not_applicable.extend(other.not_applicable);
+        self.not_needed.extend(other.not_needed);
+        self.slowest.extend(other.slowest);
+        self.slowest.sort_by_key(|m| std::cmp::Reverse(m.1));
+        self.slowest.truncate(SLOWEST);
+    }
+
     /// One line for the phase report: counts, then the slowest loads.
     pub fn summary(&self) -> String {
         let mut s = format!(

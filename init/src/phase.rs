@@ -28,13 +28,16 @@ pub enum Phase {
     Network,
     /// The supervised services.
     Services,
+    /// Once the services are up: the slot's modules no service needs to get ready
+    /// (links and tunnels the config does not use, conntrack helpers, queue/log).
+    LateModules,
     /// Mark the boot slot good.
     Health,
 }
 
 impl Phase {
     /// Every phase in boot order.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Early,
         Phase::Modules,
         Phase::Storage,
@@ -43,6 +46,7 @@ impl Phase {
         Phase::Trust,
         Phase::Network,
         Phase::Services,
+        Phase::LateModules,
         Phase::Health,
     ];
 
@@ -57,6 +61,7 @@ impl Phase {
             Phase::Trust => "trust",
             Phase::Network => "network",
             Phase::Services => "services",
+            Phase::LateModules => "late-modules",
             Phase::Health => "health",
         }
     }

@@ -158,8 +158,17 @@ pub fn boot(
     // (NICs, netfilter). Already loaded modules count as present.
     if mounted.switched_root {
         let root_list = PathBuf::from(modules::DEFAULT_LIST);
+        let late = Path::new(modules::LATE_LIST);
         let (r, m) = phase::run(Phase::RootModules, || {
-            modules::run(sys, &root_list).map(|l| ((), Outcome::Ok(l.summary())))
+            let mut l = modules::run(sys, &root_list)?;
+            // `twinwall.late_modules=boot`: everything before the services, as before
+            // the late list existed (the A/B reference, and a way out should a late
+            // module turn out to be needed early).
+            if cmdline.late_modules_at_boot && late.exists() {
+                let more = modules::run(sys, late)?;
+                l.merge(more);
+            }
+            Ok::<_, ModuleError>(((), Outcome::Ok(l.summary())))
         });
         record(r);
         m?;
@@ -431,6 +440,34 @@ fn early_phase(sys: &dyn Syscalls) -> Result<Cmdline, EarlyError> {
     crate::early::run(sys)
 }
 
+/// Loads the slot's late module list ([`modules::LATE_LIST`]) on a thread of its own,
+/// started by the supervisor once the services are up, and records it as the
+/// `late-modules` phase. No service needs these modules to get ready, so they stay off the
+/// path to services up. (A thread waiting from the start instead cost PID 1 about 0.8 MB
+/// of resident code pages by services up: its start-up and polling touched them.)
+fn load_late_modules(shared: &Shared) {
+    let late = Path::new(modules::LATE_LIST);
+    if !late.exists() {
+        return;
+    }
+    let shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("late-modules".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let (r, _) = phase::run(Phase::LateModules, || {
+                modules::run(&RealSyscalls, late).map(|l| ((), Outcome::Ok(l.summary())))
+            });
+            if r.result == "failed" {
+                console(&format!("late modules: {}", r.detail));
+            }
+            shared.update(|s| s.phases.push(r));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the late-modules thread");
+    }
+}
+
 /// Records the trust decision in status (node, trust report, fail-closed reason).
 pub fn record_trust(shared: &Shared, d: &Decision) {
     let report = match d {
@@ -586,6 +623,11 @@ pub fn main(
     let mut cfg = SupervisorConfig::new(opts.run_dir.clone());
     cfg.echo_logs = true;
     cfg.shutdown_when_up = booted.cmdline.shutdown_when_up;
+    // On the one vCPU of the QEMU boots the dependency start was slower than one service
+    // after another in 4 of 5 interleaved pairs (docs/init.md, round 5): opt-in for now.
+    if booted.cmdline.parallel_start {
+        cfg.start_after = crate::services::start_after();
+    }
     if matches!(booted.decision, Decision::Verified { .. }) {
         cfg.after_ruleset = network::FORWARDING
             .iter()
@@ -629,9 +671,14 @@ pub fn main(
             console(&format!("health watcher not started: {e}"));
         }
     }
-    // The boot phases' code is not needed again: hand its pages back (see memory.rs).
-    let paged = crate::memory::page_out_own_image();
-    tracing::info!(bytes = paged, "own image paged out after the boot phases");
+    if booted.switched_root && !booted.cmdline.late_modules_at_boot {
+        cfg.when_up = Some(load_late_modules);
+    }
+    // The boot phases' and the services' start-up code is not needed again: the
+    // supervisor hands its pages back once the services are up (see memory.rs). Not
+    // before the services start: they are the same binary and fault in much of what
+    // PID 1 would drop.
+    cfg.trim_when_up = true;
     let start = std::time::Instant::now();
     let action = match Supervisor::new(&sys, booted.specs, cfg, shared.clone()) {
         Ok(mut sup) => sup.run(),

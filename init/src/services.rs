@@ -2,9 +2,13 @@
 //! before forwarding is enabled), then sync, vrrp and mgmt, each a child process of the
 //! same binary. Fail-closed runs only the bootstrap ruleset and management.
 //!
+//! Start order is a dependency map ([`start_after`]), not a line: sync starts beside the
+//! ruleset one-shot, VRRP waits for both, management waits only for the ruleset.
+//!
 //! Seam for new services: add the name to [`NORMAL`] (start order), its command line to
 //! [`spec`], and, once the command exists in the binary, to [`DEFAULT`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::service::{Kind, ServiceSpec};
@@ -38,6 +42,31 @@ pub const NORMAL: [&str; 4] = ["ruleset", "sync", "vrrp", "mgmt"];
 
 /// The services started when no explicit set is given: all of them.
 pub const DEFAULT: [&str; 4] = NORMAL;
+
+/// What each service of the appliance waits for before it starts (the supervisor's
+/// [`crate::supervisor::SupervisorConfig::start_after`]); names missing from a reduced set
+/// are not waited for.
+///
+/// * `ruleset`: nothing — it is the first thing that must be in force.
+/// * `sync`: nothing. It needs no ruleset to open conntrack and bind its UDP port, its
+///   messages are authenticated with the cluster's sync key, and the bootstrap ruleset
+///   opens that port to everyone anyway; starting it beside the ruleset takes its
+///   start-up off the critical path.
+/// * `vrrp`: `ruleset` and `sync`. No VIP may appear before the ruleset is in force, and
+///   sync must be ready to join VRRP's commit handshake before VRRP can become master.
+/// * `mgmt`: `ruleset` only — no management listener before the ruleset says who may
+///   reach it; it needs neither VRRP nor sync to answer.
+pub fn start_after() -> BTreeMap<String, Vec<String>> {
+    [
+        ("ruleset", &[][..]),
+        ("sync", &[]),
+        ("vrrp", &["ruleset", "sync"]),
+        ("mgmt", &["ruleset"]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (s(k), v.iter().map(|x| s(x)).collect()))
+    .collect()
+}
 
 /// The spec of one named service, if the name is known.
 pub fn spec(ctx: &ServiceContext, name: &str) -> Option<ServiceSpec> {
@@ -161,6 +190,17 @@ mod tests {
             "--sync-key".to_string(),
             "/run/twinwall/config/sync.key".to_string()
         ]));
+    }
+
+    #[test]
+    fn vrrp_waits_for_ruleset_and_sync_and_management_for_the_ruleset() {
+        let m = start_after();
+        assert_eq!(m["ruleset"], Vec::<String>::new());
+        assert_eq!(m["sync"], Vec::<String>::new());
+        assert_eq!(m["vrrp"], ["ruleset", "sync"]);
+        assert_eq!(m["mgmt"], ["ruleset"]);
+        // Every known service has an entry, so none falls back to the sequential rule.
+        assert!(NORMAL.iter().all(|n| m.contains_key(*n)));
     }
 
     #[test]

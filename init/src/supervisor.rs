@@ -1,5 +1,5 @@
-//! The supervisor: starts the services in order (each waits for the one before it to be
-//! ready), captures their output into ring buffers, reaps every child (orphaned
+//! The supervisor: starts the services in order (each waits for what it depends on to be
+//! ready: by default every service before it), captures their output into ring buffers, reaps every child (orphaned
 //! grandchildren included, since it is PID 1 or a child subreaper), restarts exits with
 //! backoff and stops everything in order (VRRP, sync, the rest) when a shutdown signal
 //! arrives.
@@ -8,6 +8,7 @@
 //! async signal handlers. Readiness of a daemon = its control socket answers `status`
 //! (and the answer does not say `"ready": false`). A one-shot is ready when it exits 0.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
@@ -38,7 +39,14 @@ struct Footprint {
     // The binary's pages when it runs from the initramfs (ramfs counts as shmem).
     shmem_kb: u64,
     uptime_ms: u64,
+    // Time the CPUs spent idle since boot (second field of /proc/uptime, summed over
+    // CPUs): what starting more in parallel could still win on one vCPU.
+    idle_ms: u64,
 }
+
+/// When PID 1 prints its footprint a second time after services up (its steady state:
+/// the supervisor loop, reaping, log capture).
+pub const STEADY_AFTER: Duration = Duration::from_secs(10);
 
 /// Errors that stop the supervisor itself (service failures never do).
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +121,21 @@ pub struct SupervisorConfig {
     pub ready_poll: Duration,
     /// Once all services are up, shut down with this action (boot tests).
     pub shutdown_when_up: Option<PowerAction>,
+    /// Called once when all services are up, after the "services up" line and PID 1's
+    /// footprint are printed (PID 1 starts the late modules with it).
+    pub when_up: Option<fn(&Shared)>,
+    /// PID 1: when all services are up, hand back the clean pages of its own image
+    /// ([`crate::memory::page_out_own_image`]) before printing its footprint, and print the
+    /// footprint again [`STEADY_AFTER`] later.
+    pub trim_when_up: bool,
     /// Sysctls written when the `ruleset` one-shot has completed (IP forwarding: never
     /// before a ruleset is in force).
     pub after_ruleset: Vec<(String, String)>,
+    /// What each service waits for before it starts: the named services of the set must
+    /// be ready (daemons) or done (one-shots); names not in the set are ignored. A
+    /// service without an entry waits for every service before it in the set (the
+    /// sequential default). See [`crate::services::start_after`].
+    pub start_after: BTreeMap<String, Vec<String>>,
 }
 
 impl SupervisorConfig {
@@ -129,7 +149,10 @@ impl SupervisorConfig {
             echo_logs: false,
             ready_poll: Duration::from_millis(50),
             shutdown_when_up: None,
+            when_up: None,
+            trim_when_up: false,
             after_ruleset: Vec::new(),
+            start_after: BTreeMap::new(),
         }
     }
 }
@@ -145,6 +168,8 @@ pub struct Supervisor<'a, S: Syscalls + ?Sized> {
     sigfd: SignalFd,
     orphans: u64,
     services_up: bool,
+    // When to print PID 1's steady-state footprint (`trim_when_up`).
+    steady_at: Option<Instant>,
 }
 
 impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
@@ -177,6 +202,7 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
             sigfd,
             orphans: 0,
             services_up: false,
+            steady_at: None,
         };
         me.publish();
         Ok(me)
@@ -206,19 +232,45 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 self.services_up = true;
                 self.publish();
                 tracing::info!(services = self.services.len(), "services up");
+                if self.cfg.trim_when_up {
+                    // Boot phases and the services' start-up are done: their code is not
+                    // needed again (memory.rs). The services keep it in the page cache.
+                    let bytes = crate::memory::page_out_own_image();
+                    tracing::info!(bytes, "own image handed back at services up");
+                    self.steady_at = Some(Instant::now() + STEADY_AFTER);
+                }
                 let mut err = std::io::stderr();
                 let _ = writeln!(err, "twinwall: services up");
                 let f = self.footprint();
                 let _ = writeln!(
                     err,
-                    "twinwall: rss_kb={} uptime_ms={} anon_kb={} file_kb={} shmem_kb={}",
-                    f.rss_kb, f.uptime_ms, f.anon_kb, f.file_kb, f.shmem_kb
+                    "twinwall: rss_kb={} uptime_ms={} anon_kb={} file_kb={} shmem_kb={} idle_ms={}",
+                    f.rss_kb, f.uptime_ms, f.anon_kb, f.file_kb, f.shmem_kb, f.idle_ms
                 );
+                if let Some(f) = self.cfg.when_up {
+                    f(&self.shared);
+                }
                 if let Some(action) = self.cfg.shutdown_when_up {
                     return self.shutdown(action);
                 }
             }
-            let timeout = self.next_wakeup(Instant::now());
+            if self.steady_at.is_some_and(|t| t <= Instant::now()) {
+                self.steady_at = None;
+                let f = self.footprint();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "twinwall: PID 1 {} s after services up: VmRSS {} kB (anon {} file {} shmem {})",
+                    STEADY_AFTER.as_secs(),
+                    f.rss_kb,
+                    f.anon_kb,
+                    f.file_kb,
+                    f.shmem_kb
+                );
+            }
+            let mut timeout = self.next_wakeup(Instant::now());
+            if let Some(at) = self.steady_at {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
             if let Some(action) = self.wait_signals(timeout) {
                 return self.shutdown(action);
             }
@@ -244,17 +296,35 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                 .unwrap_or(0)
         };
-        let uptime_ms = read("/proc/uptime")
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0, |s| (s * 1000.0) as u64);
+        let uptime = read("/proc/uptime");
+        let field = |n: usize| {
+            uptime
+                .split_whitespace()
+                .nth(n)
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(0, |s| (s * 1000.0) as u64)
+        };
+        let (uptime_ms, idle_ms) = (field(0), field(1));
         Footprint {
             rss_kb: kb("VmRSS:"),
             anon_kb: kb("RssAnon:"),
             file_kb: kb("RssFile:"),
             shmem_kb: kb("RssShmem:"),
             uptime_ms,
+            idle_ms,
+        }
+    }
+
+    /// Whether the waiting service `i` may start: what it waits for
+    /// ([`SupervisorConfig::start_after`]) is ready or done.
+    fn may_start(&self, i: usize) -> bool {
+        match self.cfg.start_after.get(&self.services[i].spec.name) {
+            Some(deps) => self
+                .services
+                .iter()
+                .filter(|p| deps.contains(&p.spec.name))
+                .all(|p| p.state.unblocks_next()),
+            None => self.services[..i].iter().all(|p| p.state.unblocks_next()),
         }
     }
 
@@ -263,7 +333,7 @@ impl<'a, S: Syscalls + ?Sized> Supervisor<'a, S> {
         for i in 0..self.services.len() {
             let s = &self.services[i];
             let due = match s.state {
-                State::Waiting => self.services[..i].iter().all(|p| p.state.unblocks_next()),
+                State::Waiting => self.may_start(i),
                 State::Backoff | State::CrashLoop => s.restart_due().is_some_and(|t| t <= now),
                 _ => false,
             };

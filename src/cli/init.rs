@@ -181,6 +181,7 @@ fn supervise(args: InitArgs) -> anyhow::Result<()> {
         ..Backoff::default()
     };
     cfg.stop_timeout = Duration::from_millis(args.stop_timeout_ms);
+    cfg.start_after = services::start_after();
     if args.forwarding {
         cfg.after_ruleset = twinwall_init::network::FORWARDING
             .iter()
