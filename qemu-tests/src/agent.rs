@@ -581,12 +581,26 @@ fn udp_flow(id: usize, cfg: &ClientConfig, flows: &Flows) {
 
 /// Fetches a client's stats from `addr` (`reset`: and zero them).
 pub fn fetch_stats(addr: SocketAddr, reset: bool) -> Result<ClientStats, AgentError> {
+    request_json(
+        addr,
+        if reset { "reset" } else { "stats" },
+        Duration::from_secs(5),
+    )
+}
+
+/// Sends one command line to a client agent's stats port and parses its one-line JSON
+/// answer (waiting at most `timeout` for it).
+pub(crate) fn request_json<T: serde::de::DeserializeOwned>(
+    addr: SocketAddr,
+    command: &str,
+    timeout: Duration,
+) -> Result<T, AgentError> {
     let err = |reason: String| AgentError::Stats { addr, reason };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| err(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
+    s.set_read_timeout(Some(timeout))
         .map_err(|e| err(e.to_string()))?;
-    s.write_all(if reset { b"reset\n" } else { b"stats\n" })
+    s.write_all(format!("{command}\n").as_bytes())
         .map_err(|e| err(e.to_string()))?;
     let mut line = String::new();
     BufReader::new(s)
@@ -597,7 +611,7 @@ pub fn fetch_stats(addr: SocketAddr, reset: bool) -> Result<ClientStats, AgentEr
             "connection closed without an answer (agent not up yet?)".into(),
         ));
     }
-    serde_json::from_str(&line).map_err(|e| err(format!("bad answer: {e}")))
+    serde_json::from_str(&line).map_err(|e| err(format!("bad answer {line:?}: {e}")))
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@
 //! shows what the policy does to a connection that starts now (a rule change pushed to
 //! the pair: refused by a `reject` rule, silently dropped by a `drop` rule, or allowed).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{AgentError, MSG};
+use crate::agent::{AgentError, MSG, request_json};
 
 /// The stats-port command that runs a probe.
 pub const COMMAND: &str = "probe";
@@ -87,21 +87,7 @@ pub fn run(target: SocketAddr) -> Probe {
 
 /// Asks the client agent whose stats port is `addr` for one probe (on the host).
 pub fn fetch(addr: SocketAddr) -> Result<Probe, AgentError> {
-    let err = |reason: String| AgentError::Stats { addr, reason };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .map_err(|e| err(e.to_string()))?;
-    s.set_read_timeout(Some(PROBE_TIMEOUT * 2 + Duration::from_secs(5)))
-        .map_err(|e| err(e.to_string()))?;
-    s.write_all(format!("{COMMAND}\n").as_bytes())
-        .map_err(|e| err(e.to_string()))?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| err(e.to_string()))?;
-    if line.is_empty() {
-        return Err(err("connection closed without an answer".into()));
-    }
-    serde_json::from_str(&line).map_err(|e| err(format!("bad probe answer {line:?}: {e}")))
+    request_json(addr, COMMAND, PROBE_TIMEOUT * 2 + Duration::from_secs(5))
 }
 
 #[cfg(test)]
