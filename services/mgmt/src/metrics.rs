@@ -111,33 +111,24 @@ fn rule_counters() -> RuleCounters {
 /// `twinwall_rule_counters_up` (0 when nft could not list the table: no samples then).
 pub fn render_rule_counters(o: &mut String, counters: &Result<Vec<RuleCounter>, String>) {
     let rules = counters.as_ref().map(Vec::as_slice).unwrap_or_default();
-    head(
-        o,
-        "twinwall_rule_packets_total",
-        "counter",
-        "Packets matched by each firewall rule (by config rule name).",
-    );
-    for c in rules {
-        let _ = writeln!(
-            o,
-            "twinwall_rule_packets_total{{rule=\"{}\"}} {}",
-            escape(&c.rule),
-            c.packets
-        );
-    }
-    head(
-        o,
-        "twinwall_rule_bytes_total",
-        "counter",
-        "Bytes matched by each firewall rule (by config rule name).",
-    );
-    for c in rules {
-        let _ = writeln!(
-            o,
-            "twinwall_rule_bytes_total{{rule=\"{}\"}} {}",
-            escape(&c.rule),
-            c.bytes
-        );
+    type Value = fn(&RuleCounter) -> u64;
+    let families: [(&str, &str, Value); 2] = [
+        (
+            "twinwall_rule_packets_total",
+            "Packets matched by each firewall rule (by config rule name).",
+            |c| c.packets,
+        ),
+        (
+            "twinwall_rule_bytes_total",
+            "Bytes matched by each firewall rule (by config rule name).",
+            |c| c.bytes,
+        ),
+    ];
+    for (name, help, value) in families {
+        head(o, name, "counter", help);
+        for c in rules {
+            let _ = writeln!(o, "{name}{{rule=\"{}\"}} {}", escape(&c.rule), value(c));
+        }
     }
     head(
         o,

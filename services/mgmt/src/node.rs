@@ -133,6 +133,13 @@ struct Inner {
     pushing: u32,
 }
 
+/// Runs `f` and measures how long it took (a push's per-phase timings).
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let t0 = Instant::now();
+    let r = f.await;
+    (r, t0.elapsed())
+}
+
 /// Counts a push in `Inner::pushing` while it runs, however it ends.
 struct PushingGuard<'a>(&'a Node);
 
@@ -608,23 +615,13 @@ impl Node {
         // Phase 1 on both nodes at once: neither changes anything in force or on the
         // partition; a refusal on either side drops both staged pushes.
         let (local, remote) = tokio::join!(
-            async {
-                let t0 = Instant::now();
-                let r = self
-                    .write(move |n| {
-                        let mut lt = Timings::default();
-                        n.stage(&b, true, &mut lt).map(|x| (x, lt))
-                    })
-                    .await;
-                (r, t0.elapsed())
-            },
+            timed(self.write(move |n| {
+                let mut lt = Timings::default();
+                n.stage(&b, true, &mut lt).map(|x| (x, lt))
+            })),
             async {
                 if forward {
-                    let t0 = Instant::now();
-                    Some((
-                        self.peer_call("/config?phase=stage", &bytes).await,
-                        t0.elapsed(),
-                    ))
+                    Some(timed(self.peer_call("/config?phase=stage", &bytes)).await)
                 } else {
                     None
                 }
@@ -689,20 +686,13 @@ impl Node {
             None => "/config?phase=commit".to_string(),
         };
         let (local, remote) = tokio::join!(
-            async {
-                let t0 = Instant::now();
-                let r = self
-                    .write(move |n| {
-                        let mut lt = Timings::default();
-                        n.commit(&b, &v, p, window, armed, &mut lt).map(|a| (a, lt))
-                    })
-                    .await;
-                (r, t0.elapsed())
-            },
+            timed(self.write(move |n| {
+                let mut lt = Timings::default();
+                n.commit(&b, &v, p, window, armed, &mut lt).map(|a| (a, lt))
+            })),
             async {
                 if peer_staged {
-                    let t0 = Instant::now();
-                    Some((self.peer_call(&q, &bytes).await, t0.elapsed()))
+                    Some(timed(self.peer_call(&q, &bytes)).await)
                 } else {
                     None
                 }
