@@ -170,6 +170,23 @@ fn pos(events: &[String], line: &str) -> usize {
         .unwrap_or_else(|| panic!("no `{line}` in {events:?}"))
 }
 
+/// Starts `init --supervise` with all four services: `ruleset` and `sync` as given
+/// (`NAME=COMMAND`), vrrp and mgmt as fakes logging to `log`.
+fn start_all_four(dir: &Dir, log: &Path, ruleset: &str, sync: &str) -> Supervised {
+    let vrrp = fake_cmd("vrrp", &dir.0, log);
+    let mgmt = fake_cmd("mgmt", &dir.0, log);
+    Supervised::start(
+        &dir.0,
+        &[
+            &CONFIG_ARGS[..],
+            &["--services", "ruleset,sync,vrrp,mgmt"],
+            &["--service-cmd", ruleset, "--service-cmd", sync],
+            &["--service-cmd", &vrrp, "--service-cmd", &mgmt],
+        ]
+        .concat(),
+    )
+}
+
 #[test]
 fn init_supervise_starts_services_by_dependency_and_reports_ready() {
     let dir = Dir::new("order");
@@ -178,18 +195,7 @@ fn init_supervise_starts_services_by_dependency_and_reports_ready() {
     // only once it is done.
     let ruleset = format!("ruleset=sleep 2; echo ruleset applied >>{}", log.display());
     let sync = fake_cmd("sync", &dir.0, &log);
-    let vrrp = fake_cmd("vrrp", &dir.0, &log);
-    let mgmt = fake_cmd("mgmt", &dir.0, &log);
-    let sup = Supervised::start(
-        &dir.0,
-        &[
-            &CONFIG_ARGS[..],
-            &["--services", "ruleset,sync,vrrp,mgmt"],
-            &["--service-cmd", &ruleset, "--service-cmd", &sync],
-            &["--service-cmd", &vrrp, "--service-cmd", &mgmt],
-        ]
-        .concat(),
-    );
+    let sup = start_all_four(&dir, &log, &ruleset, &sync);
     let v = sup.wait_for("services up", |i| i["services_up"] == true);
     let init = &v["init"];
     assert_eq!(init["mode"], "supervise");
@@ -234,18 +240,7 @@ fn init_supervise_vrrp_waits_for_sync_and_management_does_not() {
     let ruleset = format!("ruleset=echo ruleset applied >>{}", log.display());
     // sync takes 2 s before it serves its socket.
     let sync = fake_cmd("sync", &dir.0, &log).replacen("sync=", "sync=sleep 2; ", 1);
-    let vrrp = fake_cmd("vrrp", &dir.0, &log);
-    let mgmt = fake_cmd("mgmt", &dir.0, &log);
-    let sup = Supervised::start(
-        &dir.0,
-        &[
-            &CONFIG_ARGS[..],
-            &["--services", "ruleset,sync,vrrp,mgmt"],
-            &["--service-cmd", &ruleset, "--service-cmd", &sync],
-            &["--service-cmd", &vrrp, "--service-cmd", &mgmt],
-        ]
-        .concat(),
-    );
+    let sup = start_all_four(&dir, &log, &ruleset, &sync);
     sup.wait_for("services up", |i| i["services_up"] == true);
     let ev = events(&log);
     assert_eq!(ev.len(), 4, "{ev:?}");
