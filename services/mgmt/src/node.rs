@@ -1060,14 +1060,18 @@ impl Node {
         )
         .await;
         let theirs = match answer {
-            Ok(a) if a.ok() && a.json()["mgmt"]["config"]["pushing"] == Value::Bool(true) => {
-                // The peer is in the middle of a push to both of us: its version and
-                // ours are moving; comparing them now would report (and "repair") a
-                // skew that the push itself is about to end.
-                self.lock().peer.reachable = true;
-                return;
+            Ok(a) if a.ok() => {
+                let status = a.json();
+                let config = &status["mgmt"]["config"];
+                if config["pushing"] == Value::Bool(true) {
+                    // The peer is in the middle of a push to both of us: its version and
+                    // ours are moving; comparing them now would report (and "repair") a
+                    // skew that the push itself is about to end.
+                    self.lock().peer.reachable = true;
+                    return;
+                }
+                config["version"].as_u64()
             }
-            Ok(a) if a.ok() => a.json()["mgmt"]["config"]["version"].as_u64(),
             Ok(a) => {
                 self.lock().peer.last_error = Some(a.reason());
                 None
