@@ -909,6 +909,30 @@ fn one_master_after_heal(r: &Run<'_>, h: u64, a: &str, b: &str) -> Result<u64, S
     })
 }
 
+/// Heals the split brain between `a` and `b` (cut at lab time `t`), checks that one master
+/// is left within 3 adverts of the heal (recorded in the report) and that it re-announced
+/// its VIPs, and returns the settled master.
+fn heal_to_one_master(
+    r: &mut Run<'_>,
+    t: u64,
+    a: &str,
+    b: &str,
+    what: &str,
+) -> Result<String, ScenarioError> {
+    let h = lock(r.lab).heal(None)?;
+    let advert = u64::from(lock(r.lab).advert_ms);
+    let one = one_master_after_heal(r, h, a, b);
+    r.report.converged_after_heal_ms = one.as_ref().ok().copied();
+    r.check(
+        what,
+        one.as_ref().is_ok_and(|ms| *ms <= 3 * advert),
+        format!("{:?} ms (3 adverts = {} ms)", one.ok(), 3 * advert),
+    );
+    let back = r.settled(SETTLE)?;
+    r.check_reannounced(&back, t, h);
+    Ok(back)
+}
+
 /// Both nodes say they are master (of some router), as read from their own status.
 fn both_report_master(r: &Run<'_>) -> Result<String, String> {
     let fws = r.firewalls();
@@ -958,17 +982,7 @@ fn partition(r: &mut Run<'_>) -> Result<(), ScenarioError> {
             },
         );
     }
-    let h = lock(r.lab).heal(None)?;
-    let advert = u64::from(lock(r.lab).advert_ms);
-    let one = one_master_after_heal(r, h, &m, &peer);
-    r.report.converged_after_heal_ms = one.as_ref().ok().copied();
-    r.check(
-        "one master within 3 adverts of the heal",
-        one.as_ref().is_ok_and(|ms| *ms <= 3 * advert),
-        format!("{:?} ms (3 adverts = {} ms)", one.ok(), 3 * advert),
-    );
-    let back = r.settled(SETTLE)?;
-    r.check_reannounced(&back, t, h);
+    let back = heal_to_one_master(r, t, &m, &peer, "one master within 3 adverts of the heal")?;
     r.check_no_flow_broken("the flows recover (every flow echoing, none reset)")?;
     r.observe_from(t);
     r.report.master_after = Some(back);
@@ -1061,17 +1075,7 @@ fn one_way(r: &mut Run<'_>) -> Result<(), ScenarioError> {
     );
     r.finish_traffic()?;
     r.observe_from(t);
-    let h = lock(r.lab).heal(None)?;
-    let advert = u64::from(lock(r.lab).advert_ms);
-    let one = one_master_after_heal(r, h, &m, &peer);
-    r.report.converged_after_heal_ms = one.as_ref().ok().copied();
-    r.check(
-        "on heal one master within 3 adverts",
-        one.as_ref().is_ok_and(|ms| *ms <= 3 * advert),
-        format!("{:?} ms (3 adverts = {} ms)", one.ok(), 3 * advert),
-    );
-    let back = r.settled(SETTLE)?;
-    r.check_reannounced(&back, t, h);
+    let back = heal_to_one_master(r, t, &m, &peer, "on heal one master within 3 adverts")?;
     r.report.master_after = Some(back);
     Ok(())
 }
