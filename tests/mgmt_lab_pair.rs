@@ -167,13 +167,7 @@ fn pushes_to_one_firewall_are_enforced_on_both_and_change_what_new_connections_d
 
     // Both APIs answer, one master, the other backup, sync up, the client's flows flow.
     let eps = wait_for(&lab, "both firewalls settled", BOOT, |l| {
-        let fws = l.firewalls();
-        let states: Vec<_> = fws.values().filter_map(|r| r.as_ref().ok()).collect();
-        let one_master = states.iter().filter(|f| f.is_master()).count() == 1;
-        let synced = states
-            .iter()
-            .all(|f| f.sync.as_ref().is_some_and(|s| s.peer_up));
-        (states.len() == 2 && one_master && synced).then(|| l.mgmt_endpoints())
+        pair_settled(l).then(|| l.mgmt_endpoints())
     });
     let master_before = wait_for(&lab, "client flows flowing", BOOT, |l| {
         l.traffic(false).ok().filter(|t| t.all_flowing(500))?;

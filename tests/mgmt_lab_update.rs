@@ -200,18 +200,13 @@ fn a_cluster_update_rolls_the_pair_and_client_flows_survive() {
     // when a TCG stall let the backup answer ARP for a moment and the master did not
     // re-announce — the VRRP area's open item in docs/lab.md, not the roll's.)
     wait_for(&lab, "one master, sync up, flows flowing", BOOT, |l| {
-        let fws = l.firewalls();
-        let states: Vec<_> = fws.values().filter_map(|r| r.as_ref().ok()).collect();
-        let one_master = states.iter().filter(|f| f.is_master()).count() == 1;
-        let synced = states
-            .iter()
-            .all(|f| f.sync.as_ref().is_some_and(|s| s.peer_up));
+        let settled = pair_settled(l);
         let flowing = l.traffic(false).is_ok_and(|t| t.all_flowing(500));
         // the roll starts only on a pair whose slots are both marked good
         let good = ["fw1", "fw2"]
             .iter()
             .all(|vm| status(eps[*vm]).is_some_and(|s| s["init"]["slot_marked_good"] == true));
-        (states.len() == 2 && one_master && synced && flowing && good).then_some(())
+        (settled && flowing && good).then_some(())
     });
     assert_eq!(master(&lab), "fw1");
     lab.lock().unwrap().traffic(true).expect("traffic reset");

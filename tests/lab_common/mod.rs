@@ -142,3 +142,15 @@ pub fn wait_for<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Both firewalls answer status, exactly one of them is master and both see their sync
+/// peer: the settled pair every mgmt lab test starts from.
+pub fn pair_settled(lab: &Lab) -> bool {
+    let fws = lab.firewalls();
+    let states: Vec<_> = fws.values().filter_map(|r| r.as_ref().ok()).collect();
+    let one_master = states.iter().filter(|f| f.is_master()).count() == 1;
+    let synced = states
+        .iter()
+        .all(|f| f.sync.as_ref().is_some_and(|s| s.peer_up));
+    states.len() == 2 && one_master && synced
+}
