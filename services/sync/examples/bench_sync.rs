@@ -216,20 +216,24 @@ fn kernel_count(pair: &Pair, i: usize) -> usize {
     pair.kernel_entries(i)
 }
 
-/// The conntrack hash of this machine: (`nf_conntrack_buckets`, `nf_conntrack_max`,
-/// entries of every namespace), from the initial namespace's sysctls.
-fn hash_state() -> (u64, u64, u64) {
+/// The conntrack hash of this machine (shared by every namespace):
+/// (`nf_conntrack_buckets`, `nf_conntrack_max`).
+fn hash_state() -> (u64, u64) {
     let read = |k: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/netfilter/{k}"))
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    (
-        read("nf_conntrack_buckets"),
-        read("nf_conntrack_max"),
-        read("nf_conntrack_count"),
-    )
+    (read("nf_conntrack_buckets"), read("nf_conntrack_max"))
+}
+
+/// Entries in a namespace's table (`nf_conntrack_count` is per namespace).
+fn ns_count(ns: &twinwall_testkit::Netns) -> u64 {
+    ns.run("cat", ["/proc/sys/net/netfilter/nf_conntrack_count"])
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Before a takeover: the old master's daemon has stopped; its table is flushed too,
@@ -243,10 +247,12 @@ fn retire_old_master(pair: &Pair) {
     }
     // freed slabs and the flush's RCU callbacks are done before the clock starts
     std::thread::sleep(Duration::from_millis(300));
-    let (buckets, max, count) = hash_state();
+    let (buckets, max) = hash_state();
     eprintln!(
-        "takeover: conntrack hash {buckets} buckets, max {max}, {count} entries in all \
-         namespaces (old master's table {})",
+        "takeover: conntrack hash {buckets} buckets, max {max}; entries old master {}, new \
+         master {} (old master's table {})",
+        ns_count(&pair.fw[0]),
+        ns_count(&pair.fw[1]),
         if std::env::var("KEEP_OLD_TABLE").is_err() {
             "flushed"
         } else {
@@ -1049,7 +1055,7 @@ fn raw_commit(n: usize) {
         .unwrap(),
     ));
     flush();
-    let (buckets, max, _) = hash_state();
+    let (buckets, max) = hash_state();
     let mut one = twinwall_sync::ctnetlink::Builder::new();
     one.create(&entries(1)[0], 1, false);
     println!(
