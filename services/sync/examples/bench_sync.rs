@@ -228,6 +228,18 @@ fn hash_state() -> (u64, u64) {
     (read("nf_conntrack_buckets"), read("nf_conntrack_max"))
 }
 
+/// Conntrack entries allocated in the whole kernel (active objects of the
+/// `nf_conntrack` slab): more than the namespaces in use hold means namespaces of an
+/// earlier part are still being torn down (their entries still sit in the shared hash).
+fn slab_entries() -> u64 {
+    std::fs::read_to_string("/proc/slabinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("nf_conntrack "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Entries in a namespace's table (`nf_conntrack_count` is per namespace).
 fn ns_count(ns: &twinwall_testkit::Netns) -> u64 {
     ns.run("cat", ["/proc/sys/net/netfilter/nf_conntrack_count"])
@@ -250,9 +262,10 @@ fn retire_old_master(pair: &Pair) {
     let (buckets, max) = hash_state();
     eprintln!(
         "takeover: conntrack hash {buckets} buckets, max {max}; entries old master {}, new \
-         master {} (old master's table {})",
+         master {}, in the whole kernel {} (old master's table {})",
         ns_count(&pair.fw[0]),
         ns_count(&pair.fw[1]),
+        slab_entries(),
         if std::env::var("KEEP_OLD_TABLE").is_err() {
             "flushed"
         } else {
