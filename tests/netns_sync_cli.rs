@@ -1,6 +1,7 @@
 //! `twinwall sync` as a process (root): starts in a netns from a node view, answers on
 //! `sync.sock`, exits 0 on SIGTERM; a bad key file or the wrong node is a clear error.
 
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -109,28 +110,22 @@ fn service_answers_status_and_exits_cleanly_on_sigterm() {
     // `ip netns exec` execs the binary, so the child pid is the service
     let pid = child.id().to_string();
     // The event intake, the main loop and the UDP reader run under SCHED_FIFO 1 (the
-    // default `--rt-priority`); `/proc/PID/task/TID/stat` fields 40/41: rt_priority, policy.
-    let policies: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .map(|t| {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap();
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
-            let f: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .split_whitespace()
-                .collect();
-            (comm.trim().to_string(), format!("{}/{}", f[37], f[38]))
-        })
-        .collect();
-    for name in ["twinwall", "sync-events", "sync-udp"] {
+    // default `--rt-priority`), and so does the connection thread that carried a
+    // `set-role` (its answer is the takeover's "committed"; kept open to look at it).
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    conn.write_all(b"{\"cmd\":\"set-role\",\"args\":{\"role\":\"backup\"}}\n")
+        .unwrap();
+    let mut answer = String::new();
+    BufReader::new(&conn).read_line(&mut answer).unwrap();
+    assert!(answer.contains("backup"), "{answer}");
+    let policies = thread_policies(&pid);
+    for name in ["twinwall", "sync-events", "sync-udp", "ctl-conn"] {
         assert!(
             policies.iter().any(|(c, p)| c == name && p == "1/1"),
             "{name} not SCHED_FIFO 1: {policies:?}"
         );
     }
+    drop(conn);
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -208,6 +203,21 @@ fn the_cluster_toml_config_is_read_for_the_node() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("office-a"));
 }
 
+/// (thread name, "rt_priority/policy") of every thread of `pid`
+/// (`/proc/PID/task/TID/stat` fields 40/41; policy 1 is SCHED_FIFO).
+fn thread_policies(pid: &str) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let f: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            Some((comm.trim().to_string(), format!("{}/{}", f[37], f[38])))
+        })
+        .collect()
+}
+
 #[test]
 fn the_vrrp_commit_handshake_drives_the_role() {
     use std::sync::{Arc, Mutex};
@@ -270,6 +280,12 @@ fn the_vrrp_commit_handshake_drives_the_role() {
     .unwrap();
     assert_eq!(status["role"], "master");
     assert_eq!(status["commits"], 1);
+    // The thread that carries the ack to VRRP runs real-time, as the main loop does.
+    let policies = thread_policies(&child.id().to_string());
+    assert!(
+        policies.iter().any(|(c, p)| c == "sync-role" && p == "1/1"),
+        "sync-role not SCHED_FIFO 1: {policies:?}"
+    );
     vrrp.publish(&serde_json::json!({"event": "group_role", "group": "g1", "from": "master", "to": "backup"}));
     assert!(wait_until(Duration::from_secs(10), || {
         twinwall_control::request(

@@ -216,11 +216,73 @@ fn kernel_count(pair: &Pair, i: usize) -> usize {
     pair.kernel_entries(i)
 }
 
+/// The conntrack hash of this machine (shared by every namespace):
+/// (`nf_conntrack_buckets`, `nf_conntrack_max`).
+fn hash_state() -> (u64, u64) {
+    let read = |k: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{k}"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (read("nf_conntrack_buckets"), read("nf_conntrack_max"))
+}
+
+/// Conntrack entries allocated in the whole kernel (active objects of the
+/// `nf_conntrack` slab): more than the namespaces in use hold means namespaces of an
+/// earlier part are still being torn down (their entries still sit in the shared hash).
+fn slab_entries() -> u64 {
+    std::fs::read_to_string("/proc/slabinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("nf_conntrack "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Entries in a namespace's table (`nf_conntrack_count` is per namespace).
+fn ns_count(ns: &twinwall_testkit::Netns) -> u64 {
+    ns.run("cat", ["/proc/sys/net/netfilter/nf_conntrack_count"])
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Before a takeover: the old master's daemon has stopped; its table is flushed too,
+/// because the lab's "nodes" share one kernel and one conntrack hash (namespaces only
+/// mix into the hash value), so its N entries would lengthen every hash chain the new
+/// master's commit walks (the floor's row "another namespace holds the same N"), which
+/// two machines do not do. `KEEP_OLD_TABLE=1` keeps them (the lab artefact, for A/B).
+fn retire_old_master(pair: &Pair) {
+    if std::env::var("KEEP_OLD_TABLE").is_err() {
+        pair.fw[0].run("conntrack", ["-F"]).unwrap();
+    }
+    // freed slabs and the flush's RCU callbacks are done before the clock starts
+    std::thread::sleep(Duration::from_millis(300));
+    let (buckets, max) = hash_state();
+    eprintln!(
+        "takeover: conntrack hash {buckets} buckets, max {max}; entries old master {}, new \
+         master {}, in the whole kernel {} (old master's table {})",
+        ns_count(&pair.fw[0]),
+        ns_count(&pair.fw[1]),
+        slab_entries(),
+        if std::env::var("KEEP_OLD_TABLE").is_err() {
+            "flushed"
+        } else {
+            "kept"
+        }
+    );
+}
+
 #[derive(Debug, Default)]
 struct Result {
     sync_s: f64,
     inject_s: f64,
+    /// The takeover: `set-role master` until its answer (twinwall), `conntrackd -c`.
     commit_s: f64,
+    /// twinwall only: the commit as the service reports it, and its CPU.
+    commit_report_s: f64,
+    commit_cpu_s: f64,
     rss_backup_mb: f64,
     rss_master_mb: f64,
     wire_bytes_per_entry: f64,
@@ -294,7 +356,8 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
                 pair.fw[i].name(),
                 bin,
                 "--log",
-                "warn",
+                // TW_LOG=LEVEL: the daemons' log level (default warn)
+                &std::env::var("TW_LOG").unwrap_or_else(|_| "warn".into()),
                 "sync",
             ])
             .arg("--config")
@@ -494,11 +557,16 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
     // entry created in every namespace (the floor's row "a listener in another
     // namespace": twice the kernel's work), which two real nodes do not do.
     drop(procs.remove(0));
-    std::thread::sleep(Duration::from_millis(200));
+    retire_old_master(&pair);
     let perf = std::env::var("PERF").ok().map(|out| {
         let p = Command::new("perf")
-            .args(["record", "-q", "-g", "-o", &out, "--tid"])
-            .arg(procs[0].0.id().to_string())
+            .args(["record", "-q", "-g", "-o", &out])
+            // PERF_ALL=1: every CPU (what else runs during the commit), else the service
+            .args(if std::env::var("PERF_ALL").is_ok() {
+                vec!["-a".to_string()]
+            } else {
+                vec!["-p".to_string(), procs[0].0.id().to_string()]
+            })
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(2000));
@@ -511,9 +579,21 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         Duration::from_secs(60),
     )
     .unwrap();
-    let commit_wall = t1.elapsed().as_secs_f64();
-    let commit_s = v["commit"]["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
-    eprintln!("twinwall commit: {v} (request wall {commit_wall:.3} s)");
+    // What VRRP would wait for: the request until its answer (as `conntrackd -c`).
+    let commit_s = t1.elapsed().as_secs_f64();
+    let commit_report_s = v["commit"]["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
+    let commit_cpu_s = v["commit"]["cpu_us"].as_f64().unwrap_or(0.0) / 1e6;
+    eprintln!("twinwall commit: {v} (request wall {commit_s:.3} s)");
+    if std::env::var("TW_LOG").is_ok() {
+        std::thread::sleep(Duration::from_millis(500));
+        let log = std::fs::read_to_string(dir.join("tw1.log")).unwrap_or_default();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("commit") || l.contains("role") || l.contains("dump"))
+        {
+            eprintln!("fw2: {l}");
+        }
+    }
     if let Some(p) = perf {
         let _ = Command::new("kill")
             .args(["-INT", &p.id().to_string()])
@@ -529,6 +609,8 @@ fn bench_twinwall(bin: &str, n: usize, dir: &Path) -> Result {
         sync_s,
         inject_s,
         commit_s,
+        commit_report_s,
+        commit_cpu_s,
         rss_backup_mb,
         rss_master_mb,
         wire_bytes_per_entry: tx as f64 / n as f64,
@@ -672,9 +754,9 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
     std::thread::sleep(Duration::from_millis(500));
     let rss_backup_mb = rss_mb(procs[1].0.id());
     let rss_master_mb = rss_mb(procs[0].0.id());
-    // the old master stopped first, as for twinwall
+    // the old master stopped (and its table flushed) first, as for twinwall
     drop(procs.remove(0));
-    std::thread::sleep(Duration::from_millis(200));
+    retire_old_master(&pair);
     let t1 = Instant::now();
     pair.fw[1]
         .run("conntrackd", ["-C", &confs[1].display().to_string(), "-c"])
@@ -686,6 +768,8 @@ fn bench_conntrackd(n: usize, dir: &Path) -> Result {
         sync_s,
         inject_s,
         commit_s,
+        commit_report_s: f64::NAN,
+        commit_cpu_s: f64::NAN,
         rss_backup_mb,
         rss_master_mb,
         wire_bytes_per_entry: f64::NAN,
@@ -951,15 +1035,21 @@ fn raw_commit(n: usize) {
     ));
     flush();
     drop(other);
+    // Message sizes (a UDP entry is 148 bytes): 24 fit the one-page skb netlink
+    // allocates for small sends; larger sends get a kvmalloc'ed one.
+    for (label, per) in [
+        ("kernel only: pre-built batches of 24 (3.5 KiB)", 24),
+        ("kernel only: pre-built batches of 128 (19 KiB)", 128),
+        ("kernel only: pre-built batches of 256 (37 KiB)", 256),
+        ("kernel only: pre-built batches of 1024 (148 KiB)", 1024),
+    ] {
+        let b = batch.clone();
+        rows.push((label, ns.enter(move || prebuilt_commit(&b, per)).unwrap()));
+        flush();
+    }
     let b = batch.clone();
     rows.push((
-        "kernel only: pre-built batches of 256",
-        ns.enter(move || prebuilt_commit(&b, 256)).unwrap(),
-    ));
-    flush();
-    let b = batch.clone();
-    rows.push((
-        "kernel only: pre-built batches of 2048",
+        "kernel only: pre-built batches of 2048 (296 KiB)",
         ns.enter(move || prebuilt_commit(&b, 2048)).unwrap(),
     ));
     flush();
@@ -978,10 +1068,17 @@ fn raw_commit(n: usize) {
         .unwrap(),
     ));
     flush();
-    println!("commit of {n} entries into an empty namespace (the floor)");
-    println!("{:<48} {:>8} {:>8} {:>8}", "", "wall s", "user s", "sys s");
+    let (buckets, max) = hash_state();
+    let mut one = twinwall_sync::ctnetlink::Builder::new();
+    one.create(&entries(1)[0], 1, false);
+    println!(
+        "commit of {n} entries into an empty namespace (the floor; conntrack hash {buckets} \
+         buckets, max {max}; {} bytes per UDP entry)",
+        one.bytes().len()
+    );
+    println!("{:<52} {:>8} {:>8} {:>8}", "", "wall s", "user s", "sys s");
     for (name, (w, u, s)) in rows {
-        println!("{name:<48} {w:>8.3} {u:>8.3} {s:>8.3}");
+        println!("{name:<52} {w:>8.3} {u:>8.3} {s:>8.3}");
     }
 }
 
@@ -1035,13 +1132,16 @@ fn main() {
     if std::env::var("TW_ONLY").is_ok() {
         println!(
             "twinwall only, {n} entries: injection {:.3} s, peer holds all {:.3} s ({:.0}/s), \
-             RSS backup {:.1} MB, master {:.1} MB, commit {:.3} s",
+             RSS backup {:.1} MB, master {:.1} MB, takeover (set-role -> answer) {:.3} s, \
+             commit {:.3} s, its CPU {:.3} s",
             tw.inject_s,
             tw.sync_s,
             n as f64 / tw.sync_s,
             tw.rss_backup_mb,
             tw.rss_master_mb,
-            tw.commit_s
+            tw.commit_s,
+            tw.commit_report_s,
+            tw.commit_cpu_s
         );
         return;
     }
@@ -1091,9 +1191,17 @@ fn main() {
         cap(tw.repl_cpu) / cap(cd.repl_cpu)
     );
     row(
-        "takeover commit (old master stopped), s",
+        "takeover commit (set-role -> answer / -c), s",
         tw.commit_s,
         cd.commit_s,
+    );
+    println!(
+        "{:<44} {:>12.3}",
+        "  the service's own report of it, s", tw.commit_report_s
+    );
+    println!(
+        "{:<44} {:>12.3}",
+        "  its CPU (kernel's work included), s", tw.commit_cpu_s
     );
     row(
         "RSS backup at N entries, MB",

@@ -357,15 +357,25 @@ impl Core {
 
     /// The external cache as entries to commit, timeouts set to what is left at `now`.
     pub fn external_entries(&self, now_us: u64) -> Vec<Entry> {
+        self.external_iter(now_us).collect()
+    }
+
+    /// [`Core::external_entries`] without the copy: the same sequence on every call while
+    /// the cache is not changed (what [`crate::kernel::Conntrack::commit_from`] needs).
+    pub fn external_iter(&self, now_us: u64) -> impl Iterator<Item = Entry> + '_ {
         self.external
             .values()
-            .filter(|x| x.deadline_us > now_us)
-            .map(|x| {
+            .filter(move |x| x.deadline_us > now_us)
+            .map(move |x| {
                 let mut e = x.entry;
                 e.timeout = (((x.deadline_us - now_us) / 1_000_000) as u32).max(1);
                 e
             })
-            .collect()
+    }
+
+    /// Entries in the external cache (expired ones included).
+    pub fn external_len(&self) -> usize {
+        self.external.len()
     }
 
     fn peer_up(&self, now_us: u64) -> bool {

@@ -253,6 +253,25 @@ impl Service {
                 false
             }
         };
+        // The takeover commit walks the hash chains: size the hash for the table's limit.
+        match crate::kernel::ensure_hash_buckets(std::path::Path::new(
+            crate::kernel::NETFILTER_SYSCTLS,
+        )) {
+            Ok(b) if b.after != b.before => tracing::info!(
+                max = b.max,
+                before = b.before,
+                after = b.after,
+                "conntrack hash resized to one bucket per entry of nf_conntrack_max"
+            ),
+            Ok(_) => {}
+            // In a network namespace both sysctls are the initial namespace's, read-only.
+            Err(crate::kernel::KernelError::SysctlIo { path, source })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                tracing::debug!(%path, "conntrack hash size is not ours to set here")
+            }
+            Err(e) => tracing::warn!(error = %e, "conntrack hash size left as it is"),
+        }
         allocator::tune();
         let events = Events::subscribe(settings.event_rcvbuf)?;
         let event_rcvbuf = events.rcvbuf();
@@ -309,7 +328,7 @@ impl Service {
         svc.control = Some(Server::bind(
             &svc.settings.run_dir,
             "sync",
-            control_handler(svc.tx.clone()),
+            control_handler(svc.tx.clone(), svc.settings.rt_priority),
         )?);
         // Our own table first: as master it is what the peer gets.
         let now = svc.now_us();
@@ -340,7 +359,13 @@ impl Service {
     /// Starts a role source on its own thread.
     pub fn add_role_source(&self, source: Box<dyn RoleSource>) -> Result<(), ServiceError> {
         let sink = self.role_sink();
-        spawn("sync-role", move || source.run(sink)).map(drop)
+        // It carries the commit's ack to VRRP: see `control_handler` for why real-time.
+        let rt = self.settings.rt_priority;
+        spawn("sync-role", move || {
+            let _rt = RtBoost::raise(rt);
+            source.run(sink)
+        })
+        .map(drop)
     }
 
     fn now_us(&self) -> u64 {
@@ -460,25 +485,39 @@ impl Service {
     /// entry); the caller dumps afterwards.
     /// The commit runs with a real-time priority (`commit_rt_priority`, see [`RtBoost`]).
     pub fn commit_external_cache(&mut self) -> Result<CommitReport, KernelError> {
+        // The report's time and CPU cover the whole takeover step, not only the sends.
+        let start = Instant::now();
+        let cpu0 = crate::kernel::thread_cpu_us();
         let boost = RtBoost::raise(self.settings.commit_rt_priority);
-        let entries = self.core.external_entries(self.now_us());
+        let now = self.now_us();
         if self.pause_commits {
             self.pause.pause();
         }
-        let report = self.conntrack.commit(&entries);
+        let prepare_us = start.elapsed().as_micros() as u64;
+        let prepare_cpu_us = crate::kernel::thread_cpu_us().saturating_sub(cpu0);
+        // Batches are built straight from the cache (no copy of it first).
+        let core = &self.core;
+        let report = self
+            .conntrack
+            .commit_from(core.external_len(), || core.external_iter(now));
         let resumed = if self.pause_commits {
             self.pause.resume()
         } else {
             Ok(())
         };
         drop(boost);
-        let report = report?;
+        let mut report = report?;
         resumed?;
+        let kernel_us = report.duration_us;
+        report.duration_us = start.elapsed().as_micros() as u64;
+        report.cpu_us += prepare_cpu_us;
         tracing::info!(
             entries = report.entries,
             existing = report.existing,
             failed = report.failed,
             duration_us = report.duration_us,
+            prepare_us,
+            kernel_us,
             cpu_us = report.cpu_us,
             "external cache committed into the kernel"
         );
@@ -503,6 +542,9 @@ impl Service {
                 Err(e) => tracing::error!(error = %e, "commit of the external cache failed"),
             }
             committed(report);
+            // The dump (0.1-0.4 s at 100k) is not on the critical path; the threads
+            // that carry the answer to VRRP are (and VRRP is normally scheduled).
+            let _normal = RtBoost::normal();
             self.dump();
         } else {
             committed(None);
@@ -632,6 +674,33 @@ impl RtBoost {
     /// True when the thread runs boosted.
     pub fn active(&self) -> bool {
         self.restore.is_some()
+    }
+
+    /// Runs the calling thread under normal scheduling until dropped (then restores its
+    /// policy): for work right after a takeover commit that must not keep normally
+    /// scheduled threads (the VRRP service reading the ack) off this CPU.
+    pub fn normal() -> RtBoost {
+        // SAFETY: as in `raise`: reads the calling thread's own policy and parameters.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        let mut old = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as in `raise`.
+        let got = unsafe { libc::sched_getparam(0, &mut old) };
+        if policy < 0 || got != 0 || policy == libc::SCHED_OTHER {
+            return RtBoost { restore: None };
+        }
+        let new = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as in `raise`: changes only the calling thread.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &new) } != 0 {
+            return RtBoost { restore: None };
+        }
+        RtBoost {
+            restore: Some((policy, old)),
+        }
+    }
+
+    /// Leaves the thread at the raised priority for the rest of its life.
+    pub fn keep(mut self) {
+        self.restore = None;
     }
 }
 
@@ -763,7 +832,13 @@ fn udp_loop(udp: UdpSocket, peer: IpAddr, tx: Sender<Msg>, stop: Arc<AtomicBool>
     }
 }
 
-fn control_handler(tx: Sender<Msg>) -> Arc<twinwall_control::Handler> {
+/// The control socket's requests, forwarded to the main loop. A `set-role` request's
+/// connection thread is raised to the service's real-time priority for the rest of its
+/// life (one thread per connection): the answer is the takeover's "committed" and right
+/// after the commit the main loop (real-time) dumps the new table for 0.1-0.4 s; a
+/// normally scheduled thread woken meanwhile waited for a CPU, and the answer came
+/// 2-138 ms after the commit ended (bench_sync, load ~2).
+fn control_handler(tx: Sender<Msg>, rt: i32) -> Arc<twinwall_control::Handler> {
     let tx = Mutex::new(tx);
     Arc::new(move |req: &Request| {
         let send = |m: Msg| tx.lock().map(|t| t.send(m).is_ok()).unwrap_or(false);
@@ -788,6 +863,7 @@ fn control_handler(tx: Sender<Msg>) -> Arc<twinwall_control::Handler> {
                         );
                     }
                 };
+                RtBoost::raise(rt).keep();
                 let (rtx, rrx) = mpsc::channel();
                 if !send(Msg::Role(role, rtx)) {
                     return Response::err("service is stopping");

@@ -416,27 +416,52 @@ fn a_second_commit_updates_the_entries_already_in_the_kernel() {
         assert!(e.timeout > 2000, "timeout not updated: {e:?}");
     }
     assert_eq!(find(&back, 40002).reply, snat.reply, "NAT binding kept");
-    // A pipelined commit (above 4096 entries) whose first half is already there: the
-    // errors name the right entries through their sequence numbers.
-    let many = twinwall_sync::lab::udp_entries(
+    // A pipelined commit (above 4096 entries) of which every other entry is already
+    // there, fed from an iterator as the takeover does: the errors name the right
+    // entries through their sequence numbers (positions), so exactly those are updated.
+    let many: Vec<Entry> = twinwall_sync::lab::udp_entries(
         10_000,
         |k| format!("192.0.2.{}", 100 + k).parse().unwrap(),
         "198.51.100.20".parse().unwrap(),
-    );
-    let half = many[..5_000].to_vec();
+    )
+    .into_iter()
+    .map(|e| Entry { timeout: 3000, ..e })
+    .collect();
+    let every_other: Vec<Entry> = many
+        .iter()
+        .step_by(2)
+        .map(|e| Entry { timeout: 100, ..*e })
+        .collect();
     let r = ns
-        .enter(move || Conntrack::open().unwrap().commit(&half).unwrap())
+        .enter(move || Conntrack::open().unwrap().commit(&every_other).unwrap())
         .unwrap();
     assert_eq!((r.failed, r.existing), (0, 0), "{r:?}");
+    let all = many.clone();
     let r = ns
-        .enter(move || Conntrack::open().unwrap().commit(&many).unwrap())
+        .enter(move || {
+            Conntrack::open()
+                .unwrap()
+                .commit_from(all.len(), || all.iter().copied())
+                .unwrap()
+        })
         .unwrap();
     assert_eq!(
         (r.entries, r.failed, r.existing),
         (10_000, 0, 5_000),
         "{r:?}"
     );
-    assert_eq!(dump(&ns).len(), 10_002);
+    let back = dump(&ns);
+    assert_eq!(back.len(), 10_002);
+    let stale: Vec<&Entry> = back
+        .iter()
+        .filter(|e| e.orig.dst.to_string() == "198.51.100.20" && e.timeout < 2000)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} entries not updated, e.g. {:?}",
+        stale.len(),
+        stale.first()
+    );
 }
 
 fn tuple_udp(src: &str, sport: u16, dst: &str, dport: u16) -> twinwall_sync::entry::Tuple {
