@@ -219,12 +219,16 @@ fn iso_boots_live_to_services_up_with_ovmf() {
     boot_iso(Firmware::Uefi, "iso-uefi");
 }
 
-/// The live ISO installs itself, unattended: the VM's SMBIOS OEM string
-/// `twinwall.install=/dev/vda` makes GRUB's install entry the default (no kernel argument
-/// typed, no key pressed), init runs `twinwall install /dev/vda` from the running slot —
-/// template and slot A from the ISO, the config partition carried over from the node's
-/// flashed disk attached as vdb — and powers off. Then the installed disk boots alone
-/// (SeaBIOS), to services up with the carried-over config and slot A marked good.
+/// The live ISO installs itself, unattended, on a UEFI machine (OVMF): the VM's SMBIOS OEM
+/// string `twinwall.install=/dev/vda` makes the EFI GRUB's install entry the default (no
+/// kernel argument typed, no key pressed), init runs `twinwall install /dev/vda` from the
+/// running slot — template and slot A from the ISO, the config partition carried over
+/// from the node's flashed disk attached as vdb — and powers off. Then the installed disk
+/// boots alone, again under OVMF (the removable-media path `/EFI/BOOT/BOOTX64.EFI` of the
+/// template's ESP, no NVRAM boot entry), to services up with the carried-over config and
+/// slot A marked good. UEFI is the firmware new machines install with; the SeaBIOS disk
+/// and ISO boots have their own tests above, so this covers UEFI install without an extra
+/// boot.
 #[test]
 fn iso_installs_to_an_empty_disk_which_then_boots_to_services_up() {
     let out = built_image();
@@ -244,7 +248,7 @@ fn iso_installs_to_an_empty_disk_which_then_boots_to_services_up() {
         oem_string: Some("twinwall.install=/dev/vda".into()),
         ..VmSpec::default()
     };
-    let mut vm = Vm::start(Firmware::Bios, &spec, dir.join("install.log"));
+    let mut vm = Vm::start(Firmware::Uefi, &spec, dir.join("install.log"));
     vm.expect_in_order(
         &[
             "twinwall: SMBIOS OEM string asks to install to /dev/vda",
@@ -286,7 +290,7 @@ fn iso_installs_to_an_empty_disk_which_then_boots_to_services_up() {
     markers.extend(full_boot_markers(&dir, "twinwall.slot=a"));
     markers.push("twinwall: health: healthy; slot a marked good".into());
     let markers: Vec<&str> = markers.iter().map(String::as_str).collect();
-    let mut vm = Vm::start(Firmware::Bios, &spec, dir.join("installed.log"));
+    let mut vm = Vm::start(Firmware::Uefi, &spec, dir.join("installed.log"));
     vm.expect_in_order(&markers, BOOT);
     drop(vm);
     let _ = std::fs::remove_dir_all(&dir);
