@@ -4,7 +4,8 @@
 # image flashed as lj-fw-1 under SeaBIOS) TWINWALL_BENCH_BOOTS times (default 3) and
 # prints, per variant, the median guest uptime at "twinwall: services up" (budgets: 3 s
 # minimal, 8 s full), the median PID 1 VmRSS (budget 4 MB) and the median of each boot
-# phase, with the machine's load average before and after (the machine is shared: TCG
+# phase (and of the kernel's spans, see bench-boot.sh), with the machine's load average
+# before and after (the machine is shared: TCG
 # times scale with it). The images it built and flashed are removed at the end.
 #
 # usage: scripts/bench-init.sh        env: TWINWALL_BENCH_BOOTS (default 3)
@@ -33,7 +34,7 @@ awk '
     rss = $0; sub(/.*VmRSS /, "", rss); sub(/ kB.*/, "", rss)
     vals[v "|up"] = vals[v "|up"] " " up; vals[v "|rss"] = vals[v "|rss"] " " rss
   }
-  /^  phase / && cur != "" {
+  /^  (phase|span) / && cur != "" {
     k = cur "|phase " $2
     if (!(k in pseen)) { pseen[k] = 1; phases[cur] = phases[cur] " " $2 }
     vals[k] = vals[k] " " $3

@@ -21,11 +21,15 @@
 #                            enables (QEMU's generated _PRT method, an AML loop over 128
 #                            entries) made virtio_pci's probe cost 0.3-0.5 s per device under
 #                            TCG; pci=noacpi or q35 remove it, see docs/init.md)
+# Kernel command line: the options of the image's GRUB entry (image/src/grub.rs CMDLINE and
+# BOOT_SPEED_OPTIONS, docs/init.md "Boot speed round 6: kernel") with a serial console only.
 # Prints: the console log path and, after a boot, "measure: pid1_rss_kb=N services_up_ms=N".
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-all}
+# The image's speed-only options (image/src/grub.rs BOOT_SPEED_OPTIONS).
+speed="noreplace-smp initcall_blacklist=init_kprobe_trace,crypto_kdf108_init"
 # shellcheck source=../init/qemu/kernel.lock
 . "$root/init/qemu/kernel.lock"
 cache=${TWINWALL_KERNEL_CACHE:-$root/build/cache/kernel}
@@ -158,7 +162,7 @@ boot() {
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing"
   [ -f "$out/initramfs.cpio" ] || die "run '$0 build' first"
   local console="$out/console.log" append rc=0
-  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check mitigations=off twinwall.root=initramfs twinwall.services=none"
+  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check mitigations=off $speed twinwall.root=initramfs twinwall.services=none"
   append="$append twinwall.shutdown_when_up=poweroff ${TWINWALL_QEMU_APPEND:-}"
   log "booting (accel $accel, timeout ${timeout_s}s); console: $console"
   # An isolated hub port: the guest has a NIC to bring up, and no frame leaves QEMU.
@@ -199,7 +203,7 @@ boot_node() {
   cfg=${TWINWALL_QEMU_CONFIG:-$root/../shared/examples/seed-pair.toml}
   node=${TWINWALL_QEMU_NODE:-lj-fw-1}
   config_disk "$bin" "$cfg" "$node"
-  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check mitigations=off twinwall.root=initramfs twinwall.peer_absent_after=5"
+  append="console=ttyS0 quiet panic=-1 cryptomgr.notests no_timer_check mitigations=off $speed twinwall.root=initramfs twinwall.peer_absent_after=5"
   append="$append twinwall.shutdown_when_healthy=poweroff ${TWINWALL_QEMU_APPEND:-}"
   log "booting node $node of $cfg (accel $accel, timeout ${timeout_s}s); console: $console"
   timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine "$machine" -m 512 -nographic -no-reboot \
@@ -223,7 +227,7 @@ boot_panic() {
   # -no-reboot: the guest's reboot ends QEMU (exit 0).
   timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine "$machine" -m 512 -nographic -no-reboot \
     -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio" \
-    -append "console=ttyS0 quiet panic=-1 no_timer_check mitigations=off twinwall.root=initramfs twinwall.services=none twinwall.test_panic=1" \
+    -append "console=ttyS0 quiet panic=-1 no_timer_check mitigations=off $speed twinwall.root=initramfs twinwall.services=none twinwall.test_panic=1" \
     -net none </dev/null >"$console" 2>&1 || rc=$?
   grep -q "twinwall: PANIC in init: " "$console" || { tail -n 40 "$console" >&2; die "no panic line on the console (qemu exit $rc)"; }
   grep -q "reboot: Restarting system" "$console" || { tail -n 20 "$console" >&2; die "the panic did not reboot (qemu exit $rc)"; }

@@ -58,6 +58,25 @@ pub const MODULES: &[&str] = &[
 pub const CMDLINE: &str = "console=tty0 console=ttyS0,115200n8 panic=10 loglevel=6 \
      cryptomgr.notests no_timer_check mitigations=off";
 
+/// Options that only make the kernel reach init sooner, appended to [`CMDLINE`] in every
+/// boot entry (kept apart from it: a direct `-kernel` boot that copies [`CMDLINE`]'s
+/// options for correctness does not need these; it may add them for speed).
+///
+/// `noreplace-smp`: a kernel that finds a single possible CPU (a one-vCPU VM) otherwise
+/// rewrites every `lock` prefix of the kernel and of each module it loads into a no-op;
+/// under TCG that pass took 0.33 of the 0.57 s the alternatives patching costs before the
+/// first initcall (docs/init.md, "Boot speed round 6: kernel"). The `lock` prefixes then
+/// stay, which costs a single CPU next to nothing; a machine with more CPUs never does
+/// that pass, so the option changes nothing there.
+///
+/// `initcall_blacklist=`: two built-in initcalls the appliance never needs, both among the
+/// slowest under TCG: `init_kprobe_trace` (the tracefs `kprobe_events` interface for
+/// dynamic kprobes, 80-190 ms) and `crypto_kdf108_init` (nothing but the boot self-test of
+/// the SP800-108 KDF, which `cryptomgr.notests` does not cover, 20-180 ms; the KDF stays
+/// usable).
+pub const BOOT_SPEED_OPTIONS: &str =
+    "noreplace-smp initcall_blacklist=init_kprobe_trace,crypto_kdf108_init";
+
 /// Errors of the GRUB steps.
 #[derive(Debug, Error)]
 pub enum GrubError {
@@ -104,7 +123,7 @@ pub fn disk_config(layout: &Layout) -> String {
         s.push_str(&format!(
             r#"menuentry "twinwall slot {slot} (OK=${slot}_OK TRY=${slot}_TRY)" --id slot-{lower} {{
     echo "twinwall: booting slot {slot}"
-    if linux ($disk,gpt{part})/boot/vmlinuz {CMDLINE} twinwall.slot={lower}; then
+    if linux ($disk,gpt{part})/boot/vmlinuz {CMDLINE} {BOOT_SPEED_OPTIONS} twinwall.slot={lower}; then
         if initrd ($disk,gpt{part})/boot/initrd.img; then
             boot
         fi
@@ -139,7 +158,7 @@ pub fn iso_config(squashfs_path: &str) -> String {
             r#"menuentry "{title}" --id {id} {{
     echo "twinwall: booting {id}"
     loopback slot {squashfs_path}
-    linux (slot)/boot/vmlinuz {CMDLINE} twinwall.slot=a twinwall.live=1{extra}
+    linux (slot)/boot/vmlinuz {CMDLINE} {BOOT_SPEED_OPTIONS} twinwall.slot=a twinwall.live=1{extra}
     initrd (slot)/boot/initrd.img
 }}
 "#
@@ -333,6 +352,44 @@ mod tests {
             cfg.find("menuentry \"twinwall live\"").unwrap()
                 < cfg.find("menuentry \"Install").unwrap()
         );
+    }
+
+    #[test]
+    fn every_kernel_line_carries_the_command_line_and_the_speed_options() {
+        let cfgs = [
+            disk_config(&Layout::plan(Sizes::default())),
+            iso_config("/twinwall/slot.squashfs"),
+        ];
+        for cfg in &cfgs {
+            let lines: Vec<&str> = cfg
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("linux ") || l.starts_with("if linux "))
+                .collect();
+            assert!(lines.len() >= 2, "{cfg}");
+            for l in lines {
+                assert!(
+                    l.contains(&format!("{CMDLINE} {BOOT_SPEED_OPTIONS} twinwall.slot=")),
+                    "{l}"
+                );
+            }
+        }
+        // One word each: the kernel splits its command line at spaces.
+        assert_eq!(BOOT_SPEED_OPTIONS.split(' ').count(), 2);
+    }
+
+    /// The minimal QEMU boot (scripts/qemu-initramfs.sh, a shell script that cannot read
+    /// this constant) must boot with the same speed options, or the two boots' kernel
+    /// phases stop being comparable.
+    #[test]
+    fn minimal_boot_script_uses_the_same_speed_options() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/qemu-initramfs.sh");
+        let script = std::fs::read_to_string(path).unwrap();
+        assert!(
+            script.contains(&format!("\nspeed=\"{BOOT_SPEED_OPTIONS}\"\n")),
+            "{path} does not set speed=\"{BOOT_SPEED_OPTIONS}\""
+        );
+        assert_eq!(script.matches(" $speed ").count(), 3, "{path}");
     }
 
     #[test]

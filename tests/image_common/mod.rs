@@ -159,18 +159,58 @@ pub struct VmSpec {
     pub cdrom: Option<PathBuf>,
     /// Let the guest reboot (else `-no-reboot`: a reboot ends QEMU).
     pub reboot: bool,
-    /// virtio-net NICs, one isolated hub port each (no frame leaves QEMU). They sit at
+    /// NICs (of `nic_model`), one isolated hub port each (no frame leaves QEMU). They sit at
     /// PCI slots 0x10, 0x11, ... in this order, which is the order the kernel names them
     /// eth0, eth1, ...; the MACs are 52:54:00:77:00:NN.
     pub nics: usize,
     /// More raw virtio-blk disks, at PCI slots 0x0c, 0x0d, ... (after `disk`, which gets
-    /// the first free slot: `disk` is vda, these vdb, vdc, ...).
+    /// the first free slot: a virtio `disk` is vda and these vdb, vdc, ...; next to an
+    /// AHCI `disk` (sda) they are vda, vdb, ...).
     pub extra_disks: Vec<PathBuf>,
     /// An SMBIOS type-11 OEM string (`-smbios type=11,value=...`).
     pub oem_string: Option<String>,
     /// NIC `.0` on a QEMU user-mode network with the `-netdev user` options `.1` (e.g.
     /// `restrict=on,net=...,hostfwd=...`: the host reaches a guest port) instead of its hub.
     pub user_nic: Option<(usize, String)>,
+    /// What `disk` is attached to (default virtio-blk, what a VM deployment uses).
+    pub disk_bus: DiskBus,
+    /// The NICs' device model (default virtio-net).
+    pub nic_model: NicModel,
+}
+
+/// The controller of a [`VmSpec`]'s `disk`. virtio is what the benchmarks and most tests
+/// use (what a VM deployment uses, and the cheapest under TCG: docs/init.md, "Boot speed
+/// round 6: kernel"); AHCI is there so a test covers the SATA drivers the image ships for
+/// hardware.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskBus {
+    /// virtio-blk-pci: the guest's `/dev/vda`.
+    #[default]
+    Virtio,
+    /// A SATA disk on port 0 of q35's ICH9 AHCI controller: the guest's `/dev/sda` (a CD-ROM
+    /// of the same VM goes to port 1).
+    Ahci,
+}
+
+/// The device model of a [`VmSpec`]'s NICs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NicModel {
+    /// virtio-net-pci (the guest's `virtio_net`).
+    #[default]
+    Virtio,
+    /// Intel 82574L (`e1000e`, q35's own default NIC, a driver for hardware the image
+    /// ships).
+    E1000e,
+}
+
+impl NicModel {
+    /// The QEMU `-device` name.
+    fn device(self) -> &'static str {
+        match self {
+            NicModel::Virtio => "virtio-net-pci",
+            NicModel::E1000e => "e1000e",
+        }
+    }
 }
 
 /// The MAC of NIC `i` of a [`VmSpec`].
@@ -233,7 +273,13 @@ impl Vm {
                 "file={},format=raw,if=none,id=hd,discard=unmap,detect-zeroes=unmap",
                 d.display()
             ));
-            c.args(["-device", "virtio-blk-pci,drive=hd,bootindex=2"]);
+            c.args([
+                "-device",
+                match spec.disk_bus {
+                    DiskBus::Virtio => "virtio-blk-pci,drive=hd,bootindex=2",
+                    DiskBus::Ahci => "ide-hd,drive=hd,bus=ide.0,bootindex=2",
+                },
+            ]);
         }
         for (i, d) in spec.extra_disks.iter().enumerate() {
             c.arg("-drive").arg(format!(
@@ -251,7 +297,7 @@ impl Vm {
                 "file={},format=raw,if=none,id=cd,media=cdrom,readonly=on",
                 iso.display()
             ));
-            c.args(["-device", "ide-cd,drive=cd,bootindex=1"]);
+            c.args(["-device", "ide-cd,drive=cd,bus=ide.1,bootindex=1"]);
         }
         if spec.nics == 0 {
             c.args(["-net", "none"]);
@@ -262,7 +308,8 @@ impl Vm {
                 _ => c.arg("-netdev").arg(format!("hubport,id=n{i},hubid={i}")),
             };
             c.arg("-device").arg(format!(
-                "virtio-net-pci,netdev=n{i},mac={},addr=0x{:x},romfile=",
+                "{},netdev=n{i},mac={},addr=0x{:x},romfile=",
+                spec.nic_model.device(),
                 nic_mac(i),
                 0x10 + i
             ));
