@@ -365,9 +365,16 @@ fn boot_to_root(
     });
     record(r);
     let cmdline = cmdline?;
+    // Before the re-exec and the first service: both inherit the personality.
+    let layout = crate::layout::apply(sys, cmdline.aslr);
+    if layout.shared {
+        console(&layout.reason);
+    }
     let list = PathBuf::from(cmdline.modules.as_deref().unwrap_or(modules::DEFAULT_LIST));
+    // The SCSI/ATA stack's bus scans in the background on a disk-slot boot (modules.rs).
+    let probe = modules::Probe::for_boot(&cmdline);
     let (r, m) = phase::run(Phase::Modules, || {
-        modules::run(sys, &list).map(|l| ((), Outcome::Ok(l.summary())))
+        modules::run_with(sys, &list, probe).map(|l| ((), Outcome::Ok(l.summary())))
     });
     record(r);
     m?;
