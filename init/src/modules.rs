@@ -20,6 +20,14 @@
 //! probing an empty controller and a CD drive while the disk was virtio). The storage
 //! phase waits for the partitions by label anyway. Last, because the kernel makes every
 //! synchronous module load wait for all outstanding asynchronous probes.
+//!
+//! [`Probe::StorageLater`] (a disk-slot boot, both lists): that stack, and what only it
+//! (or absent hardware) needs — `scsi_mod`, `usbcore` without a USB controller, `cdrom` —
+//! is not loaded at all, unless a device of a driver that does load needs it: a disk
+//! slot is usually on virtio or NVMe, and the SCSI scan's CPU time (0.15 s under TCG,
+//! after the sleeps are gone) then is not on the path to services up. The storage phase
+//! loads it ([`Probe::StorageInBackground`]) when the slot or the config partition is not
+//! there without it (SATA, USB); otherwise the late-modules phase does, after services up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -77,15 +85,18 @@ pub enum Probe {
     Wait,
     /// The SCSI/ATA stack loads last, probing in the background (module doc).
     StorageInBackground,
+    /// The storage stack is left for later (module doc); see [`Loaded::later`].
+    StorageLater,
 }
 
 impl Probe {
-    /// The choice for the initramfs's list: in the background on a disk-slot boot, where
-    /// the storage phase waits for the slot and config partitions by label; waiting on a
-    /// live or initramfs boot, whose storage phase looks for its devices once.
+    /// The choice for the boot's lists: the storage stack later on a disk-slot boot, where
+    /// the storage phase waits for the slot and config partitions by label (and loads the
+    /// stack itself when they are not there without it); everything, waiting, on a live
+    /// or initramfs boot, whose storage phase looks for its devices once.
     pub fn for_boot(cmdline: &crate::cmdline::Cmdline) -> Probe {
         if cmdline.slot.is_some() && !cmdline.live && !cmdline.stay_in_initramfs {
-            Probe::StorageInBackground
+            Probe::StorageLater
         } else {
             Probe::Wait
         }
@@ -109,6 +120,8 @@ pub struct Loaded {
     pub not_applicable: Vec<String>,
     /// Hardware drivers (and their own dependencies) skipped: no matching device.
     pub not_needed: Vec<String>,
+    /// The storage stack left for later ([`Probe::StorageLater`]).
+    pub later: Vec<String>,
     /// The slowest loads (name, microseconds), slowest first, at most [`SLOWEST`].
     pub slowest: Vec<(String, u64)>,
 }
@@ -124,6 +137,7 @@ impl Loaded {
         self.already.extend(other.already);
         self.not_applicable.extend(other.not_applicable);
         self.not_needed.extend(other.not_needed);
+        self.later.extend(other.later);
         self.slowest.extend(other.slowest);
         self.slowest.sort_by_key(|m| std::cmp::Reverse(m.1));
         self.slowest.truncate(SLOWEST);
@@ -143,6 +157,9 @@ impl Loaded {
             self.not_applicable.len(),
             self.not_needed.len()
         );
+        if !self.later.is_empty() {
+            s.push_str(&format!(", {} later (storage stack)", self.later.len()));
+        }
         if !self.slowest.is_empty() {
             let v: Vec<String> = self
                 .slowest
@@ -272,6 +289,37 @@ pub fn scsi_stack(order: &[String], deps: &BTreeMap<String, Vec<String>>) -> BTr
         .collect()
 }
 
+/// The storage stack that [`Probe::StorageLater`] leaves out: the SCSI/ATA stack
+/// (`scsi`, see [`scsi_stack`]) and every module of `order` that only it and on-demand
+/// drivers (`lazy`) need. Pure.
+pub fn storage_stack(
+    order: &[String],
+    deps: &BTreeMap<String, Vec<String>>,
+    scsi: &BTreeSet<String>,
+    lazy: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let in_list: BTreeSet<&String> = order.iter().collect();
+    let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for m in order {
+        for d in deps.get(m).into_iter().flatten() {
+            if in_list.contains(d) {
+                users.entry(d.as_str()).or_default().push(m.as_str());
+            }
+        }
+    }
+    let mut out = scsi.clone();
+    // Users come later in the order: walking it backwards decides them first.
+    for m in order.iter().rev() {
+        let only_for_later = users.get(m.as_str()).is_some_and(|u| {
+            !u.is_empty() && u.iter().all(|x| out.contains(*x) || lazy.contains(*x))
+        });
+        if only_for_later {
+            out.insert(m.clone());
+        }
+    }
+    out
+}
+
 /// Whether a device's modalias matches a modules.alias pattern (fnmatch-style globs, as
 /// modprobe matches them). The literal prefix is compared first: most patterns name
 /// another vendor or device and are rejected without compiling a glob.
@@ -365,22 +413,42 @@ pub fn run_with(sys: &dyn Syscalls, list: &Path, probe: Probe) -> Result<Loaded,
         _ => (BTreeMap::new(), BTreeMap::new()),
     };
     let lazy = on_demand(&names, &hw, &deps);
-    let background = match probe {
-        Probe::Wait => BTreeSet::new(),
-        Probe::StorageInBackground => scsi_stack(&names, &deps),
+    let scsi = scsi_stack(&names, &deps);
+    let (background, later) = match probe {
+        Probe::Wait => (BTreeSet::new(), BTreeSet::new()),
+        Probe::StorageInBackground => (scsi, BTreeSet::new()),
+        Probe::StorageLater => {
+            let later = storage_stack(&names, &deps, &scsi, &lazy);
+            (BTreeSet::new(), later)
+        }
     };
+    // Devices select drivers, but not the ones left for later: their needs (`scsi_mod`
+    // for `ahci`) must not pull the stack back in.
+    let hw_now: BTreeMap<String, Vec<String>> = hw
+        .iter()
+        .filter(|(m, _)| !later.contains(*m))
+        .map(|(m, a)| (m.clone(), a.clone()))
+        .collect();
     let mut done = Loaded::default();
     let mut handled: BTreeSet<String> = BTreeSet::new();
     let mut deferred: Vec<usize> = Vec::new();
     loop {
-        let wanted = if lazy.is_empty() {
+        let wanted = if lazy.is_empty() && later.is_empty() {
             BTreeSet::new()
         } else {
-            wanted_for_devices(&modaliases(sys), &hw, &deps)
+            wanted_for_devices(&modaliases(sys), &hw_now, &deps)
         };
         let round: Vec<usize> = (0..names.len())
             .filter(|&i| !handled.contains(&names[i]))
-            .filter(|&i| !lazy.contains(&names[i]) || wanted.contains(&names[i]))
+            .filter(|&i| {
+                let n = &names[i];
+                if later.contains(n) {
+                    // loaded already (the storage phase needed it): counted as present
+                    wanted.contains(n) || present.contains(n)
+                } else {
+                    !lazy.contains(n) || wanted.contains(n)
+                }
+            })
             .collect();
         if round.is_empty() {
             break;
@@ -406,11 +474,11 @@ pub fn run_with(sys: &dyn Syscalls, list: &Path, probe: Probe) -> Result<Loaded,
             done.background.push(module);
         }
     }
-    done.not_needed = names
+    (done.later, done.not_needed) = names
         .iter()
         .filter(|n| !handled.contains(*n))
         .cloned()
-        .collect();
+        .partition(|n| later.contains(n));
     Ok(done)
 }
 

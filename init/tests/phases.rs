@@ -225,6 +225,57 @@ fn fake_sysfs(sys: RecordingSyscalls) -> RecordingSyscalls {
         .with_file(format!("{b}/loop0/uevent"), dev("loop0", "disk", None))
 }
 
+/// When the first scan finds no slot (or no config partition), the storage phase asks
+/// once for the drivers it left for later and keeps looking: here the SATA disk's
+/// partitions appear after that. When the slot is there at once, it does not ask.
+#[test]
+fn storage_loads_what_it_left_for_later_only_when_the_partitions_are_missing() {
+    use twinwall_init::sys::Syscalls;
+    let cmdline = Cmdline::parse("twinwall.slot=a");
+    let block = Path::new("/sys/class/block");
+    // a virtio disk without twinwall's labels is there from the start
+    let sys = RecordingSyscalls::new()
+        .with_file("/sys/class/block/vda/uevent", "DEVNAME=vda\nDEVTYPE=disk\n");
+    let mut asked = 0;
+    let plan = storage::scan_and_plan_with(
+        &sys,
+        &cmdline,
+        block,
+        std::time::Duration::from_secs(5),
+        &mut || {
+            asked += 1;
+            for (name, label) in [("sda3", "slot-a"), ("sda5", "config")] {
+                let uevent =
+                    format!("DEVNAME={name}\nDEVTYPE=partition\nPARTN=1\nPARTNAME={label}\n");
+                sys.write_file(&block.join(name).join("uevent"), uevent.as_bytes())
+                    .unwrap();
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(asked, 1);
+    assert_eq!(
+        plan.root,
+        Root::Slot {
+            slot: "a".into(),
+            device: "sda3".into()
+        }
+    );
+    assert_eq!(plan.config.as_deref(), Some("sda5"));
+
+    let sys = fake_sysfs(RecordingSyscalls::new());
+    let mut asked = 0;
+    storage::scan_and_plan_with(
+        &sys,
+        &cmdline,
+        block,
+        std::time::Duration::from_secs(5),
+        &mut || asked += 1,
+    )
+    .unwrap();
+    assert_eq!(asked, 0);
+}
+
 #[test]
 fn storage_finds_partitions_by_gpt_label_in_sysfs() {
     let sys = fake_sysfs(RecordingSyscalls::new());
@@ -852,6 +903,50 @@ fn the_scsi_stack_loads_last_and_probes_in_the_background_on_a_disk_slot_boot() 
         done.summary()
     );
 
+    // Left for later: the whole SCSI/ATA stack and what only it needs (scsi_common), so
+    // nothing of it loads; once loaded (by the storage phase), it counts as present.
+    let later = sys();
+    let done = modules::run_with(
+        &later,
+        Path::new(modules::DEFAULT_LIST),
+        modules::Probe::StorageLater,
+    )
+    .unwrap();
+    let names: Vec<String> = loads(&later).into_iter().map(|(m, _)| m).collect();
+    assert_eq!(
+        names,
+        [
+            "virtio",
+            "virtio_ring",
+            "virtio_pci",
+            "virtio_blk",
+            "squashfs"
+        ]
+    );
+    assert_eq!(
+        done.later,
+        ["scsi_common", "scsi_mod", "libata", "ahci", "sd_mod"]
+    );
+    assert!(done.not_needed.is_empty(), "{:?}", done.not_needed);
+    assert!(
+        done.summary().contains(", 5 later (storage stack)"),
+        "{}",
+        done.summary()
+    );
+    let loaded_before = sys().with_file(
+        "/proc/modules",
+        "scsi_common 1 0 - Live 0x0\nscsi_mod 1 0 - Live 0x0\nlibata 1 0 - Live 0x0\n\
+         ahci 1 0 - Live 0x0\nsd_mod 1 0 - Live 0x0\n",
+    );
+    let done = modules::run_with(
+        &loaded_before,
+        Path::new(modules::DEFAULT_LIST),
+        modules::Probe::StorageLater,
+    )
+    .unwrap();
+    assert!(done.later.is_empty(), "{:?}", done.later);
+    assert_eq!(done.already.len(), 5);
+
     let wait = sys();
     let done = modules::run_with(
         &wait,
@@ -880,13 +975,14 @@ fn the_scsi_stack_loads_last_and_probes_in_the_background_on_a_disk_slot_boot() 
     );
 }
 
-/// Background probing only where the storage phase waits for its partitions: a disk-slot
-/// boot; a live ISO (the CD's sr device is looked for once) and the initramfs wait.
+/// The storage stack waits only where the storage phase waits for its partitions (and
+/// loads the stack when they are not there without it): a disk-slot boot; a live ISO (the
+/// CD's sr device is looked for once) and the initramfs load everything, waiting.
 #[test]
-fn background_probes_only_on_a_disk_slot_boot() {
+fn the_storage_stack_waits_only_on_a_disk_slot_boot() {
     use modules::Probe;
     let p = |c: &str| Probe::for_boot(&Cmdline::parse(c));
-    assert_eq!(p("twinwall.slot=a"), Probe::StorageInBackground);
+    assert_eq!(p("twinwall.slot=a"), Probe::StorageLater);
     assert_eq!(p("twinwall.slot=a twinwall.live=1"), Probe::Wait);
     assert_eq!(p("twinwall.root=initramfs"), Probe::Wait);
     assert_eq!(p(""), Probe::Wait);
