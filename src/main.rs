@@ -65,13 +65,17 @@ fn main() -> ExitCode {
     // Multi-call: the kernel runs us as /init (initramfs) or /sbin/init. It also passes
     // unknown bare kernel parameters as arguments; PID 1 must not die of a usage error, so
     // they are dropped (init reads its options from /proc/cmdline).
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .first()
         .and_then(|a| std::path::Path::new(a).file_name())
         .is_some_and(|n| n == "init")
     {
-        args = vec!["twinwall".into(), "init".into()];
+        // PID 1 takes no arguments: no clap here. Building the whole CLI's parser cost
+        // PID 1 65-95 ms under QEMU TCG on each of its two execs (docs/init.md).
+        let log = std::env::var("TWINWALL_LOG").unwrap_or_else(|_| "info".into());
+        cli::init_logging(&log);
+        return cli::exit_code(cli::init::run(cli::init::InitArgs::pid1()));
     }
     let cli = Cli::parse_from(args);
     cli::init_logging(&cli.log);

@@ -15,6 +15,7 @@
 //! | `twinwall.after_install=poweroff\|reboot` | what to do after a successful install (default poweroff) |
 //! | `twinwall.health_deadline=SECONDS` | health: reboot to the fallback slot when not healthy by then (default 300) |
 //! | `twinwall.late_modules=boot` | load the slot's late modules with the root modules, before the services (default: after services up) |
+//! | `twinwall.aslr=auto\|on\|off` | address space layout randomisation of twinwall's processes: `auto` (default) turns it off only on an emulated CPU, where one layout saves retranslating the code per process ([`crate::layout`]) |
 //! | `twinwall.start=parallel\|sequential` | start the services by dependency (`parallel`) or each after all before it are ready (`sequential`, the default: faster on one vCPU, docs/init.md) |
 
 use crate::sys::PowerAction;
@@ -52,6 +53,8 @@ pub struct Cmdline {
     pub parallel_start: bool,
     /// `twinwall.late_modules=boot`: the late list loads before the services.
     pub late_modules_at_boot: bool,
+    /// `twinwall.aslr=`.
+    pub aslr: crate::layout::AslrChoice,
     /// Options with the `twinwall.` prefix that init does not know (logged, not fatal:
     /// a typo on the kernel command line must not brick the box).
     pub unknown: Vec<String>,
@@ -117,6 +120,10 @@ impl Cmdline {
                     "parallel" => c.parallel_start = true,
                     _ => c.unknown.push(word.to_string()),
                 },
+                "aslr" => match crate::layout::AslrChoice::parse(value) {
+                    Some(a) => c.aslr = a,
+                    None => c.unknown.push(word.to_string()),
+                },
                 "peer_absent_after" => match value.parse() {
                     Ok(n) => c.peer_absent_after = Some(n),
                     Err(_) => c.unknown.push(word.to_string()),
@@ -176,6 +183,17 @@ mod tests {
         let c = Cmdline::parse("twinwall.start=random");
         assert!(!c.parallel_start);
         assert_eq!(c.unknown, ["twinwall.start=random"]);
+    }
+
+    #[test]
+    fn aslr_is_decided_from_the_cpu_unless_the_command_line_says() {
+        use crate::layout::AslrChoice;
+        assert_eq!(Cmdline::parse("").aslr, AslrChoice::Auto);
+        assert_eq!(Cmdline::parse("twinwall.aslr=on").aslr, AslrChoice::On);
+        assert_eq!(Cmdline::parse("twinwall.aslr=off").aslr, AslrChoice::Off);
+        let c = Cmdline::parse("twinwall.aslr=sometimes");
+        assert_eq!(c.aslr, AslrChoice::Auto);
+        assert_eq!(c.unknown, ["twinwall.aslr=sometimes"]);
     }
 
     #[test]

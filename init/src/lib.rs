@@ -11,6 +11,7 @@ pub mod cmdline;
 pub mod early;
 pub mod health;
 pub mod labhost;
+pub mod layout;
 pub mod logbuf;
 pub mod memory;
 pub mod modules;

@@ -159,8 +159,16 @@ pub fn boot(
     if mounted.switched_root {
         let root_list = PathBuf::from(modules::DEFAULT_LIST);
         let late = Path::new(modules::LATE_LIST);
+        // The storage stack stays for later (after services up) unless the storage phase
+        // loaded it or `late_modules=boot` wants everything now.
+        let probe = match modules::Probe::for_boot(&cmdline) {
+            modules::Probe::StorageLater if cmdline.late_modules_at_boot => {
+                modules::Probe::StorageInBackground
+            }
+            p => p,
+        };
         let (r, m) = phase::run(Phase::RootModules, || {
-            let mut l = modules::run(sys, &root_list)?;
+            let mut l = modules::run_with(sys, &root_list, probe)?;
             // `twinwall.late_modules=boot`: everything before the services, as before
             // the late list existed (the A/B reference, and a way out should a late
             // module turn out to be needed early).
@@ -365,15 +373,42 @@ fn boot_to_root(
     });
     record(r);
     let cmdline = cmdline?;
+    // Before the re-exec and the first service: both inherit the personality.
+    let layout = crate::layout::apply(sys, cmdline.aslr);
+    if layout.shared {
+        console(&layout.reason);
+    }
     let list = PathBuf::from(cmdline.modules.as_deref().unwrap_or(modules::DEFAULT_LIST));
+    // On a disk-slot boot the storage stack (SCSI/ATA, USB storage) waits until the
+    // storage phase finds it is needed, or until after services up (modules.rs).
+    let probe = modules::Probe::for_boot(&cmdline);
     let (r, m) = phase::run(Phase::Modules, || {
-        modules::run(sys, &list).map(|l| ((), Outcome::Ok(l.summary())))
+        modules::run_with(sys, &list, probe).map(|l| ((), Outcome::Ok(l.summary())))
     });
     record(r);
     m?;
 
     let (r, mounted) = phase::run(Phase::Storage, || {
-        let plan = storage::scan_and_plan(sys, &cmdline, &opts.sysfs_block, opts.root_wait)?;
+        let mut load_storage_stack = || {
+            if probe != modules::Probe::StorageLater {
+                return;
+            }
+            match modules::run_with(sys, &list, modules::Probe::StorageInBackground) {
+                Ok(l) => {
+                    tracing::info!(detail = %l.summary(), "partitions not found: storage stack loaded")
+                }
+                Err(e) => console(&format!(
+                    "partitions not found; loading the storage stack: {e}"
+                )),
+            }
+        };
+        let plan = storage::scan_and_plan_with(
+            sys,
+            &cmdline,
+            &opts.sysfs_block,
+            opts.root_wait,
+            &mut load_storage_stack,
+        )?;
         let m = storage::execute(sys, &plan)?;
         let d = format!(
             "root {:?}; config {}; data {}",
@@ -447,16 +482,24 @@ fn early_phase(sys: &dyn Syscalls) -> Result<Cmdline, EarlyError> {
 /// of resident code pages by services up: its start-up and polling touched them.)
 fn load_late_modules(shared: &Shared) {
     let late = Path::new(modules::LATE_LIST);
-    if !late.exists() {
-        return;
-    }
     let shared = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("late-modules".into())
         .stack_size(256 * 1024)
         .spawn(move || {
             let (r, _) = phase::run(Phase::LateModules, || {
-                modules::run(&RealSyscalls, late).map(|l| ((), Outcome::Ok(l.summary())))
+                // First the storage stack root-modules left for later (the rest of the
+                // root list is loaded: counted as present), then the late list.
+                let root_list = Path::new(modules::DEFAULT_LIST);
+                let mut l = modules::run_with(
+                    &RealSyscalls,
+                    root_list,
+                    modules::Probe::StorageInBackground,
+                )?;
+                if late.exists() {
+                    l.merge(modules::run(&RealSyscalls, late)?);
+                }
+                Ok::<_, ModuleError>(((), Outcome::Ok(l.summary())))
             });
             if r.result == "failed" {
                 console(&format!("late modules: {}", r.detail));

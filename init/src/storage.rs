@@ -258,15 +258,34 @@ pub fn scan_and_plan(
     sysfs_block: &Path,
     wait: Duration,
 ) -> Result<Plan, StorageError> {
+    scan_and_plan_with(sys, cmdline, sysfs_block, wait, &mut || {})
+}
+
+/// [`scan_and_plan`], calling `missing` once when the first scan finds no slot or no
+/// config partition (PID 1 then loads the storage drivers it had left for later).
+pub fn scan_and_plan_with(
+    sys: &dyn Syscalls,
+    cmdline: &Cmdline,
+    sysfs_block: &Path,
+    wait: Duration,
+    missing: &mut dyn FnMut(),
+) -> Result<Plan, StorageError> {
     let deadline = Instant::now() + wait;
+    let mut first = true;
     loop {
         let devs = scan(sys, sysfs_block)?;
-        match plan(cmdline, &devs) {
-            Err(StorageError::NoSlot { .. }) if Instant::now() < deadline => {}
+        let waiting = match plan(cmdline, &devs) {
+            Err(StorageError::NoSlot { .. }) if Instant::now() < deadline => true,
             Ok(p)
-                if p.config.is_none() && Instant::now() < deadline && p.root != Root::Initramfs => {
+                if p.config.is_none() && Instant::now() < deadline && p.root != Root::Initramfs =>
+            {
+                true
             }
             other => return other,
+        };
+        if waiting && std::mem::take(&mut first) {
+            missing();
+            continue;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

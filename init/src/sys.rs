@@ -59,8 +59,9 @@ pub trait Syscalls: Send + Sync {
     fn umount(&self, target: &Path, flags: MntFlags) -> Result<(), Errno>;
     /// `mkdir -p` with the given mode for created directories.
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
-    /// `finit_module(2)` on the file at `path` with empty parameters.
-    fn finit_module(&self, path: &Path) -> Result<(), Errno>;
+    /// `finit_module(2)` on the file at `path` with the parameter string `params` (empty,
+    /// or `async_probe`: the kernel probes the module's devices in the background).
+    fn finit_module(&self, path: &Path, params: &str) -> Result<(), Errno>;
     /// Reads a whole file (used for /proc, /sys and the config partition).
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Lists the entry names of a directory, sorted.
@@ -99,6 +100,12 @@ pub trait Syscalls: Send + Sync {
     fn spawn(&self, cmd: &mut std::process::Command) -> io::Result<std::process::Child>;
     /// Attaches `file` read-only to a free loop device and returns the device path.
     fn attach_loop(&self, file: &Path) -> Result<PathBuf, Errno>;
+    /// `personality(ADDR_NO_RANDOMIZE)` on this process, other persona flags kept: its
+    /// next exec and every child's get one fixed layout (see [`crate::layout`]).
+    fn no_address_randomization(&self) -> Result<(), Errno>;
+    /// The CPU's hypervisor identification: `None` without the CPUID hypervisor bit,
+    /// else the signature of leaf 0x40000000 (`KVMKVMKVM`, `TCGTCGTCGTCG`, or empty).
+    fn hypervisor(&self) -> Option<String>;
 }
 
 /// The kernel, through `nix`.
@@ -128,9 +135,9 @@ impl Syscalls for RealSyscalls {
             .create(path)
     }
 
-    fn finit_module(&self, path: &Path) -> Result<(), Errno> {
+    fn finit_module(&self, path: &Path, params: &str) -> Result<(), Errno> {
         let file = File::open(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
-        let params = CString::default();
+        let params = CString::new(params).map_err(|_| Errno::EINVAL)?;
         finit_module(&file, &params, ModuleInitFlags::empty())
     }
 
@@ -221,12 +228,57 @@ impl Syscalls for RealSyscalls {
     fn attach_loop(&self, file: &Path) -> Result<PathBuf, Errno> {
         attach_loop(file)
     }
+
+    fn hypervisor(&self) -> Option<String> {
+        cpuid_hypervisor()
+    }
+
+    fn no_address_randomization(&self) -> Result<(), Errno> {
+        // 0xffffffff queries the current persona without changing it.
+        // SAFETY: personality(2) takes a plain integer and changes only this process's
+        // execution-domain flags; no memory is passed.
+        let cur = unsafe { libc::personality(0xffff_ffff) };
+        if cur == -1 {
+            return Err(Errno::last());
+        }
+        let want = (cur as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong;
+        // SAFETY: as above.
+        if unsafe { libc::personality(want) } == -1 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
 }
 
 /// Loop ioctls from `<linux/loop.h>`. Written by hand: the `loopdev` crate needs bindgen
 /// (libclang) at build time for these three numbers.
 const LOOP_SET_FD: libc::c_ulong = 0x4C00;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+
+#[cfg(target_arch = "x86_64")]
+fn cpuid_hypervisor() -> Option<String> {
+    use std::arch::x86_64::__cpuid;
+    if __cpuid(1).ecx & (1 << 31) == 0 {
+        // Without the bit, leaf 0x40000000 is undefined (hardware returns other data).
+        return None;
+    }
+    let l = __cpuid(0x4000_0000);
+    let bytes: Vec<u8> = [l.ebx, l.ecx, l.edx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    Some(
+        String::from_utf8_lossy(&bytes)
+            .trim_matches(char::from(0))
+            .trim()
+            .to_string(),
+    )
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpuid_hypervisor() -> Option<String> {
+    None
+}
 
 fn attach_loop(file: &Path) -> Result<PathBuf, Errno> {
     use std::os::fd::AsRawFd;
@@ -278,6 +330,7 @@ pub enum Call {
     },
     FinitModule {
         path: PathBuf,
+        params: String,
     },
     ReadFile {
         path: PathBuf,
@@ -327,6 +380,7 @@ pub enum Call {
     AttachLoop {
         file: PathBuf,
     },
+    NoAddressRandomization,
 }
 
 impl Call {
@@ -341,7 +395,7 @@ impl Call {
             }
             | Call::Chroot { path: target } => target.display().to_string(),
             Call::MkdirAll { path, .. }
-            | Call::FinitModule { path }
+            | Call::FinitModule { path, .. }
             | Call::ReadFile { path }
             | Call::ReadDir { path }
             | Call::WriteFile { path, .. }
@@ -351,9 +405,11 @@ impl Call {
             Call::Sethostname { name } => name.clone(),
             Call::Kill { pid, .. } => pid.to_string(),
             Call::Spawn { program, .. } => program.clone(),
-            Call::Sync | Call::Reboot { .. } | Call::DisableCad | Call::SetChildSubreaper => {
-                String::new()
-            }
+            Call::Sync
+            | Call::Reboot { .. }
+            | Call::DisableCad
+            | Call::SetChildSubreaper
+            | Call::NoAddressRandomization => String::new(),
         }
     }
 
@@ -378,6 +434,7 @@ impl Call {
             Call::DisableCad => "disable_cad",
             Call::Kill { .. } => "kill",
             Call::SetChildSubreaper => "set_child_subreaper",
+            Call::NoAddressRandomization => "no_address_randomization",
             Call::Spawn { .. } => "spawn",
             Call::AttachLoop { .. } => "attach_loop",
         }
@@ -390,6 +447,7 @@ struct Recorder {
     /// (kind, subject) -> errno to return.
     failures: Vec<(String, String, Errno)>,
     files: BTreeMap<PathBuf, Vec<u8>>,
+    hypervisor: Option<String>,
 }
 
 /// Records every call, serves reads from an in-memory tree and fails where told to.
@@ -410,6 +468,13 @@ impl RecordingSyscalls {
     /// Adds a file to the in-memory tree.
     pub fn with_file(self, path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>) -> Self {
         self.lock().files.insert(path.into(), contents.into());
+        self
+    }
+
+    /// Pretends the CPU reports a hypervisor with this signature (default: none, bare
+    /// metal).
+    pub fn with_hypervisor(self, signature: &str) -> Self {
+        self.lock().hypervisor = Some(signature.to_string());
         self
     }
 
@@ -495,9 +560,10 @@ impl Syscalls for RecordingSyscalls {
         .map_err(io_err)
     }
 
-    fn finit_module(&self, path: &Path) -> Result<(), Errno> {
+    fn finit_module(&self, path: &Path, params: &str) -> Result<(), Errno> {
         self.record(Call::FinitModule {
             path: path.to_path_buf(),
+            params: params.to_string(),
         })?;
         if self.lock().files.contains_key(path) {
             Ok(())
@@ -638,5 +704,13 @@ impl Syscalls for RecordingSyscalls {
             file: file.to_path_buf(),
         })?;
         Ok(PathBuf::from("/dev/loop0"))
+    }
+
+    fn no_address_randomization(&self) -> Result<(), Errno> {
+        self.record(Call::NoAddressRandomization)
+    }
+
+    fn hypervisor(&self) -> Option<String> {
+        self.lock().hypervisor.clone()
     }
 }

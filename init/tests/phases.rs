@@ -133,7 +133,7 @@ fn modules_load_in_list_order_already_loaded_and_absent_hardware_are_fine() {
         .calls_of("finit_module")
         .into_iter()
         .map(|c| match c {
-            Call::FinitModule { path } => path,
+            Call::FinitModule { path, .. } => path,
             _ => unreachable!(),
         })
         .collect();
@@ -223,6 +223,57 @@ fn fake_sysfs(sys: RecordingSyscalls) -> RecordingSyscalls {
         )
         .with_file(format!("{b}/sr0/uevent"), dev("sr0", "disk", None))
         .with_file(format!("{b}/loop0/uevent"), dev("loop0", "disk", None))
+}
+
+/// When the first scan finds no slot (or no config partition), the storage phase asks
+/// once for the drivers it left for later and keeps looking: here the SATA disk's
+/// partitions appear after that. When the slot is there at once, it does not ask.
+#[test]
+fn storage_loads_what_it_left_for_later_only_when_the_partitions_are_missing() {
+    use twinwall_init::sys::Syscalls;
+    let cmdline = Cmdline::parse("twinwall.slot=a");
+    let block = Path::new("/sys/class/block");
+    // a virtio disk without twinwall's labels is there from the start
+    let sys = RecordingSyscalls::new()
+        .with_file("/sys/class/block/vda/uevent", "DEVNAME=vda\nDEVTYPE=disk\n");
+    let mut asked = 0;
+    let plan = storage::scan_and_plan_with(
+        &sys,
+        &cmdline,
+        block,
+        std::time::Duration::from_secs(5),
+        &mut || {
+            asked += 1;
+            for (name, label) in [("sda3", "slot-a"), ("sda5", "config")] {
+                let uevent =
+                    format!("DEVNAME={name}\nDEVTYPE=partition\nPARTN=1\nPARTNAME={label}\n");
+                sys.write_file(&block.join(name).join("uevent"), uevent.as_bytes())
+                    .unwrap();
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(asked, 1);
+    assert_eq!(
+        plan.root,
+        Root::Slot {
+            slot: "a".into(),
+            device: "sda3".into()
+        }
+    );
+    assert_eq!(plan.config.as_deref(), Some("sda5"));
+
+    let sys = fake_sysfs(RecordingSyscalls::new());
+    let mut asked = 0;
+    storage::scan_and_plan_with(
+        &sys,
+        &cmdline,
+        block,
+        std::time::Duration::from_secs(5),
+        &mut || asked += 1,
+    )
+    .unwrap();
+    assert_eq!(asked, 0);
 }
 
 #[test]
@@ -747,6 +798,259 @@ fn hardware_drivers_load_only_for_devices_that_are_present() {
         .map(|c| format!("{c:?}"))
         .collect();
     assert!(!loads.iter().any(|c| c.contains("e1000e")), "{loads:?}");
+}
+
+/// A q35-like machine: an AHCI controller (with its CD drive) and a virtio disk. On a
+/// disk-slot boot the SCSI/ATA stack (everything that needs scsi_mod: libata, ahci, sd_mod)
+/// loads last, with `async_probe`, so no load waits for the SATA scan; everything else
+/// loads first, in list order, waiting for its probes. With `Probe::Wait` the same list
+/// loads in list order and every load waits.
+#[test]
+fn the_scsi_stack_loads_last_and_probes_in_the_background_on_a_disk_slot_boot() {
+    let k = "/lib/modules/6.1.0-57-amd64";
+    let mods = [
+        "kernel/drivers/scsi/scsi_common.ko",
+        "kernel/drivers/scsi/scsi_mod.ko",
+        "kernel/drivers/ata/libata.ko",
+        "kernel/drivers/ata/ahci.ko",
+        "kernel/drivers/scsi/sd_mod.ko",
+        "kernel/drivers/virtio/virtio.ko",
+        "kernel/drivers/virtio/virtio_ring.ko",
+        "kernel/drivers/virtio/virtio_pci.ko",
+        "kernel/drivers/block/virtio_blk.ko",
+        "kernel/fs/squashfs/squashfs.ko",
+    ];
+    let sys = || {
+        let mut sys = RecordingSyscalls::new()
+            .with_file("/proc/sys/kernel/osrelease", "6.1.0-57-amd64\n")
+            .with_file("/lib/modules/twinwall.modules", mods.join("\n"))
+            .with_file(
+                format!("{k}/modules.dep"),
+                "kernel/drivers/scsi/scsi_common.ko:\n\
+                 kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko\n\
+                 kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko\n\
+                 kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libata.ko kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko\n\
+                 kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko\n\
+                 kernel/drivers/virtio/virtio.ko:\n\
+                 kernel/drivers/virtio/virtio_ring.ko:\n\
+                 kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+                 kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+                 kernel/fs/squashfs/squashfs.ko:\n",
+            )
+            .with_file(
+                format!("{k}/modules.alias"),
+                "alias pci:v*d*sv*sd*bc01sc06i01* ahci\n\
+                 alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+                 alias virtio:d00000002v* virtio_blk\n",
+            )
+            .with_file(
+                "/sys/bus/pci/devices/0000:00:1f.2/modalias",
+                "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01\n",
+            )
+            .with_file(
+                "/sys/bus/pci/devices/0000:00:04.0/modalias",
+                "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n",
+            )
+            .with_file(
+                "/sys/bus/virtio/devices/virtio0/modalias",
+                "virtio:d00000002v00001AF4\n",
+            );
+        for m in mods {
+            sys = sys.with_file(format!("{k}/{m}"), "");
+        }
+        sys
+    };
+    let loads = |sys: &RecordingSyscalls| -> Vec<(String, String)> {
+        sys.calls_of("finit_module")
+            .into_iter()
+            .map(|c| match c {
+                Call::FinitModule { path, params } => (
+                    path.file_stem().unwrap().to_string_lossy().into_owned(),
+                    params,
+                ),
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    let bg = sys();
+    let done = modules::run_with(
+        &bg,
+        Path::new(modules::DEFAULT_LIST),
+        modules::Probe::StorageInBackground,
+    )
+    .unwrap();
+    let want: Vec<(String, String)> = [
+        ("scsi_common", ""),
+        ("scsi_mod", ""),
+        ("virtio", ""),
+        ("virtio_ring", ""),
+        ("virtio_pci", ""),
+        ("virtio_blk", ""),
+        ("squashfs", ""),
+        ("libata", "async_probe"),
+        ("ahci", "async_probe"),
+        ("sd_mod", "async_probe"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(loads(&bg), want);
+    assert_eq!(done.background, ["libata", "ahci", "sd_mod"]);
+    assert!(
+        done.summary()
+            .starts_with("10 loaded (3 probing in the background), 0 already present"),
+        "{}",
+        done.summary()
+    );
+
+    // Left for later: the whole SCSI/ATA stack and what only it needs (scsi_common), so
+    // nothing of it loads; once loaded (by the storage phase), it counts as present.
+    let later = sys();
+    let done = modules::run_with(
+        &later,
+        Path::new(modules::DEFAULT_LIST),
+        modules::Probe::StorageLater,
+    )
+    .unwrap();
+    let names: Vec<String> = loads(&later).into_iter().map(|(m, _)| m).collect();
+    assert_eq!(
+        names,
+        [
+            "virtio",
+            "virtio_ring",
+            "virtio_pci",
+            "virtio_blk",
+            "squashfs"
+        ]
+    );
+    assert_eq!(
+        done.later,
+        ["scsi_common", "scsi_mod", "libata", "ahci", "sd_mod"]
+    );
+    assert!(done.not_needed.is_empty(), "{:?}", done.not_needed);
+    assert!(
+        done.summary().contains(", 5 later (storage stack)"),
+        "{}",
+        done.summary()
+    );
+    let loaded_before = sys().with_file(
+        "/proc/modules",
+        "scsi_common 1 0 - Live 0x0\nscsi_mod 1 0 - Live 0x0\nlibata 1 0 - Live 0x0\n\
+         ahci 1 0 - Live 0x0\nsd_mod 1 0 - Live 0x0\n",
+    );
+    let done = modules::run_with(
+        &loaded_before,
+        Path::new(modules::DEFAULT_LIST),
+        modules::Probe::StorageLater,
+    )
+    .unwrap();
+    assert!(done.later.is_empty(), "{:?}", done.later);
+    assert_eq!(done.already.len(), 5);
+
+    let wait = sys();
+    let done = modules::run_with(
+        &wait,
+        Path::new(modules::DEFAULT_LIST),
+        modules::Probe::Wait,
+    )
+    .unwrap();
+    assert!(done.background.is_empty());
+    let l = loads(&wait);
+    assert!(l.iter().all(|(_, p)| p.is_empty()), "{l:?}");
+    let names: Vec<&str> = l.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "scsi_common",
+            "scsi_mod",
+            "libata",
+            "ahci",
+            "sd_mod",
+            "virtio",
+            "virtio_ring",
+            "virtio_pci",
+            "virtio_blk",
+            "squashfs"
+        ]
+    );
+}
+
+/// The storage stack waits only where the storage phase waits for its partitions (and
+/// loads the stack when they are not there without it): a disk-slot boot; a live ISO (the
+/// CD's sr device is looked for once) and the initramfs load everything, waiting.
+#[test]
+fn the_storage_stack_waits_only_on_a_disk_slot_boot() {
+    use modules::Probe;
+    let p = |c: &str| Probe::for_boot(&Cmdline::parse(c));
+    assert_eq!(p("twinwall.slot=a"), Probe::StorageLater);
+    assert_eq!(p("twinwall.slot=a twinwall.live=1"), Probe::Wait);
+    assert_eq!(p("twinwall.root=initramfs"), Probe::Wait);
+    assert_eq!(p(""), Probe::Wait);
+}
+
+/// On an emulated CPU (QEMU TCG) PID 1 turns address randomisation off for itself before
+/// the first module load (so the re-exec and every service inherit one layout); on bare
+/// metal, under KVM, or with `twinwall.aslr=on` it does not; a failing call leaves ASLR on
+/// and the boot goes on.
+#[test]
+fn one_code_layout_only_on_an_emulated_cpu() {
+    let boot = |sys: &RecordingSyscalls| {
+        let shared = Shared::new(Status::new(Mode::Pid1));
+        let opts = BootOptions {
+            network: false,
+            root_wait: std::time::Duration::ZERO,
+            ..BootOptions::default()
+        };
+        pid1::boot(
+            sys,
+            &Reject,
+            &|_: &Path, _: &str| Err("unused".to_string()),
+            &shared,
+            &opts,
+        )
+        .unwrap();
+    };
+    let kinds = |sys: &RecordingSyscalls| -> Vec<&'static str> {
+        sys.calls().iter().map(Call::kind).collect()
+    };
+    let tcg = |cmdline: &str| {
+        module_sys("kernel/drivers/virtio/virtio.ko\n")
+            .with_file("/proc/cmdline", cmdline)
+            .with_file("/sys/class/block/vda/uevent", "DEVNAME=vda\nDEVTYPE=disk\n")
+            .with_file("/sys/class/dmi/id/sys_vendor", "QEMU\n")
+            .with_hypervisor("TCGTCGTCGTCG")
+    };
+    let sys = tcg("twinwall.root=initramfs");
+    boot(&sys);
+    let k = kinds(&sys);
+    let at = k.iter().position(|c| *c == "no_address_randomization");
+    let first_load = k.iter().position(|c| *c == "finit_module");
+    assert!(at.is_some() && at < first_load, "{k:?}");
+
+    let sys = tcg("twinwall.root=initramfs twinwall.aslr=on");
+    boot(&sys);
+    assert!(sys.calls_of("no_address_randomization").is_empty());
+
+    let kvm = module_sys("kernel/drivers/virtio/virtio.ko\n")
+        .with_file("/proc/cmdline", "twinwall.root=initramfs")
+        .with_file("/sys/class/block/vda/uevent", "DEVNAME=vda\nDEVTYPE=disk\n")
+        .with_file("/sys/class/dmi/id/sys_vendor", "QEMU\n")
+        .with_hypervisor("KVMKVMKVM");
+    boot(&kvm);
+    assert!(kvm.calls_of("no_address_randomization").is_empty());
+    let metal = module_sys("kernel/drivers/virtio/virtio.ko\n")
+        .with_file("/proc/cmdline", "twinwall.root=initramfs")
+        .with_file("/sys/class/block/vda/uevent", "DEVNAME=vda\nDEVTYPE=disk\n");
+    boot(&metal);
+    assert!(metal.calls_of("no_address_randomization").is_empty());
+
+    let failing = tcg("twinwall.root=initramfs").fail("no_address_randomization", "", Errno::EPERM);
+    boot(&failing);
+    assert_eq!(failing.calls_of("no_address_randomization").len(), 1);
+    assert!(
+        !failing.calls_of("finit_module").is_empty(),
+        "the boot went on"
+    );
 }
 
 #[test]

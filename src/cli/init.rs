@@ -64,6 +64,29 @@ pub struct InitArgs {
     stop_timeout_ms: u64,
 }
 
+impl InitArgs {
+    /// PID 1's arguments: none (init reads its options from /proc/cmdline), so the
+    /// defaults of the flags above, without running clap (`main` takes this path for the
+    /// multi-call `init`; the test below keeps it equal to what clap would give).
+    pub fn pid1() -> InitArgs {
+        InitArgs {
+            supervise: false,
+            config: None,
+            config_partition: None,
+            node: None,
+            run_dir: PathBuf::from(twinwall_control::DEFAULT_RUN_DIR),
+            services: None,
+            sync_key: None,
+            forwarding: false,
+            echo_logs: false,
+            service_cmd: Vec::new(),
+            backoff_initial_ms: 250,
+            backoff_max_ms: 30_000,
+            stop_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// Marks the boot slot good in the grubenv on the mounted ESP, with the image area's slot
 /// logic (RAUC-style ORDER / TRY / OK variables).
 #[derive(Debug)]
@@ -201,4 +224,17 @@ fn supervise(args: InitArgs) -> anyhow::Result<()> {
     tracing::info!(?action, "all services stopped");
     supervisor::reap_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Command, FromArgMatches};
+
+    #[test]
+    fn pid1_arguments_are_what_clap_gives_for_a_bare_init() {
+        let m = InitArgs::augment_args(Command::new("init")).get_matches_from(["init"]);
+        let parsed = InitArgs::from_arg_matches(&m).unwrap();
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", InitArgs::pid1()));
+    }
 }
