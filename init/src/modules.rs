@@ -240,6 +240,23 @@ pub fn dependencies(modules_dep: &str) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+/// For each module of `order`, the modules of `order` that depend on it directly. Pure.
+fn users_in<'a>(
+    order: &'a [String],
+    deps: &'a BTreeMap<String, Vec<String>>,
+) -> BTreeMap<&'a str, Vec<&'a str>> {
+    let in_list: BTreeSet<&String> = order.iter().collect();
+    let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for m in order {
+        for d in deps.get(m).into_iter().flatten() {
+            if in_list.contains(d) {
+                users.entry(d.as_str()).or_default().push(m.as_str());
+            }
+        }
+    }
+    users
+}
+
 /// Which modules of `order` (names, dependencies first) load only on demand: hardware
 /// drivers, and modules that only on-demand modules of the list need. Pure.
 pub fn on_demand(
@@ -247,15 +264,7 @@ pub fn on_demand(
     hw: &BTreeMap<String, Vec<String>>,
     deps: &BTreeMap<String, Vec<String>>,
 ) -> BTreeSet<String> {
-    let in_list: BTreeSet<&String> = order.iter().collect();
-    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for m in order {
-        for d in deps.get(m).into_iter().flatten() {
-            if in_list.contains(d) {
-                dependents.entry(d.as_str()).or_default().push(m.as_str());
-            }
-        }
-    }
+    let dependents = users_in(order, deps);
     let mut out = BTreeSet::new();
     // Dependents come later in the order, so walking it backwards decides them first.
     for m in order.iter().rev() {
@@ -298,15 +307,7 @@ pub fn storage_stack(
     scsi: &BTreeSet<String>,
     lazy: &BTreeSet<String>,
 ) -> BTreeSet<String> {
-    let in_list: BTreeSet<&String> = order.iter().collect();
-    let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for m in order {
-        for d in deps.get(m).into_iter().flatten() {
-            if in_list.contains(d) {
-                users.entry(d.as_str()).or_default().push(m.as_str());
-            }
-        }
-    }
+    let users = users_in(order, deps);
     let mut out = scsi.clone();
     // Users come later in the order: walking it backwards decides them first.
     for m in order.iter().rev() {
