@@ -225,12 +225,7 @@ impl Conntrack {
             let mut b = Builder::new();
             let mut all = entries().take(max).enumerate().peekable();
             while all.peek().is_some() {
-                b.clear();
-                let mut n = 0;
-                for (i, e) in all.by_ref().take(BATCH) {
-                    b.create(&e, seq_of(base, i), false);
-                    n += 1;
-                }
+                let n = fill_batch(&mut b, &mut all, base);
                 self.sock.send(b.bytes(), 0).map_err(io_err("commit"))?;
                 report.entries += n;
                 self.drain_errors(&mut report, Some(&mut existing))?;
@@ -249,12 +244,7 @@ impl Conntrack {
                     while all.peek().is_some() {
                         // The sender stopped (an error): nothing more to build.
                         let Ok(mut b) = empty_rx.recv() else { break };
-                        b.clear();
-                        let mut n = 0;
-                        for (i, e) in all.by_ref().take(BATCH) {
-                            b.create(&e, seq_of(base, i), false);
-                            n += 1;
-                        }
+                        let n = fill_batch(&mut b, &mut all, base);
                         if full_tx.send((b, n)).is_err() {
                             break;
                         }
@@ -407,6 +397,18 @@ pub fn ensure_event_extension() -> Result<u8, KernelError> {
         std::fs::write(EVENTS_SYSCTL, "1\n").map_err(io_err(op))?;
     }
     Ok(old)
+}
+
+/// Refills `b` with the create messages of the next (up to) [`BATCH`] entries of `all`
+/// (position `i` is sent as sequence number `base + 1 + i`); returns how many.
+fn fill_batch(b: &mut Builder, all: &mut impl Iterator<Item = (usize, Entry)>, base: u32) -> u64 {
+    b.clear();
+    let mut n = 0;
+    for (i, e) in all.take(BATCH) {
+        b.create(&e, seq_of(base, i), false);
+        n += 1;
+    }
+    n
 }
 
 /// Where the conntrack table sysctls live (`nf_conntrack_max`, `nf_conntrack_buckets`).

@@ -647,18 +647,9 @@ impl RtBoost {
         if priority <= 0 {
             return RtBoost { restore: None };
         }
-        // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        let mut old = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_getparam(0, p) writes one sched_param through a valid pointer.
-        let got = unsafe { libc::sched_getparam(0, &mut old) };
-        let new = libc::sched_param {
-            sched_priority: priority,
-        };
-        // SAFETY: sched_setscheduler(0, ..) changes only the calling thread; `new` is a
-        // valid sched_param.
-        let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &new) };
-        if policy < 0 || got != 0 || set != 0 {
+        let old = current_policy();
+        let set = old.is_some() && set_policy(libc::SCHED_FIFO, priority);
+        if !set {
             tracing::debug!(
                 error = %std::io::Error::last_os_error(),
                 priority,
@@ -666,9 +657,7 @@ impl RtBoost {
             );
             return RtBoost { restore: None };
         }
-        RtBoost {
-            restore: Some((policy, old)),
-        }
+        RtBoost { restore: old }
     }
 
     /// True when the thread runs boosted.
@@ -680,21 +669,12 @@ impl RtBoost {
     /// policy): for work right after a takeover commit that must not keep normally
     /// scheduled threads (the VRRP service reading the ack) off this CPU.
     pub fn normal() -> RtBoost {
-        // SAFETY: as in `raise`: reads the calling thread's own policy and parameters.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        let mut old = libc::sched_param { sched_priority: 0 };
-        // SAFETY: as in `raise`.
-        let got = unsafe { libc::sched_getparam(0, &mut old) };
-        if policy < 0 || got != 0 || policy == libc::SCHED_OTHER {
-            return RtBoost { restore: None };
-        }
-        let new = libc::sched_param { sched_priority: 0 };
-        // SAFETY: as in `raise`: changes only the calling thread.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &new) } != 0 {
-            return RtBoost { restore: None };
-        }
-        RtBoost {
-            restore: Some((policy, old)),
+        match current_policy() {
+            Some((policy, old)) if policy != libc::SCHED_OTHER => {
+                let restore = set_policy(libc::SCHED_OTHER, 0).then_some((policy, old));
+                RtBoost { restore }
+            }
+            _ => RtBoost { restore: None },
         }
     }
 
@@ -704,17 +684,35 @@ impl RtBoost {
     }
 }
 
+/// The calling thread's scheduling policy and parameters, `None` if they cannot be read.
+fn current_policy() -> Option<(libc::c_int, libc::sched_param)> {
+    // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_getparam(0, p) writes one sched_param through a valid pointer.
+    let got = unsafe { libc::sched_getparam(0, &mut param) };
+    (policy >= 0 && got == 0).then_some((policy, param))
+}
+
+/// Sets the calling thread's scheduling policy and priority; false if refused.
+fn set_policy(policy: libc::c_int, priority: i32) -> bool {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: sched_setscheduler(0, ..) changes only the calling thread; `param` is a
+    // valid sched_param.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
 impl Drop for RtBoost {
     fn drop(&mut self) {
-        if let Some((policy, param)) = self.restore.take() {
-            // SAFETY: restores the calling thread's own earlier policy and parameters.
-            let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
-            if r != 0 {
-                tracing::warn!(
-                    error = %std::io::Error::last_os_error(),
-                    "cannot restore the scheduling policy after the commit"
-                );
-            }
+        if let Some((policy, param)) = self.restore.take()
+            && !set_policy(policy, param.sched_priority)
+        {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot restore the scheduling policy after the commit"
+            );
         }
     }
 }
