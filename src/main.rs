@@ -9,12 +9,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The log filter's environment variable (`--log` and the PID 1 path).
+const LOG_ENV: &str = "TWINWALL_LOG";
+/// The log filter when neither `--log` nor [`LOG_ENV`] says.
+const DEFAULT_LOG: &str = "info";
+
 /// twinwall: one signed cluster config for an HA firewall pair.
 #[derive(Debug, Parser)]
 #[command(name = "twinwall", version, about, propagate_version = true)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `twinwall_vrrp=debug`.
-    #[arg(long, global = true, env = "TWINWALL_LOG", default_value = "info")]
+    #[arg(long, global = true, env = LOG_ENV, default_value = DEFAULT_LOG)]
     log: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -73,7 +78,7 @@ fn main() -> ExitCode {
     {
         // PID 1 takes no arguments: no clap here. Building the whole CLI's parser cost
         // PID 1 65-95 ms under QEMU TCG on each of its two execs (docs/init.md).
-        let log = std::env::var("TWINWALL_LOG").unwrap_or_else(|_| "info".into());
+        let log = std::env::var(LOG_ENV).unwrap_or_else(|_| DEFAULT_LOG.into());
         cli::init_logging(&log);
         return cli::exit_code(cli::init::run(cli::init::InitArgs::pid1()));
     }

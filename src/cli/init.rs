@@ -19,6 +19,13 @@ use twinwall_init::verify::BundleCrateVerifier;
 
 use crate::cli::Usage;
 
+/// Default first restart delay (ms): `--backoff-initial-ms` and PID 1.
+const BACKOFF_INITIAL_MS: u64 = 250;
+/// Default restart delay cap (ms).
+const BACKOFF_MAX_MS: u64 = 30_000;
+/// Default SIGTERM-to-SIGKILL grace at shutdown (ms).
+const STOP_TIMEOUT_MS: u64 = 10_000;
+
 /// `twinwall init [--supervise ...]`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -54,13 +61,13 @@ pub struct InitArgs {
     #[arg(long = "service-cmd", value_name = "NAME=COMMAND", hide = true)]
     service_cmd: Vec<String>,
     /// First restart delay in milliseconds.
-    #[arg(long, default_value_t = 250, hide = true)]
+    #[arg(long, default_value_t = BACKOFF_INITIAL_MS, hide = true)]
     backoff_initial_ms: u64,
     /// Restart delay cap in milliseconds.
-    #[arg(long, default_value_t = 30_000, hide = true)]
+    #[arg(long, default_value_t = BACKOFF_MAX_MS, hide = true)]
     backoff_max_ms: u64,
     /// SIGTERM-to-SIGKILL grace at shutdown, in milliseconds.
-    #[arg(long, default_value_t = 10_000, hide = true)]
+    #[arg(long, default_value_t = STOP_TIMEOUT_MS, hide = true)]
     stop_timeout_ms: u64,
 }
 
@@ -80,9 +87,9 @@ impl InitArgs {
             forwarding: false,
             echo_logs: false,
             service_cmd: Vec::new(),
-            backoff_initial_ms: 250,
-            backoff_max_ms: 30_000,
-            stop_timeout_ms: 10_000,
+            backoff_initial_ms: BACKOFF_INITIAL_MS,
+            backoff_max_ms: BACKOFF_MAX_MS,
+            stop_timeout_ms: STOP_TIMEOUT_MS,
         }
     }
 }
