@@ -85,6 +85,19 @@ fn os_bundle(run: &Path, version: u64, release: &str) -> PathBuf {
     out
 }
 
+/// Asserts that the node at `api` (`vm`) runs OS `release` from slot B, marked good by
+/// init; returns its status for further checks.
+fn assert_runs_good_on_b(api: SocketAddr, vm: &str, release: &str) -> serde_json::Value {
+    let st = status(api).expect("status");
+    assert_eq!(
+        st["mgmt"]["os"]["version"], release,
+        "{vm} ends on {release}: {st}"
+    );
+    assert_eq!(st["mgmt"]["slots"]["running"], "B", "{vm}: {st}");
+    assert_eq!(st["init"]["slot_marked_good"], true, "{vm}: {st}");
+    st
+}
+
 /// The master, asked until one answers as master (a failure guard: under TCG on a loaded
 /// machine one status read can time out or catch a moment's flap).
 fn master(lab: &Mutex<Lab>) -> String {
@@ -170,15 +183,8 @@ fn a_cluster_update_rolls_the_pair_and_client_flows_survive() {
     );
     assert_eq!(master_before, "fw1", "preemption makes fw1 the master");
     for vm in ["fw1", "fw2"] {
-        let st = status(eps[vm]).expect("status");
-        assert_eq!(
-            st["mgmt"]["os"]["version"],
-            v2_release.as_str(),
-            "{vm}: {st}"
-        );
-        assert_eq!(st["mgmt"]["slots"]["running"], "B", "{vm}: {st}");
+        let st = assert_runs_good_on_b(eps[vm], vm, &v2_release);
         assert_eq!(st["mgmt"]["slots"]["state"]["b"]["ok"], true, "{vm}: {st}");
-        assert_eq!(st["init"]["slot_marked_good"], true, "{vm}: {st}");
     }
     let t = lab.lock().unwrap().traffic(false).expect("traffic");
     let (broken, total) = t.tcp_broken();
@@ -236,14 +242,7 @@ fn a_cluster_update_rolls_the_pair_and_client_flows_survive() {
         "fw1 serves on its old slot: it must not be rolled back:\n{log}"
     );
     for vm in ["fw1", "fw2"] {
-        let st = status(eps[vm]).expect("status");
-        assert_eq!(
-            st["mgmt"]["os"]["version"],
-            v2_release.as_str(),
-            "{vm} ends on v2: {st}"
-        );
-        assert_eq!(st["mgmt"]["slots"]["running"], "B", "{vm}: {st}");
-        assert_eq!(st["init"]["slot_marked_good"], true, "{vm}: {st}");
+        assert_runs_good_on_b(eps[vm], vm, &v2_release);
     }
     // fw1 was never switched: the slot it was writing stays bad, B boots next.
     let st = status(eps["fw1"]).expect("status");
