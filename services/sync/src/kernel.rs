@@ -44,23 +44,6 @@ pub enum KernelError {
         /// Positive errno.
         errno: i32,
     },
-    /// A sysctl could not be read or written.
-    #[error("{path}: {source}")]
-    SysctlIo {
-        /// The file.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// A sysctl held something that is not a number.
-    #[error("{path}: expected a number, found {found:?}")]
-    Sysctl {
-        /// The file.
-        path: String,
-        /// What it held.
-        found: String,
-    },
     /// The event socket overflowed: events were lost and a resync from a dump is needed.
     #[error("ctnetlink events: receive buffer overrun (ENOBUFS), events lost")]
     Overrun,
@@ -411,67 +394,6 @@ fn fill_batch(b: &mut Builder, all: &mut impl Iterator<Item = (usize, Entry)>, b
     n
 }
 
-/// Where the conntrack table sysctls live (`nf_conntrack_max`, `nf_conntrack_buckets`).
-pub const NETFILTER_SYSCTLS: &str = "/proc/sys/net/netfilter";
-
-/// The hash size a table of `max` entries should have, if `buckets` is smaller: one
-/// bucket per entry, the kernel's own default factor (an average chain of 2 tuples in a
-/// full table, as `nf_conntrack_init_start` says). `None` when `buckets` already does.
-pub fn bucket_target(max: u64, buckets: u64) -> Option<u64> {
-    (buckets < max).then_some(max)
-}
-
-/// What [`ensure_hash_buckets`] found and did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Buckets {
-    /// `nf_conntrack_max`.
-    pub max: u64,
-    /// `nf_conntrack_buckets` before.
-    pub before: u64,
-    /// `nf_conntrack_buckets` after (the same when nothing was changed).
-    pub after: u64,
-}
-
-/// Gives the conntrack hash at least one bucket per entry of `nf_conntrack_max`
-/// ([`bucket_target`]). The kernel sizes the hash from the RAM at boot (a 512 MB node
-/// gets 4,096 buckets, 1 GB 8,192, above 4 GB 262,144), not from `nf_conntrack_max`,
-/// which the network phase raises to 262,144: on a small node 100k entries sit in chains
-/// of ~50 tuples, and every insert of the takeover commit walks them twice (measured in
-/// `bench_sync`: 100k entries 0.82 s with 4,096 buckets, 0.45 s with 16,384, 0.22 s with
-/// 262,144). Both sysctls belong to the initial network namespace (read-only elsewhere:
-/// then this fails with the path, and the hash stays as it is). `dir` is normally
-/// [`NETFILTER_SYSCTLS`].
-pub fn ensure_hash_buckets(dir: &std::path::Path) -> Result<Buckets, KernelError> {
-    let sysctl_err = |path: &std::path::Path| {
-        let path = path.display().to_string();
-        move |source| KernelError::SysctlIo { path, source }
-    };
-    let read = |name: &str| -> Result<u64, KernelError> {
-        let path = dir.join(name);
-        let text = std::fs::read_to_string(&path).map_err(sysctl_err(&path))?;
-        text.trim().parse().map_err(|_| KernelError::Sysctl {
-            path: path.display().to_string(),
-            found: text.trim().to_owned(),
-        })
-    };
-    let max = read("nf_conntrack_max")?;
-    let before = read("nf_conntrack_buckets")?;
-    let Some(target) = bucket_target(max, before) else {
-        return Ok(Buckets {
-            max,
-            before,
-            after: before,
-        });
-    };
-    let path = dir.join("nf_conntrack_buckets");
-    std::fs::write(&path, format!("{target}\n")).map_err(sysctl_err(&path))?;
-    Ok(Buckets {
-        max,
-        before,
-        after: read("nf_conntrack_buckets")?,
-    })
-}
-
 /// One kernel event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
@@ -702,60 +624,4 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hash_gets_one_bucket_per_entry_of_the_limit() {
-        // a 512 MB node: 4,096 buckets for the network phase's 262,144 entries
-        assert_eq!(bucket_target(262_144, 4_096), Some(262_144));
-        assert_eq!(bucket_target(262_144, 262_144), None);
-        // a bigger hash (set by hand or a big node) is never shrunk
-        assert_eq!(bucket_target(65_536, 262_144), None);
-    }
-
-    fn sysctls(max: &str, buckets: &str) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("nf_conntrack_max"), max).unwrap();
-        std::fs::write(d.path().join("nf_conntrack_buckets"), buckets).unwrap();
-        d
-    }
-
-    #[test]
-    fn a_small_hash_is_raised_to_the_limit() {
-        let d = sysctls("262144\n", "4096\n");
-        let b = ensure_hash_buckets(d.path()).unwrap();
-        assert_eq!(
-            b,
-            Buckets {
-                max: 262_144,
-                before: 4_096,
-                after: 262_144
-            }
-        );
-        let now = std::fs::read_to_string(d.path().join("nf_conntrack_buckets")).unwrap();
-        assert_eq!(now.trim(), "262144");
-    }
-
-    #[test]
-    fn a_big_enough_hash_is_left_alone() {
-        let d = sysctls("65536\n", "262144\n");
-        let b = ensure_hash_buckets(d.path()).unwrap();
-        assert_eq!((b.before, b.after), (262_144, 262_144));
-        let now = std::fs::read_to_string(d.path().join("nf_conntrack_buckets")).unwrap();
-        assert_eq!(now, "262144\n", "rewritten");
-    }
-
-    #[test]
-    fn unreadable_sysctls_name_their_file() {
-        let d = sysctls("lots\n", "4096\n");
-        let e = ensure_hash_buckets(d.path()).unwrap_err().to_string();
-        assert!(e.contains("nf_conntrack_max") && e.contains("lots"), "{e}");
-        let d = tempfile::tempdir().unwrap();
-        let e = ensure_hash_buckets(d.path()).unwrap_err().to_string();
-        assert!(e.contains("nf_conntrack_max"), "{e}");
-    }
 }

@@ -253,25 +253,6 @@ impl Service {
                 false
             }
         };
-        // The takeover commit walks the hash chains: size the hash for the table's limit.
-        match crate::kernel::ensure_hash_buckets(std::path::Path::new(
-            crate::kernel::NETFILTER_SYSCTLS,
-        )) {
-            Ok(b) if b.after != b.before => tracing::info!(
-                max = b.max,
-                before = b.before,
-                after = b.after,
-                "conntrack hash resized to one bucket per entry of nf_conntrack_max"
-            ),
-            Ok(_) => {}
-            // In a network namespace both sysctls are the initial namespace's, read-only.
-            Err(crate::kernel::KernelError::SysctlIo { path, source })
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                tracing::debug!(%path, "conntrack hash size is not ours to set here")
-            }
-            Err(e) => tracing::warn!(error = %e, "conntrack hash size left as it is"),
-        }
         allocator::tune();
         let events = Events::subscribe(settings.event_rcvbuf)?;
         let event_rcvbuf = events.rcvbuf();
