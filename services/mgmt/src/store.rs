@@ -152,6 +152,10 @@ impl Which {
 pub struct ConfigStore {
     dir: PathBuf,
     remount: Box<dyn Remount>,
+    /// Held for a whole writable window ([`ConfigStore::change`]): two handlers' windows
+    /// must not interleave, or one's read-only remount meets the other's open file
+    /// (EBUSY) and the other then writes to a read-only partition.
+    window: std::sync::Mutex<()>,
 }
 
 impl ConfigStore {
@@ -160,6 +164,7 @@ impl ConfigStore {
         ConfigStore {
             dir: dir.into(),
             remount,
+            window: std::sync::Mutex::new(()),
         }
     }
 
@@ -263,6 +268,9 @@ impl ConfigStore {
         &self,
         f: impl FnOnce(&Path) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        // A panic in another window left nothing half-mounted that matters here: the
+        // remounts below are whole operations.
+        let _window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         self.remount.writable()?;
         let bundles = self.dir.join("bundles");
         let result = fs::create_dir_all(&bundles)
@@ -509,6 +517,49 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the writable windows open at once (what a read-only remount would meet).
+    #[derive(Debug, Default)]
+    struct Windows {
+        open: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Remount for std::sync::Arc<Windows> {
+        fn writable(&self) -> Result<(), StoreError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let n = self.open.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(n, SeqCst);
+            Ok(())
+        }
+        fn readonly(&self) -> Result<(), StoreError> {
+            self.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn concurrent_changes_never_share_a_writable_window() {
+        let d = tempfile::tempdir().unwrap();
+        let w = std::sync::Arc::new(Windows::default());
+        let s = ConfigStore::new(d.path(), Box::new(w.clone()));
+        std::thread::scope(|scope| {
+            for slot in ["a", "b", "c", "d"] {
+                let s = &s;
+                scope.spawn(move || {
+                    for v in 0..20 {
+                        s.change(|_| {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                            Ok(())
+                        })
+                        .unwrap();
+                        s.set_os_version(slot, v).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(w.most.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     fn store() -> (tempfile::TempDir, ConfigStore) {
         let d = tempfile::tempdir().unwrap();
